@@ -1,0 +1,40 @@
+# Quick start: `make run` (whole local stack) and `make test` (whole suite).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+
+.PHONY: install run test test-reliability bench lint provision status teardown moto clean
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	@rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP)
+
+run: install
+	$(PY) -m infra up
+
+test: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-reliability: install
+	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
+
+bench: install
+	$(PY) -m workload.bench
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+provision status teardown: install
+	$(PY) -m infra $@
+
+moto: install
+	$(PY) -m infra moto
+
+clean:
+	rm -rf $(VENV) .data .pytest_cache .ruff_cache

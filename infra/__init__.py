@@ -1,0 +1,1 @@
+"""Configuration, AWS clients and every AWS resource as code."""

@@ -1,0 +1,65 @@
+"""`python -m infra provision | status | teardown | moto`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from infra.config import ConfigError, Settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("provision", help="create the buckets and queues (idempotent)")
+    sub.add_parser("status", help="print queue depths, bucket counts and instances")
+    sub.add_parser("teardown", help="delete the buckets and queues that provision made")
+    sub.add_parser("up", help="run the whole local stack (moto, provision, web tier, controller, workers)")
+    moto = sub.add_parser("moto", help="run a moto server in the foreground")
+    moto.add_argument("--host", default="127.0.0.1")
+    moto.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "moto":
+        from infra.moto_server import serve_forever
+
+        return serve_forever(args.host, args.port)
+    if args.command == "up":
+        from infra.local_stack import main as up
+
+        return up()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        print(f"configuration error: {err}", file=sys.stderr)
+        return 2
+
+    from infra.clients import Clients
+
+    clients = Clients(settings)
+    try:
+        if args.command == "provision":
+            from infra.provision import provision
+
+            print(provision(settings, clients))
+        elif args.command == "teardown":
+            from infra.provision import teardown
+
+            print(teardown(settings, clients))
+        elif args.command == "status":
+            from infra.status import format_table, status_rows
+
+            print(format_table(status_rows(settings, clients)))
+    except (ClientError, BotoCoreError) as err:
+        where = settings.endpoint_url or f"AWS {settings.region}"
+        print(f"error talking to {where}: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,90 @@
+"""The one place boto3 clients are made.
+
+Clients are created on demand, never at import (moto's docs: a client made at
+import time escapes the mock). Every client honours ``AWS_ENDPOINT_URL`` through
+the settings, uses botocore's own retry modes, and has a connection pool sized
+for the thread counts the tiers run.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import boto3
+from botocore.config import Config
+
+from infra.config import Settings
+
+# moto accepts any credentials; real AWS must find its own (env, profile, role).
+_LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+_session_lock = threading.Lock()
+
+
+def botocore_config(settings: Settings, *, pool: int | None = None, read_timeout: float = 60.0) -> Config:
+    return Config(
+        region_name=settings.region,
+        retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
+        max_pool_connections=pool or settings.max_pool_connections,
+        connect_timeout=5,
+        # Long polls wait up to 20 s; the read timeout must outlast them.
+        read_timeout=max(read_timeout, settings.receive_wait_s + 10),
+        s3={"addressing_style": "path"} if settings.is_local else None,
+    )
+
+
+def make_client(service: str, settings: Settings, *, pool: int | None = None, read_timeout: float = 60.0):
+    """A boto3 client for ``service`` configured from ``settings``."""
+    kwargs = {}
+    if settings.is_local and not _has_env_credentials():
+        kwargs.update(_LOCAL_CREDENTIALS)
+    # boto3.Session creation is not thread-safe; clients themselves are.
+    with _session_lock:
+        session = boto3.session.Session()
+        return session.client(
+            service,
+            region_name=settings.region,
+            endpoint_url=settings.endpoint_url,
+            config=botocore_config(settings, pool=pool, read_timeout=read_timeout),
+            **kwargs,
+        )
+
+
+def _has_env_credentials() -> bool:
+    return bool(os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"))
+
+
+class Clients:
+    """Lazily made clients for one process, shared by its threads."""
+
+    def __init__(self, settings: Settings, *, pool: int | None = None):
+        self.settings = settings
+        self._pool = pool
+        self._made: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def _get(self, service: str):
+        with self._lock:
+            if service not in self._made:
+                self._made[service] = make_client(service, self.settings, pool=self._pool)
+            return self._made[service]
+
+    @property
+    def s3(self):
+        return self._get("s3")
+
+    @property
+    def sqs(self):
+        return self._get("sqs")
+
+    @property
+    def ec2(self):
+        return self._get("ec2")
+
+    @property
+    def cloudwatch(self):
+        return self._get("cloudwatch")
+
+    @property
+    def iam(self):
+        return self._get("iam")

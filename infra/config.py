@@ -1,0 +1,262 @@
+"""One configuration object for every tier, parsed from the environment.
+
+Every setting has a named default below and an environment variable; the README's
+configuration table lists them all. Invalid values fail at start-up with a
+``ConfigError`` that names the variable, so a typo never surfaces as a confusing
+AWS error minutes later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_REGION = "us-east-1"
+DEFAULT_PREFIX = "imgrec"
+DEFAULT_WEB_INSTANCE_NAME = "web-instance"
+DEFAULT_APP_INSTANCE_PREFIX = "app-tier-instance"
+DEFAULT_MIN_INSTANCES = 1
+DEFAULT_MAX_INSTANCES = 19
+DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_REQUEST_TIMEOUT_S = 300.0
+DEFAULT_VISIBILITY_TIMEOUT_S = 60
+DEFAULT_RECEIVE_WAIT_S = 20
+DEFAULT_MAX_RECEIVE_COUNT = 3
+DEFAULT_MAX_UPLOAD_BYTES = 10 * 1024 * 1024
+DEFAULT_RETRY_MODE = "standard"
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_MAX_POOL_CONNECTIONS = 64
+DEFAULT_POLL_INTERVAL_S = 1.0
+DEFAULT_TARGET_BACKLOG_PER_INSTANCE = 5
+DEFAULT_SCALE_IN_WINDOW_S = 2.0
+DEFAULT_TORCH_THREADS = 1
+DEFAULT_WORKER_BATCH_SIZE = 10
+DEFAULT_WEB_HOST = "127.0.0.1"
+DEFAULT_WEB_PORT = 8000
+DEFAULT_WEB_THREADS = 256
+DEFAULT_DATA_DIR = ".data"
+DEFAULT_INSTANCE_TYPE = "t3.micro"
+DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
+DEFAULT_LOG_LEVEL = "INFO"
+
+MAX_QUEUE_MESSAGE_BYTES = 1024
+REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
+# S3 bucket names: 3-63 chars, lowercase letters, digits, dots, hyphens.
+BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+RETRY_MODES = ("standard", "adaptive", "legacy")
+
+
+class ConfigError(ValueError):
+    """A setting from the environment is missing or invalid; the message names it."""
+
+
+def _env_field(var: str, default, doc: str):
+    return field(default=default, metadata={"env": var, "doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    region: str = _env_field("AWS_REGION", DEFAULT_REGION, "AWS region (AWS_DEFAULT_REGION is read too)")
+    endpoint_url: str | None = _env_field(
+        "AWS_ENDPOINT_URL", None, "AWS endpoint; unset means real AWS, `make run` sets http://127.0.0.1:4566"
+    )
+    prefix: str = _env_field("IMGREC_PREFIX", DEFAULT_PREFIX, "name prefix of every resource")
+    in_bucket: str = _env_field("IMGREC_IN_BUCKET", "", "input bucket (default `<prefix>-in-bucket`)")
+    out_bucket: str = _env_field("IMGREC_OUT_BUCKET", "", "output bucket (default `<prefix>-out-bucket`)")
+    req_queue: str = _env_field("IMGREC_REQ_QUEUE", "", "request queue (default `<prefix>-req-queue`)")
+    resp_queue: str = _env_field("IMGREC_RESP_QUEUE", "", "response queue (default `<prefix>-resp-queue`)")
+    dlq: str = _env_field("IMGREC_DLQ", "", "dead-letter queue (default `<prefix>-req-dlq`)")
+    web_instance_name: str = _env_field("IMGREC_WEB_INSTANCE_NAME", DEFAULT_WEB_INSTANCE_NAME, "Name tag of the web instance")
+    app_instance_prefix: str = _env_field(
+        "IMGREC_APP_INSTANCE_PREFIX", DEFAULT_APP_INSTANCE_PREFIX, "app instances are tagged `Name=<this>-<n>`"
+    )
+    min_instances: int = _env_field("IMGREC_MIN_INSTANCES", DEFAULT_MIN_INSTANCES, "fewest app-tier instances (0 allowed)")
+    max_instances: int = _env_field("IMGREC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, "most app-tier instances")
+    model: str = _env_field("IMGREC_MODEL", DEFAULT_MODEL, "classifier model name")
+    request_timeout_s: float = _env_field(
+        "IMGREC_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S, "seconds a synchronous `POST /` waits before 504"
+    )
+    visibility_timeout_s: int = _env_field(
+        "IMGREC_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT_S, "request-queue visibility timeout (s)"
+    )
+    receive_wait_s: int = _env_field("IMGREC_RECEIVE_WAIT", DEFAULT_RECEIVE_WAIT_S, "SQS long-poll wait (s, 0-20)")
+    max_receive_count: int = _env_field(
+        "IMGREC_MAX_RECEIVE_COUNT", DEFAULT_MAX_RECEIVE_COUNT, "receives before a message goes to the DLQ"
+    )
+    max_upload_bytes: int = _env_field("IMGREC_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES, "largest accepted upload")
+    retry_mode: str = _env_field("IMGREC_RETRY_MODE", DEFAULT_RETRY_MODE, "botocore retry mode")
+    max_attempts: int = _env_field("IMGREC_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, "botocore max attempts per call")
+    max_pool_connections: int = _env_field(
+        "IMGREC_MAX_POOL_CONNECTIONS", DEFAULT_MAX_POOL_CONNECTIONS, "HTTP connections per boto3 client"
+    )
+    poll_interval_s: float = _env_field("IMGREC_POLL_INTERVAL", DEFAULT_POLL_INTERVAL_S, "controller loop period (s)")
+    target_backlog_per_instance: int = _env_field(
+        "IMGREC_TARGET_BACKLOG", DEFAULT_TARGET_BACKLOG_PER_INSTANCE, "acceptable messages per app instance"
+    )
+    scale_in_window_s: float = _env_field(
+        "IMGREC_SCALE_IN_WINDOW", DEFAULT_SCALE_IN_WINDOW_S, "backlog must stay low this long before scale-in (s)"
+    )
+    torch_threads: int = _env_field("IMGREC_TORCH_THREADS", DEFAULT_TORCH_THREADS, "torch threads per worker process")
+    worker_batch_size: int = _env_field("IMGREC_BATCH_SIZE", DEFAULT_WORKER_BATCH_SIZE, "messages per receive (1-10)")
+    web_host: str = _env_field("IMGREC_WEB_HOST", DEFAULT_WEB_HOST, "web tier bind address")
+    web_port: int = _env_field("IMGREC_WEB_PORT", DEFAULT_WEB_PORT, "web tier port")
+    web_threads: int = _env_field("IMGREC_WEB_THREADS", DEFAULT_WEB_THREADS, "web tier worker threads")
+    data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (job store, pid files)")
+    instance_type: str = _env_field("IMGREC_INSTANCE_TYPE", DEFAULT_INSTANCE_TYPE, "app-tier EC2 instance type")
+    ami_id: str = _env_field("IMGREC_AMI_ID", DEFAULT_AMI_ID, "app-tier AMI (local: any moto AMI)")
+    log_level: str = _env_field("IMGREC_LOG_LEVEL", DEFAULT_LOG_LEVEL, "logging level")
+
+    def __post_init__(self) -> None:
+        # Derived names: set here so a frozen instance is complete after construction.
+        derived = {
+            "in_bucket": f"{self.prefix}-in-bucket",
+            "out_bucket": f"{self.prefix}-out-bucket",
+            "req_queue": f"{self.prefix}-req-queue",
+            "resp_queue": f"{self.prefix}-resp-queue",
+            "dlq": f"{self.prefix}-req-dlq",
+        }
+        for name, value in derived.items():
+            if not getattr(self, name):
+                object.__setattr__(self, name, value)
+        self._validate()
+
+    def _validate(self) -> None:
+        def fail(attr: str, why: str) -> None:
+            raise ConfigError(f"{_var(attr)}={getattr(self, attr)!r}: {why}")
+
+        if not REGION_RE.match(self.region):
+            fail("region", "not an AWS region name like us-east-1")
+        if self.endpoint_url is not None and not re.match(r"^https?://[^\s/]+", self.endpoint_url):
+            fail("endpoint_url", "must be an http(s) URL such as http://127.0.0.1:4566")
+        if not PREFIX_RE.match(self.prefix):
+            fail("prefix", "use 1-40 lowercase letters, digits and hyphens, starting with a letter or digit")
+        for attr in ("in_bucket", "out_bucket"):
+            if not BUCKET_RE.match(getattr(self, attr)):
+                fail(attr, "not a valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens)")
+        if self.in_bucket == self.out_bucket:
+            fail("out_bucket", "input and output buckets must differ")
+        for attr in ("req_queue", "resp_queue", "dlq"):
+            if not QUEUE_RE.match(getattr(self, attr)):
+                fail(attr, "not a valid SQS queue name (1-80 letters, digits, hyphens, underscores)")
+        if len({self.req_queue, self.resp_queue, self.dlq}) != 3:
+            fail("dlq", "request, response and dead-letter queues must have different names")
+        if self.min_instances < 0:
+            fail("min_instances", "must be >= 0")
+        if not 1 <= self.max_instances <= 100:
+            fail("max_instances", "must be between 1 and 100")
+        if self.max_instances < self.min_instances:
+            fail("max_instances", f"must be >= IMGREC_MIN_INSTANCES ({self.min_instances})")
+        if self.request_timeout_s <= 0:
+            fail("request_timeout_s", "must be > 0")
+        if not 1 <= self.visibility_timeout_s <= 43200:
+            fail("visibility_timeout_s", "must be between 1 and 43200 seconds")
+        if not 0 <= self.receive_wait_s <= 20:
+            fail("receive_wait_s", "must be between 0 and 20 seconds")
+        if not 1 <= self.max_receive_count <= 1000:
+            fail("max_receive_count", "must be between 1 and 1000")
+        if self.max_upload_bytes < 1:
+            fail("max_upload_bytes", "must be >= 1")
+        if self.retry_mode not in RETRY_MODES:
+            fail("retry_mode", f"must be one of {', '.join(RETRY_MODES)}")
+        if not 1 <= self.max_attempts <= 20:
+            fail("max_attempts", "must be between 1 and 20")
+        if self.max_pool_connections < 1:
+            fail("max_pool_connections", "must be >= 1")
+        if self.poll_interval_s <= 0:
+            fail("poll_interval_s", "must be > 0")
+        if self.target_backlog_per_instance < 1:
+            fail("target_backlog_per_instance", "must be >= 1")
+        if self.scale_in_window_s < 0:
+            fail("scale_in_window_s", "must be >= 0")
+        if self.torch_threads < 1:
+            fail("torch_threads", "must be >= 1")
+        if not 1 <= self.worker_batch_size <= 10:
+            fail("worker_batch_size", "must be between 1 and 10 (the SQS receive limit)")
+        if not 1 <= self.web_port <= 65535:
+            fail("web_port", "must be a TCP port (1-65535)")
+        if self.web_threads < 1:
+            fail("web_threads", "must be >= 1")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
+        """Parse every field from ``env`` (default ``os.environ``); ``overrides`` win."""
+        env = os.environ if env is None else env
+        values = {}
+        for f in dataclasses.fields(cls):
+            var = f.metadata["env"]
+            raw = env.get(var)
+            if raw is None and f.name == "region":
+                raw = env.get("AWS_DEFAULT_REGION")
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f, var, raw.strip())
+        values.update(overrides)
+        return cls(**values)
+
+    def replace(self, **changes) -> Settings:
+        """A copy with some fields changed; derived names follow a changed prefix."""
+        if "prefix" in changes:
+            for name in ("in_bucket", "out_bucket", "req_queue", "resp_queue", "dlq"):
+                if getattr(self, name) == _derived_default(self.prefix, name):
+                    changes.setdefault(name, "")
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def queue_names(self) -> tuple[str, str, str]:
+        return (self.req_queue, self.resp_queue, self.dlq)
+
+    def app_instance_name(self, n: int) -> str:
+        return f"{self.app_instance_prefix}-{n}"
+
+    @property
+    def is_local(self) -> bool:
+        """True when talking to an emulator (moto) rather than real AWS."""
+        return self.endpoint_url is not None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that reproduces these settings in a child process."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.metadata["env"]] = str(value)
+        return out
+
+
+def _derived_default(prefix: str, name: str) -> str:
+    suffix = {"in_bucket": "in-bucket", "out_bucket": "out-bucket", "req_queue": "req-queue",
+              "resp_queue": "resp-queue", "dlq": "req-dlq"}[name]
+    return f"{prefix}-{suffix}"
+
+
+def _var(attr: str) -> str:
+    return {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}[attr]
+
+
+def _parse(f: dataclasses.Field, var: str, raw: str):
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r}: expected a {'whole number' if kind == 'int' else 'number'}") from None
+    return raw
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows for the README's configuration table."""
+    rows = []
+    for f in dataclasses.fields(Settings):
+        default = f.default
+        shown = "unset" if default is None else (f"`{default}`" if default != "" else "derived")
+        rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+    return rows

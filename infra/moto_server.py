@@ -1,0 +1,103 @@
+"""Start and stop a moto server (S3, SQS, EC2, CloudWatch, IAM over real HTTP).
+
+`python -m infra moto` runs one in the foreground on 127.0.0.1:4566; tests and
+`make run` use ``MotoServer`` to own one as a child process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4566
+START_TIMEOUT_S = 30.0
+
+
+def port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def is_moto(url: str, timeout: float = 1.0) -> bool:
+    """True when ``url`` answers moto's own API (so it is moto, not some other server)."""
+    try:
+        with urllib.request.urlopen(f"{url}/moto-api/data.json", timeout=timeout) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class MotoServer:
+    """A moto server in a child process; a context manager that waits until it answers."""
+
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_file=None):
+        self.host, self.port = host, port
+        self.url = f"http://{host}:{port}"
+        self._log_file = log_file
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> MotoServer:
+        if port_in_use(self.host, self.port):
+            what = "a moto server" if is_moto(self.url) else "another program"
+            raise RuntimeError(f"port {self.port} on {self.host} is already used by {what}; stop it or pick another port")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", self.host, "-p", str(self.port)],
+            stdout=self._log_file or subprocess.DEVNULL,
+            stderr=subprocess.STDOUT if self._log_file else subprocess.DEVNULL,
+            env=env,
+        )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"moto server exited at start with code {self.proc.returncode}")
+            if is_moto(self.url, timeout=0.5):
+                log.info("moto server up at %s (pid %s)", self.url, self.proc.pid)
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"moto server did not answer on {self.url} within {START_TIMEOUT_S:.0f} s")
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        log.info("moto server at %s stopped", self.url)
+
+    def __enter__(self) -> MotoServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
+    with MotoServer(host, port) as server:
+        print(f"moto server listening on {server.url} (Ctrl-C stops it)", flush=True)
+        try:
+            while server.proc.poll() is None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0

@@ -1,0 +1,127 @@
+"""Provisioning against a real moto server over HTTP: attributes, idempotence, teardown."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from botocore.exceptions import ClientError
+
+from infra.observe import STACK_TAG
+from infra.provision import provision, teardown
+from tests.conftest import child_env
+
+
+def _queue_attrs(clients, name):
+    url = clients.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    return url, clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+
+def test_provision_creates_every_resource_with_its_settings(settings, clients):
+    report = provision(settings, clients)
+    assert report.changed
+    assert [a for _, a in report.lines] == ["created"] * 5
+
+    s3 = clients.s3
+    for bucket in (settings.in_bucket, settings.out_bucket):
+        pab = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
+        assert pab == {"BlockPublicAcls": True, "IgnorePublicAcls": True,
+                       "BlockPublicPolicy": True, "RestrictPublicBuckets": True}
+        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        assert rule["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+        tags = {t["Key"]: t["Value"] for t in s3.get_bucket_tagging(Bucket=bucket)["TagSet"]}
+        assert tags[STACK_TAG] == settings.prefix
+    assert s3.get_bucket_versioning(Bucket=settings.in_bucket)["Status"] == "Enabled"
+    assert "Status" not in s3.get_bucket_versioning(Bucket=settings.out_bucket)
+
+    _, dlq = _queue_attrs(clients, settings.dlq)
+    _, req = _queue_attrs(clients, settings.req_queue)
+    assert req["MaximumMessageSize"] == "1024"
+    assert req["ReceiveMessageWaitTimeSeconds"] == str(settings.receive_wait_s)
+    assert req["VisibilityTimeout"] == str(settings.visibility_timeout_s)
+    redrive = json.loads(req["RedrivePolicy"])
+    assert redrive["deadLetterTargetArn"] == dlq["QueueArn"]
+    assert int(redrive["maxReceiveCount"]) == 3
+    _, resp = _queue_attrs(clients, settings.resp_queue)
+    assert resp["ReceiveMessageWaitTimeSeconds"] == str(settings.receive_wait_s)
+    assert int(dlq["MessageRetentionPeriod"]) == 14 * 24 * 3600
+
+
+def test_request_queue_rejects_messages_over_1kb(stack, clients):
+    url = clients.sqs.get_queue_url(QueueName=stack.req_queue)["QueueUrl"]
+    clients.sqs.send_message(QueueUrl=url, MessageBody="x" * 1024)
+    with pytest.raises(ClientError):
+        clients.sqs.send_message(QueueUrl=url, MessageBody="x" * 1025)
+
+
+def test_provision_twice_changes_nothing(settings, clients):
+    provision(settings, clients)
+    again = provision(settings, clients)
+    assert not again.changed
+    assert [a for _, a in again.lines] == ["unchanged"] * 5
+
+
+def test_provision_repairs_drifted_settings(stack, clients):
+    url, _ = _queue_attrs(clients, stack.req_queue)
+    clients.sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "262144"})
+    clients.s3.put_bucket_versioning(Bucket=stack.in_bucket, VersioningConfiguration={"Status": "Suspended"})
+    report = dict(provision(stack, clients).lines)
+    assert report[f"queue {stack.req_queue}"] == "updated attributes"
+    assert report[f"bucket {stack.in_bucket}"] == "updated settings"
+    assert _queue_attrs(clients, stack.req_queue)[1]["MaximumMessageSize"] == "1024"
+    assert clients.s3.get_bucket_versioning(Bucket=stack.in_bucket)["Status"] == "Enabled"
+
+
+def test_teardown_removes_only_what_provision_made(stack, clients):
+    s3 = clients.s3
+    for i in range(3):  # several versions of one key: all must go
+        s3.put_object(Bucket=stack.in_bucket, Key="cat.jpg", Body=b"v%d" % i)
+    s3.put_object(Bucket=stack.out_bucket, Key="cat", Body=b"tabby")
+    s3.delete_object(Bucket=stack.in_bucket, Key="cat.jpg")  # leaves a delete marker
+    foreign = f"{stack.prefix}-foreign"
+    s3.create_bucket(Bucket=foreign)
+    foreign_q = clients.sqs.create_queue(QueueName=f"{stack.prefix}-foreign-q")["QueueUrl"]
+
+    report = dict(teardown(stack, clients).lines)
+    assert report[f"bucket {stack.in_bucket}"] == "deleted (4 object versions)"
+    names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
+    assert stack.in_bucket not in names and stack.out_bucket not in names
+    assert foreign in names
+    urls = clients.sqs.list_queues(QueueNamePrefix=stack.prefix).get("QueueUrls", [])
+    assert urls == [foreign_q]
+    assert not teardown(stack, clients).changed  # second teardown: all absent
+
+
+def test_teardown_keeps_same_named_resources_it_did_not_make(settings, clients):
+    clients.s3.create_bucket(Bucket=settings.in_bucket)
+    clients.sqs.create_queue(QueueName=settings.req_queue)
+    report = dict(teardown(settings, clients).lines)
+    assert report[f"bucket {settings.in_bucket}"] == "kept (not ours)"
+    assert report[f"queue {settings.req_queue}"] == "kept (not ours)"
+
+
+def test_cli_provision_status_teardown(settings):
+    env = child_env(settings)
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "infra", *args], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    first = cli("provision")
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.count("created") == 5
+    status = cli("status")
+    assert status.returncode == 0, status.stderr
+    assert f"{settings.req_queue}  0 visible / 0 in flight" in status.stdout.replace("   ", "  ")
+    assert "0 objects" in status.stdout
+    assert cli("teardown").returncode == 0
+    assert "missing" in cli("status").stdout
+
+
+def test_cli_reports_unreachable_endpoint(settings):
+    env = child_env(settings, AWS_ENDPOINT_URL="http://127.0.0.1:9", IMGREC_MAX_ATTEMPTS="1")
+    out = subprocess.run([sys.executable, "-m", "infra", "status"], env=env, capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 1
+    assert "error talking to http://127.0.0.1:9" in out.stderr
+    assert "Traceback" not in out.stderr
