@@ -41,6 +41,7 @@ DEFAULT_DATA_DIR = ".data"
 DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_METRICS_NAMESPACE = "ImgRec"
 
 MAX_QUEUE_MESSAGE_BYTES = 1024
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
@@ -109,6 +110,15 @@ class Settings:
     data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (job store, pid files)")
     instance_type: str = _env_field("IMGREC_INSTANCE_TYPE", DEFAULT_INSTANCE_TYPE, "app-tier EC2 instance type")
     ami_id: str = _env_field("IMGREC_AMI_ID", DEFAULT_AMI_ID, "app-tier AMI (local: any moto AMI)")
+    launch_template: str = _env_field(
+        "IMGREC_LAUNCH_TEMPLATE", "", "app-tier launch template name (set by deploy); empty: run from IMGREC_AMI_ID"
+    )
+    instance_id: str = _env_field(
+        "IMGREC_INSTANCE_ID", "", "this worker's instance id; empty: instance metadata on AWS, `local-<pid>` locally"
+    )
+    metrics_namespace: str = _env_field(
+        "IMGREC_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE, "CloudWatch namespace (dimension Stack=<prefix>)"
+    )
     log_level: str = _env_field("IMGREC_LOG_LEVEL", DEFAULT_LOG_LEVEL, "logging level")
 
     def __post_init__(self) -> None:
