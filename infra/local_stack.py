@@ -1,17 +1,167 @@
-"""`make run`: the whole system on this machine, on a moto server at 127.0.0.1:4566."""
+"""`make run`: the whole system on this machine, against a moto server.
+
+Starts, in order: moto (127.0.0.1:4566), provisioning, the local supervisor
+(moto EC2 instances -> worker processes), the controller, the web tier. Each runs
+as a child in its own session, so the terminal's Ctrl-C reaches only this
+process, which then stops the children in reverse order (web first, moto last)
+and leaves no process or port behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 from infra.config import ConfigError, Settings
-from infra.moto_server import MotoServer
+from infra.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
+
 LOCAL_ENDPOINT = "http://127.0.0.1:4566"
+STATUS_EVERY_S = 5.0
+STOP_GRACE_S = 8.0
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+
+
+class AlreadyRunning(RuntimeError):
+    pass
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim_pidfile(path: Path) -> None:
+    """One local stack per data dir: a second `make run` says who is running."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        try:
+            pid = int(path.read_text().strip() or 0)
+        except ValueError:
+            pid = 0
+        if pid and pid != os.getpid() and _pid_alive(pid):
+            raise AlreadyRunning(f"a local stack is already running (pid {pid}); stop it with Ctrl-C in its "
+                                 f"terminal or `kill {pid}`")
+    path.write_text(str(os.getpid()))
+
+
+def check_ports(settings: Settings, endpoint_port: int) -> None:
+    if port_in_use("127.0.0.1", endpoint_port):
+        who = "a moto server (another `make run`?)" if is_moto(settings.endpoint_url) else "another program"
+        raise AlreadyRunning(f"port {endpoint_port} is already used by {who}")
+    if port_in_use(settings.web_host, settings.web_port):
+        raise AlreadyRunning(f"port {settings.web_port} on {settings.web_host} is already in use; "
+                             "set IMGREC_WEB_PORT to another port")
+
+
+def start_child(name: str, module: str, settings: Settings, log_dir: Path) -> Child:
+    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1")
+    out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
+    proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    out.close()
+    log.info("started %s (pid %s), log %s", name, proc.pid, log_dir / f"{name}.log")
+    return Child(name, proc)
+
+
+def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM in reverse start order, wait, then SIGKILL the process groups that remain."""
+    for child in reversed(children):
+        if child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            try:
+                child.proc.wait(grace / 2)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop in %.0f s; killing it", child.name, grace / 2)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(child.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.proc.wait(2)
+
+
+def status_line(settings: Settings, clients) -> str:
+    from infra.observe import app_instances, bucket_object_count, count_by_state, queue_depth, queue_url
+
+    depth = queue_depth(clients.sqs, queue_url(clients.sqs, settings.req_queue))
+    fleet = count_by_state(app_instances(clients.ec2, settings))
+    done = bucket_object_count(clients.s3, settings.out_bucket)
+    states = " ".join(f"{n} {s}" for s, n in fleet.items() if n and s != "terminated") or "0 running"
+    return (f"backlog {depth.visible} queued + {depth.in_flight} in flight | app tier: {states} "
+            f"| images done: {done}")
+
+
+def run(settings: Settings) -> int:
+    from infra.clients import Clients
+    from infra.provision import provision
+
+    data_dir = Path(settings.data_dir)
+    log_dir = data_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    pidfile = data_dir / "local-stack.pid"
+    endpoint_port = int(settings.endpoint_url.rsplit(":", 1)[1].split("/")[0])
+    claim_pidfile(pidfile)
+    check_ports(settings, endpoint_port)
+
+    # Ctrl-C and SIGTERM both end the main loop; children are stopped in `finally`.
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    children: list[Child] = []
+    moto = MotoServer(port=endpoint_port, log_file=open(log_dir / "moto.log", "ab"))  # noqa: SIM115
+    try:
+        moto.start()
+        children.append(Child("moto", moto.proc))
+        clients = Clients(settings)
+        print(provision(settings, clients), flush=True)
+        for name, module in (("supervisor", "controller.supervisor"), ("controller", "controller"),
+                             ("web", "web_tier")):
+            children.append(start_child(name, module, settings, log_dir))
+        web_url = f"http://{settings.web_host}:{settings.web_port}"
+        print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
+              f"  AWS endpoint {settings.endpoint_url} (moto)\n  logs         {log_dir}/\nCtrl-C stops everything.\n",
+              flush=True)
+        next_status = time.monotonic() + 2
+        while True:
+            for child in children:
+                if child.proc.poll() is not None:
+                    print(f"{child.name} exited with code {child.proc.returncode}; see {log_dir}/{child.name}.log",
+                          file=sys.stderr, flush=True)
+                    return 1
+            if time.monotonic() >= next_status:
+                try:
+                    print(time.strftime("%H:%M:%S"), status_line(settings, clients), flush=True)
+                except Exception as err:  # a status line must never take the stack down
+                    print(f"status unavailable: {err}", flush=True)
+                next_status = time.monotonic() + STATUS_EVERY_S
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        print("\nstopping…", flush=True)
+        return 0
+    finally:
+        stop_children(children)
+        with contextlib.suppress(FileNotFoundError):
+            pidfile.unlink()
+        print("local stack stopped", flush=True)
 
 
 def main() -> int:
@@ -22,21 +172,12 @@ def main() -> int:
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
-    from infra.clients import Clients
-    from infra.provision import provision
-
+    if not settings.is_local:
+        print("`make run` runs against a local moto server; unset AWS_ENDPOINT_URL only for real AWS "
+              "(see docs/DEPLOY.md)", file=sys.stderr)
+        return 2
     try:
-        server = MotoServer(port=int(settings.endpoint_url.rsplit(":", 1)[1])).start()
-    except RuntimeError as err:
-        print(f"cannot start the local stack: {err}", file=sys.stderr)
+        return run(settings)
+    except AlreadyRunning as err:
+        print(f"cannot start: {err}", file=sys.stderr)
         return 1
-    try:
-        print(provision(settings, Clients(settings)))
-        print(f"moto server on {server.url}; Ctrl-C stops it")
-        while server.proc.poll() is None:
-            time.sleep(1)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-    return 0

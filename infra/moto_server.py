@@ -62,6 +62,8 @@ class MotoServer:
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log_file else subprocess.DEVNULL,
             env=env,
+            # Own session: the terminal's Ctrl-C must not kill moto before the workers drain.
+            start_new_session=True,
         )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
