@@ -240,6 +240,9 @@ class Settings:
         return out
 
 
+_DERIVED_NAMES = ("in_bucket", "out_bucket", "req_queue", "resp_queue", "dlq")
+
+
 def _derived_default(prefix: str, name: str) -> str:
     suffix = {"in_bucket": "in-bucket", "out_bucket": "out-bucket", "req_queue": "req-queue",
               "resp_queue": "resp-queue", "dlq": "req-dlq"}[name]
@@ -267,6 +270,11 @@ def settings_table() -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(Settings):
         default = f.default
-        shown = "unset" if default is None else (f"`{default}`" if default != "" else "derived")
+        if default is None:
+            shown = "unset"
+        elif default == "":
+            shown = "derived" if f.name in _DERIVED_NAMES else "empty"
+        else:
+            shown = f"`{default}`"
         rows.append((f.metadata["env"], shown, f.metadata["doc"]))
     return rows
