@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
 
-.PHONY: install run test test-reliability bench lint provision status teardown moto clean
+.PHONY: install browser run test test-reliability bench lint provision status teardown moto clean
 
 $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,10 +15,18 @@ $(STAMP): requirements.txt
 
 install: $(STAMP)
 
+# Headless Chromium for the browser tests (Debian's package); skipped where apt is unavailable.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium not installed and cannot install it here: browser tests will be skipped"; fi; }
+
 run: install
 	$(PY) -m infra up
 
-test: install
+test: install browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-reliability: install
