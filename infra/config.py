@@ -278,3 +278,28 @@ def settings_table() -> list[tuple[str, str, str]]:
             shown = f"`{default}`"
         rows.append((f.metadata["env"], shown, f.metadata["doc"]))
     return rows
+
+
+def markdown_table() -> str:
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{var}` | {default} | {doc} |" for var, default, doc in settings_table()]
+    return "\n".join(lines)
+
+
+def write_readme_table(path: str = "README.md") -> None:
+    """Replace the table between the README's CONFIG-TABLE markers with the generated one."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.index("<!-- CONFIG-TABLE -->"), text.index("<!-- /CONFIG-TABLE -->")
+    intro = text[start:end].split("| variable")[0]
+    with open(path, "w") as f:
+        f.write(text[:start] + intro + markdown_table() + "\n" + text[end:])
+
+
+if __name__ == "__main__":  # `python -m infra.config [--write-readme]`
+    import sys
+
+    if "--write-readme" in sys.argv:
+        write_readme_table()
+    else:
+        print(markdown_table())
