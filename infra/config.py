@@ -9,6 +9,7 @@ AWS error minutes later.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -42,11 +43,24 @@ DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_METRICS_NAMESPACE = "ImgRec"
+# Deployment to real AWS (`python -m infra deploy`); unused locally.
+DEFAULT_WEB_INSTANCE_TYPE = "t3.small"
+DEFAULT_ALLOWED_CIDR = "0.0.0.0/0"
+DEFAULT_SSH_CIDR = ""  # empty: no SSH rule at all
+DEFAULT_KEY_NAME = ""
+DEFAULT_REPO_URL = ""
+DEFAULT_REPO_REF = "main"
+DEFAULT_ROOT_VOLUME_GB = 16
 
 MAX_QUEUE_MESSAGE_BYTES = 1024
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots, hyphens.
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# These values are written into a shell script (user data): no quotes, spaces or `$`.
+REPO_URL_RE = re.compile(r"^(https://|ssh://|git@)[A-Za-z0-9._~:/@%+=-]+$")
+REPO_REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
+KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 RETRY_MODES = ("standard", "adaptive", "legacy")
@@ -120,6 +134,21 @@ class Settings:
         "IMGREC_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE, "CloudWatch namespace (dimension Stack=<prefix>)"
     )
     log_level: str = _env_field("IMGREC_LOG_LEVEL", DEFAULT_LOG_LEVEL, "logging level")
+    web_instance_type: str = _env_field(
+        "IMGREC_WEB_INSTANCE_TYPE", DEFAULT_WEB_INSTANCE_TYPE, "deploy: EC2 type of the web/controller instance"
+    )
+    allowed_cidr: str = _env_field(
+        "IMGREC_ALLOWED_CIDR", DEFAULT_ALLOWED_CIDR, "deploy: who may reach the web port (CIDR)"
+    )
+    ssh_cidr: str = _env_field("IMGREC_SSH_CIDR", DEFAULT_SSH_CIDR, "deploy: CIDR allowed SSH to the web instance; empty: no SSH")
+    key_name: str = _env_field("IMGREC_KEY_NAME", DEFAULT_KEY_NAME, "deploy: EC2 key pair for SSH; empty: none")
+    repo_url: str = _env_field(
+        "IMGREC_REPO_URL", DEFAULT_REPO_URL, "deploy/bake: git URL instances install the project from"
+    )
+    repo_ref: str = _env_field("IMGREC_REPO_REF", DEFAULT_REPO_REF, "deploy/bake: git branch, tag or commit to install")
+    root_volume_gb: int = _env_field(
+        "IMGREC_ROOT_VOLUME_GB", DEFAULT_ROOT_VOLUME_GB, "deploy/bake: root disk size of each instance (GiB)"
+    )
 
     def __post_init__(self) -> None:
         # Derived names: set here so a frozen instance is complete after construction.
@@ -191,8 +220,29 @@ class Settings:
             fail("web_port", "must be a TCP port (1-65535)")
         if self.web_threads < 1:
             fail("web_threads", "must be >= 1")
+        self._validate_deploy(fail)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
+
+    def _validate_deploy(self, fail) -> None:
+        if not INSTANCE_TYPE_RE.match(self.web_instance_type):
+            fail("web_instance_type", "not an EC2 instance type like t3.small")
+        for attr in ("allowed_cidr", "ssh_cidr"):
+            value = getattr(self, attr)
+            if attr == "ssh_cidr" and value == "":
+                continue
+            try:
+                ipaddress.ip_network(value)
+            except ValueError as err:
+                fail(attr, f"not a CIDR block like 203.0.113.0/24 ({err})")
+        if self.repo_url and not REPO_URL_RE.match(self.repo_url):
+            fail("repo_url", "use an https://, ssh:// or git@ URL without spaces or quotes")
+        if not REPO_REF_RE.match(self.repo_ref):
+            fail("repo_ref", "use a branch, tag or commit (letters, digits, . _ / -)")
+        if not KEY_NAME_RE.match(self.key_name):
+            fail("key_name", "use letters, digits, . _ -")
+        if not 8 <= self.root_volume_gb <= 1024:
+            fail("root_volume_gb", "must be between 8 and 1024 GiB")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
