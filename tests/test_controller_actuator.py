@@ -1,0 +1,135 @@
+"""The EC2 actuator and one controller tick, against the real moto server over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import time
+from datetime import UTC, datetime
+
+from controller.actuator import IMAGES_PROCESSED, Ec2Actuator, choose_removals, recent_activity
+from controller.loop import Action, Controller
+from infra.messages import ImageRequest
+from infra.observe import STACK_TAG, Instance, InstanceState, app_instances, queue_url
+
+
+def tags_of(ec2, instance_id: str) -> dict[str, str]:
+    inst = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
+
+
+def live_names(ec2, settings) -> list[str]:
+    return sorted(i.name for i in app_instances(ec2, settings))
+
+
+def test_launch_tags_with_lowest_free_index(settings, clients):
+    act = Ec2Actuator(clients.ec2, settings)
+    ids = act.launch(3)
+    assert len(ids) == 3
+    assert live_names(clients.ec2, settings) == [settings.app_instance_name(k) for k in (1, 2, 3)]
+    tags = tags_of(clients.ec2, ids[0])
+    assert tags["Name"] == settings.app_instance_name(1) and tags[STACK_TAG] == settings.prefix
+    inst = clients.ec2.describe_instances(InstanceIds=[ids[0]])["Reservations"][0]["Instances"][0]
+    assert inst["ImageId"] == settings.ami_id and inst["InstanceType"] == settings.instance_type
+    # the freed index 2 is reused before 4
+    act.remove([ids[1]])
+    act.launch(2)
+    assert live_names(clients.ec2, settings) == [settings.app_instance_name(k) for k in (1, 2, 3, 4)]
+
+
+def test_user_data_carries_settings_but_no_local_endpoint(settings, clients):
+    iid = Ec2Actuator(clients.ec2, settings).launch(1)[0]
+    attr = clients.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
+    script = base64.b64decode(attr).decode()
+    assert script.startswith("#!/bin/bash") and f"IMGREC_PREFIX={settings.prefix}" in script
+    assert "AWS_ENDPOINT_URL" not in script
+
+
+def test_launch_template_path(settings, clients):
+    name = f"{settings.prefix}-app-lt"
+    clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": settings.ami_id, "InstanceType": "t3.small"})
+    act = Ec2Actuator(clients.ec2, settings.replace(launch_template=name))
+    iid = act.launch(1)[0]
+    inst = clients.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
+    assert inst["InstanceType"] == "t3.small"  # came from the template, not settings.instance_type
+    assert tags_of(clients.ec2, iid)["Name"] == settings.app_instance_name(1)
+
+
+def test_remove_terminates_and_warm_pool_stops_then_restarts(settings, clients):
+    cold = Ec2Actuator(clients.ec2, settings)
+    a, b = cold.launch(2)
+    cold.remove([a])
+    states = {i.id: i.state for i in app_instances(clients.ec2, settings, include_terminated=True)}
+    assert states[a] == InstanceState.TERMINATED and states[b] == InstanceState.RUNNING
+
+    warm = Ec2Actuator(clients.ec2, settings, warm_pool=True)
+    warm.remove([b])
+    assert {i.id: i.state for i in app_instances(clients.ec2, settings)}[b] == InstanceState.STOPPED
+    ids = warm.launch(2)
+    assert ids[0] == b  # the stopped one is started first, then one new
+    fleet = {i.id: i for i in app_instances(clients.ec2, settings)}
+    assert fleet[b].state in (InstanceState.PENDING, InstanceState.RUNNING)
+    assert sorted(i.name for i in fleet.values()) == [settings.app_instance_name(k) for k in (1, 2)]
+
+
+def test_choose_removals_prefers_pending_then_idle_then_newest():
+    def inst(i, state, t):
+        return Instance(id=i, name=i, state=state, launch_time=t)
+
+    fleet = [inst("old-busy", InstanceState.RUNNING, 1), inst("old-idle", InstanceState.RUNNING, 2),
+             inst("new-busy", InstanceState.RUNNING, 5), inst("pend", InstanceState.PENDING, 4),
+             inst("stopping", InstanceState.STOPPING, 0)]
+    activity = {"old-busy": 12.0, "new-busy": 3.0, "old-idle": 0.0}
+    assert choose_removals(fleet, 1, activity) == ["pend"]
+    assert choose_removals(fleet, 2, activity) == ["pend", "old-idle"]
+    assert choose_removals(fleet, 3, activity) == ["pend", "old-idle", "new-busy"]
+    assert choose_removals(fleet, 9, activity) == ["pend", "old-idle", "new-busy", "old-busy"]
+    assert choose_removals(fleet, 2, {}) == ["pend", "new-busy"]  # no signal: newest
+    assert choose_removals(fleet, 0, activity) == []
+
+
+def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
+    act = Ec2Actuator(clients.ec2, settings, cloudwatch=clients.cloudwatch)
+    idle = act.launch(1)[0]
+    time.sleep(1.1)  # EC2 launch times have 1 s resolution: make `busy` the strictly newest
+    busy = act.launch(1)[0]
+    clients.cloudwatch.put_metric_data(Namespace=settings.metrics_namespace, MetricData=[{
+        "MetricName": IMAGES_PROCESSED, "Value": 10.0, "Unit": "Count", "Timestamp": datetime.now(UTC),
+        "Dimensions": [{"Name": "Stack", "Value": settings.prefix}, {"Name": "InstanceId", "Value": busy}]}])
+    activity = recent_activity(clients.cloudwatch, settings, [busy, idle])
+    assert activity.get(busy, 0) > 0 and activity.get(idle, 0) == 0
+    assert choose_removals(app_instances(clients.ec2, settings), 1, {}) == [busy]  # newest-first alone
+    removed = act.scale_in(1)
+    assert removed == [idle]
+    assert [i.id for i in app_instances(clients.ec2, settings)] == [busy]
+
+
+def test_controller_ticks_scale_out_and_back(stack, clients):
+    settings = stack.replace(min_instances=1, max_instances=3, scale_in_window_s=0.5)
+    ctl = Controller(settings, clients)
+    first = ctl.step()
+    assert first.action == Action.LAUNCH and first.desired == 1
+    url = queue_url(clients.sqs, settings.req_queue)
+    for i in range(12):
+        clients.sqs.send_message(QueueUrl=url, MessageBody=ImageRequest.new(f"k{i}.jpg", None, f"k{i}.jpg").to_json())
+    tick = ctl.step()
+    assert tick.backlog == 12 and tick.desired == 3 and tick.action == Action.LAUNCH and len(tick.changed) == 2
+    assert len(app_instances(clients.ec2, settings)) == 3
+    assert ctl.step().action == Action.NONE  # no double launch
+    clients.sqs.purge_queue(QueueUrl=url)
+    tick = ctl.step()
+    assert tick.backlog == 0 and tick.desired == 3  # inside the window: hold
+    time.sleep(0.6)
+    tick = ctl.step()
+    assert tick.desired == 1 and tick.action == Action.REMOVE and len(tick.changed) == 2
+    assert len(app_instances(clients.ec2, settings)) == 1
+    metrics = clients.cloudwatch.list_metrics(Namespace=settings.metrics_namespace,
+                                              Dimensions=[{"Name": "Stack", "Value": settings.prefix}])["Metrics"]
+    assert {m["MetricName"] for m in metrics} >= {"Backlog", "BacklogPerInstance", "DesiredInstances",
+                                                  "RunningInstances"}
+
+
+def test_controller_survives_a_missing_queue(settings, clients):
+    ctl = Controller(settings, clients)  # nothing provisioned
+    assert ctl.step() is None
+    assert app_instances(clients.ec2, settings) == []
