@@ -1,0 +1,262 @@
+"""Web tier without a worker: bad input, the JSON API, timeouts, routing of foreign messages,
+health and clean shutdown. The real app runs as `python -m web_tier` against the moto server."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import requests
+
+from infra.clients import Clients
+from infra.config import Settings
+from infra.messages import ImageRequest, ImageResult
+from infra.moto_server import free_port
+from infra.observe import bucket_object_count, queue_depth, queue_url
+from infra.provision import provision
+from tests.images import jpeg_bytes, make_image, png_bytes
+from tests.procs import log_text, start_module, stop_process, wait_for
+
+SMALL_LIMIT = 200_000  # bytes: lets the over-size cases stay small
+
+
+def web_settings(moto_server, data_dir: Path, **overrides) -> Settings:
+    prefix = f"w{uuid.uuid4().hex[:10]}"
+    return Settings.from_env({}, endpoint_url=moto_server.url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
+                             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), receive_wait_s=1,
+                             max_attempts=3, web_port=free_port(), **overrides)
+
+
+@contextmanager
+def running_web(settings: Settings, log_path: Path):
+    """`python -m web_tier` until the block ends; fails with its log if it does not come up."""
+    proc = start_module("web_tier", settings, log_path=log_path)
+    base = f"http://{settings.web_host}:{settings.web_port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError(f"web tier exited with {proc.returncode}:\n{log_text(proc)}")
+        try:
+            return requests.get(base + "/", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 30, what="web tier")
+        proc.base = base
+        yield proc
+    finally:
+        stop_process(proc)
+
+
+@pytest.fixture(scope="module")
+def web(moto_server, tmp_path_factory):
+    """One provisioned stack and web tier for the module's read-mostly tests (no worker)."""
+    tmp = tmp_path_factory.mktemp("web")
+    settings = web_settings(moto_server, tmp / "data", max_upload_bytes=SMALL_LIMIT)
+    clients = Clients(settings)
+    provision(settings, clients)
+    with running_web(settings, tmp / "web.log") as proc:
+        proc.settings, proc.clients = settings, clients
+        yield proc
+
+
+def nothing_enqueued(web) -> None:
+    depth = queue_depth(web.clients.sqs, queue_url(web.clients.sqs, web.settings.req_queue))
+    assert depth.backlog == 0, "a refused upload reached the request queue"
+    assert bucket_object_count(web.clients.s3, web.settings.in_bucket) == 0, "a refused upload was stored"
+
+
+# ---------------------------------------------------------------- bad input on POST /
+
+BAD_UPLOADS = [
+    ("no file", {}, 400, "no file"),
+    ("wrong field", {"image": ("a.jpg", jpeg_bytes(1))}, 400, "no file"),
+    ("empty file", {"myfile": ("a.jpg", b"")}, 400, "empty"),
+    ("no file selected", {"myfile": ("", b"")}, 400, "no file selected"),
+    ("text named .jpg", {"myfile": ("cat.jpg", b"hello, I am not an image\n" * 20)}, 415, "not an image"),
+    ("html named .png", {"inputFile": ("x.png", b"<html><script>alert(1)</script></html>")}, 415, "not an image"),
+    ("jpeg magic then junk", {"myfile": ("j.jpg", b"\xff\xd8\xff\xe0" + b"\0" * 100)}, 415, "image"),
+    ("path separator", {"myfile": ("../../etc/passwd.jpg", jpeg_bytes(1))}, 400, "path"),
+    ("backslash path", {"myfile": ("..\\win.jpg", jpeg_bytes(1))}, 400, "path"),
+    ("slash only", {"myfile": ("a/b.jpg", jpeg_bytes(1))}, 400, "path"),
+    ("control char", {"myfile": ("a\x07b.jpg", jpeg_bytes(1))}, 400, "control"),
+    ("tab", {"myfile": ("a\tb.jpg", jpeg_bytes(1))}, 400, "control"),
+    ("delete char", {"myfile": ("a\x7fb.jpg", jpeg_bytes(1))}, 400, "control"),
+    ("zero-width space", {"myfile": ("a\u200bb.jpg", jpeg_bytes(1))}, 400, "control"),
+    ("very long", {"myfile": ("a" * 300 + ".jpg", jpeg_bytes(1))}, 400, "longer"),
+    ("non-ascii", {"myfile": ("caf\u00e9.jpg", jpeg_bytes(1))}, 400, "ASCII"),
+    ("only dots", {"myfile": (". .", jpeg_bytes(1))}, 400, "usable"),
+    ("over the limit", {"myfile": ("big.png", b"\x89PNG" + b"\0" * SMALL_LIMIT)}, 413, "larger"),
+]
+
+
+@pytest.mark.parametrize("files,status,reason", [c[1:] for c in BAD_UPLOADS], ids=[c[0] for c in BAD_UPLOADS])
+def test_bad_upload_is_refused_with_one_line_and_never_enqueued(web, files, status, reason):
+    resp = requests.post(web.base + "/", files=files, timeout=10)
+    assert resp.status_code == status, resp.text
+    assert reason.lower() in resp.text.lower()
+    assert "\n" not in resp.text.strip() and len(resp.text) < 200
+    nothing_enqueued(web)
+
+
+def test_declared_oversize_body_gets_413_before_the_body_is_sent(web):
+    """Only headers go out; an answer that comes anyway proves the body was never read."""
+    host, port = web.settings.web_host, web.settings.web_port
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(f"POST / HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+                     f"Content-Length: {50 * 1024 * 1024}\r\n\r\n".encode())
+        head = sock.recv(4096).decode(errors="replace")
+    assert head.startswith("HTTP/1.1 413"), head
+    nothing_enqueued(web)
+
+
+def test_chunked_oversize_body_is_refused(web):
+    def chunks():
+        for _ in range(SMALL_LIMIT // 8192 + 20):
+            yield b"\0" * 8192
+
+    resp = requests.post(web.base + "/", data=chunks(), timeout=10,
+                         headers={"Content-Type": "multipart/form-data; boundary=x"})
+    assert resp.status_code == 413
+    nothing_enqueued(web)
+
+
+def test_image_just_over_the_limit_gets_the_app_reason(web):
+    """Within waitress's framing slack, so the app's own bounded read refuses it."""
+    body = png_bytes(make_image(3, (400, 300)))
+    body += b"\0" * (SMALL_LIMIT + 1 - len(body))
+    resp = requests.post(web.base + "/", files={"myfile": ("big.png", body)}, timeout=10)
+    assert resp.status_code == 413 and "larger than" in resp.text
+    nothing_enqueued(web)
+
+
+def test_api_refuses_each_bad_file_and_reports_why(web):
+    resp = requests.post(web.base + "/api/jobs", timeout=10, files=[
+        ("a", ("x.jpg", b"not an image")), ("b", ("../evil.jpg", jpeg_bytes(1))), ("c", ("e.jpg", b""))])
+    assert resp.status_code == 415
+    body = resp.json()
+    assert body["jobs"] == []
+    assert [e["status"] for e in body["errors"]] == [415, 400, 400]
+    assert all(e["error"] for e in body["errors"])
+    assert requests.post(web.base + "/api/jobs", timeout=10).status_code == 400
+    nothing_enqueued(web)
+
+
+def test_unknown_and_malformed_job_ids_are_404(web):
+    assert requests.get(web.base + "/api/jobs/" + uuid.uuid4().hex, timeout=10).status_code == 404
+    resp = requests.get(web.base + "/api/jobs/bad%20id", timeout=10)
+    assert resp.status_code == 404 and resp.json()["error"]
+    assert requests.get(web.base + "/api/jobs?ids=", timeout=10).status_code == 400
+
+
+def test_page_is_served_and_self_contained(web):
+    resp = requests.get(web.base + "/", timeout=10)
+    assert resp.status_code == 200 and "text/html" in resp.headers["Content-Type"]
+    assert 'type="file"' in resp.text and "multiple" in resp.text
+    assert "http://" not in resp.text and "https://" not in resp.text  # no CDN: works offline
+    for asset in ("upload.js", "upload.css"):
+        assert requests.get(f"{web.base}/static/{asset}", timeout=10).status_code == 200
+
+
+def test_healthz_reports_s3_and_sqs(web):
+    resp = requests.get(web.base + "/healthz", timeout=10)
+    assert resp.status_code == 200
+    assert resp.json()["s3"] is True and resp.json()["sqs"] is True
+
+
+# ---------------------------------------------------------------- each test with its own stack
+
+def test_healthz_is_503_when_resources_are_missing(moto_server, tmp_path):
+    settings = web_settings(moto_server, tmp_path / "data")  # never provisioned
+    with running_web(settings, tmp_path / "web.log") as proc:
+        resp = requests.get(proc.base + "/healthz", timeout=20)
+        assert resp.status_code == 503
+        assert resp.json()["s3"] is False and resp.json()["sqs"] is False
+        # and an upload then fails cleanly rather than hanging
+        resp = requests.post(proc.base + "/", files={"myfile": ("a.jpg", jpeg_bytes(1))}, timeout=60)
+        assert resp.status_code == 503 and "unavailable" in resp.text
+
+
+def test_timeout_gives_504_with_job_id_and_the_job_stays_queryable(moto_server, tmp_path):
+    settings = web_settings(moto_server, tmp_path / "data", request_timeout_s=1.0)
+    clients = Clients(settings)
+    provision(settings, clients)
+    with running_web(settings, tmp_path / "web.log") as proc:
+        for field in ("myfile", "inputFile"):
+            started = time.monotonic()
+            resp = requests.post(proc.base + "/", files={field: ("slow.jpg", jpeg_bytes(2))}, timeout=30)
+            assert resp.status_code == 504, resp.text
+            assert time.monotonic() - started < 10
+            job_id = resp.headers["X-Job-Id"]
+            assert job_id in resp.text
+            job = requests.get(f"{proc.base}/api/jobs/{job_id}", timeout=10).json()
+            assert job["status"] == "queued" and job["name"] == "slow.jpg"
+        # the request really went out, as one small message naming an exact object version
+        sqs = clients.sqs
+        msgs = sqs.receive_message(QueueUrl=queue_url(sqs, settings.req_queue), MaxNumberOfMessages=10,
+                                   WaitTimeSeconds=1)["Messages"]
+        assert len(msgs) == 2
+        for msg in msgs:
+            req = ImageRequest.from_json(msg["Body"])
+            assert len(msg["Body"].encode()) <= 1024 and req.key == "slow.jpg" and req.version
+        versions = {ImageRequest.from_json(m["Body"]).version for m in msgs}
+        assert len(versions) == 2, "same-name uploads must be distinct object versions"
+
+
+def test_results_nobody_waits_for_are_kept_and_garbage_is_dropped(moto_server, tmp_path):
+    """A result for an unknown id (e.g. sent while the web tier was down) is persisted; junk is deleted."""
+    settings = web_settings(moto_server, tmp_path / "data")
+    clients = Clients(settings)
+    provision(settings, clients)
+    sqs = clients.sqs
+    resp_url = queue_url(sqs, settings.resp_queue)
+    orphan = ImageResult("orphan" + uuid.uuid4().hex[:8], "lost.jpg", label="tabby", score=0.5, worker="i-x",
+                         sent_at=time.time() - 2, done_at=time.time(), infer_ms=12.0)
+    sqs.send_message(QueueUrl=resp_url, MessageBody=orphan.to_json())
+    for junk in ("not json", json.dumps({"v": 99}), json.dumps([1, 2]), json.dumps({"v": 1, "name": "x"})):
+        sqs.send_message(QueueUrl=resp_url, MessageBody=junk)
+    with running_web(settings, tmp_path / "web.log") as proc:
+        wait_for(lambda: queue_depth(sqs, resp_url).backlog == 0, 20, what="response queue drained")
+        job = requests.get(f"{proc.base}/api/jobs/{orphan.request_id}", timeout=10).json()
+        assert job["status"] == "done" and job["label"] == "tabby" and job["answer"] == "lost:tabby"
+        assert "garbled" in log_text(proc)
+
+
+def test_sigterm_stops_cleanly(moto_server, tmp_path):
+    settings = web_settings(moto_server, tmp_path / "data")
+    provision(settings, Clients(settings))
+    proc = start_module("web_tier", settings, log_path=tmp_path / "web.log")
+    try:
+        wait_for(lambda: "listening on" in log_text(proc), 30, what="web tier start")
+        assert f"http://{settings.web_host}:{settings.web_port}/" in log_text(proc)
+        started = time.monotonic()
+        proc.terminate()
+        assert proc.wait(15) == 0, log_text(proc)
+        assert time.monotonic() - started < 10
+        assert "dispatcher stopped" in log_text(proc) and "web tier stopped" in log_text(proc)
+    except subprocess.TimeoutExpired:
+        pytest.fail("web tier did not stop on SIGTERM:\n" + log_text(proc))
+    finally:
+        stop_process(proc)
+
+
+def test_store_is_reachable_in_app_extensions(settings):
+    """The documented hook a dashboard blueprint reads (no dispatcher needed)."""
+    from web_tier import create_app, get_state
+
+    app = create_app(settings, start_dispatcher=False)
+    state = get_state(app)
+    assert app.extensions["imgrec"] is state
+    assert state.store.counts() == {"queued": 0, "done": 0, "failed": 0}
+    assert not state.dispatcher.is_alive()
+    assert app.config["MAX_CONTENT_LENGTH"] == state.max_body_bytes
+    state.store.close()
+
+

@@ -1,0 +1,49 @@
+"""The web tier: upload form and course API (``POST /``), JSON API, response dispatcher.
+
+``create_app`` builds the Flask app; ``python -m web_tier`` serves it with waitress.
+Shared state (settings, clients, job store, router, dispatcher) lives on
+``app.extensions["imgrec"]`` as a ``web_tier.state.WebState``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask
+
+from infra.clients import Clients
+from infra.config import Settings
+from web_tier.dispatcher import Dispatcher, Router
+from web_tier.jobs import JobStore
+from web_tier.state import EXTENSION, WebState
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, clients: Clients | None = None,
+               start_dispatcher: bool = True) -> Flask:
+    """Application factory. ``start_dispatcher=False`` leaves the response queue unread (tests, tools)."""
+    settings = settings or Settings.from_env()
+    # One pooled connection per serving thread: 200 requests each storing an image at once.
+    clients = clients or Clients(settings, pool=max(settings.max_pool_connections, settings.web_threads))
+    store = JobStore(settings.data_dir)
+    router = Router()
+    state = WebState(settings, clients, store, router, Dispatcher(settings, clients.sqs, store, router))
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
+    app.extensions[EXTENSION] = state
+
+    from web_tier import api, upload
+
+    app.register_blueprint(upload.bp)
+    app.register_blueprint(api.bp)
+    upload.register_error_handlers(app)
+
+    if start_dispatcher:
+        state.dispatcher.start()
+    return app
+
+
+def get_state(app: Flask) -> WebState:
+    return app.extensions[EXTENSION]

@@ -1,0 +1,201 @@
+"""Response routing: one background thread per process reads the response queue.
+
+No HTTP request polls the queue itself: 200 waiting requests each long-polling
+would steal each other's results. Instead the dispatcher receives every result,
+persists it (so nothing is lost when nobody waits for it), wakes whoever waits
+for that request id, and only then deletes the messages.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from infra.config import Settings
+from infra.messages import BadMessage, ImageResult
+from infra.observe import queue_url
+from web_tier.jobs import JobStore
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 10.0
+LATENCY_WINDOW = 1000
+
+
+@dataclass
+class Watch:
+    """What one waiting request sees: its results, and an event set when any arrives."""
+
+    ids: frozenset[str]
+    event: threading.Event = field(default_factory=threading.Event)
+    results: dict[str, ImageResult] = field(default_factory=dict)
+
+
+class Router:
+    """Request id -> waiting requests. Several requests may watch the same id."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._watches: dict[str, list[Watch]] = {}
+
+    @contextmanager
+    def watch(self, ids):
+        """Register before sending (or before reading the store) so no result slips between."""
+        w = Watch(frozenset(ids))
+        with self._lock:
+            for i in w.ids:
+                self._watches.setdefault(i, []).append(w)
+        try:
+            yield w
+        finally:
+            with self._lock:
+                for i in w.ids:
+                    waiting = self._watches.get(i, [])
+                    if w in waiting:
+                        waiting.remove(w)
+                    if not waiting:
+                        self._watches.pop(i, None)
+
+    def deliver(self, result: ImageResult) -> int:
+        """Hand a result to everyone watching its id; returns how many were waiting."""
+        with self._lock:
+            waiting = list(self._watches.get(result.request_id, ()))
+            for w in waiting:
+                w.results[result.request_id] = result
+                w.event.set()
+        return len(waiting)
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._watches)
+
+
+@dataclass
+class DispatcherStats:
+    """Counters the dashboard reads; updated only by the dispatcher thread."""
+
+    results: int = 0
+    failed: int = 0
+    unclaimed: int = 0  # results that no request was waiting for (persisted all the same)
+    garbled: int = 0
+    receive_errors: int = 0
+    last_poll_at: float | None = None
+    # (result_at, total_ms or None, infer_ms or None) for the latest results.
+    latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
+
+    def snapshot(self) -> dict:
+        return {
+            "results": self.results,
+            "failed": self.failed,
+            "unclaimed": self.unclaimed,
+            "garbled": self.garbled,
+            "receive_errors": self.receive_errors,
+            "last_poll_at": self.last_poll_at,
+            "latencies": list(self.latencies),
+        }
+
+
+class Dispatcher(threading.Thread):
+    """Long-polls the response queue until ``stop()``; see the module doc."""
+
+    def __init__(self, settings: Settings, sqs, store: JobStore, router: Router):
+        super().__init__(name="response-dispatcher", daemon=True)
+        self.settings = settings
+        self.sqs = sqs
+        self.store = store
+        self.router = router
+        self.stats = DispatcherStats()
+        self._stop_event = threading.Event()
+        self._url: str | None = None
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Ask the thread to finish; waits out at most one long poll."""
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(self.settings.receive_wait_s + 5 if timeout is None else timeout)
+            if self.is_alive():
+                log.warning("dispatcher still in a long poll after stop; it is a daemon and exits with the process")
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop_event.is_set()
+
+    def run(self) -> None:
+        backoff = 0.5
+        log.info("dispatcher started on queue %s", self.settings.resp_queue)
+        while not self._stop_event.is_set():
+            try:
+                if self._url is None:
+                    self._url = queue_url(self.sqs, self.settings.resp_queue)
+                self.poll_once()
+                backoff = 0.5
+            except (ClientError, BotoCoreError) as err:
+                self.stats.receive_errors += 1
+                log.error("response queue %s: %s; retrying in %.1f s", self.settings.resp_queue, err, backoff)
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except Exception:  # the thread must not die silently: requests would hang until timeout
+                self.stats.receive_errors += 1
+                log.exception("dispatcher error; retrying in %.1f s", backoff)
+                self._stop_event.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        log.info("dispatcher stopped")
+
+    def poll_once(self) -> int:
+        """One long poll; returns how many messages were handled."""
+        resp = self.sqs.receive_message(
+            QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=self.settings.receive_wait_s,
+            MessageAttributeNames=["All"],
+        )
+        self.stats.last_poll_at = time.time()
+        messages = resp.get("Messages", [])
+        done = []
+        for msg in messages:
+            if self.handle(msg):
+                done.append(msg)
+        if done:
+            self._delete_batch(done)
+        return len(messages)
+
+    def handle(self, msg: dict) -> bool:
+        """Persist and route one message; True when it may be deleted."""
+        received_at = time.time()
+        try:
+            result = ImageResult.from_json(msg.get("Body", ""))
+        except (BadMessage, TypeError) as err:
+            self.stats.garbled += 1
+            log.warning("dropping garbled response message %s: %s", msg.get("MessageId"), err)
+            return True
+        try:
+            self.store.complete(result, received_at)
+        except Exception:
+            log.exception("cannot persist result %s (message %s); it stays on the queue",
+                          result.request_id, msg.get("MessageId"))
+            return False
+        woken = self.router.deliver(result)
+        self.stats.results += 1
+        self.stats.failed += 0 if result.ok else 1
+        self.stats.unclaimed += 0 if woken else 1
+        total_ms = None if result.sent_at is None else round((received_at - result.sent_at) * 1000, 1)
+        self.stats.latencies.append((received_at, total_ms, result.infer_ms))
+        log.debug("result %s for %s: %s (waiters %d)", result.request_id, result.name,
+                  result.label if result.ok else result.error, woken)
+        return True
+
+    def _delete_batch(self, messages: list[dict]) -> None:
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
+        try:
+            resp = self.sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
+        except ClientError:
+            log.error("delete_message_batch on %s failed for %d messages; they will be redelivered and re-persisted",
+                      self.settings.resp_queue, len(entries))
+            raise
+        for failure in resp.get("Failed", []):
+            log.warning("could not delete response message %s: %s", failure.get("Id"), failure.get("Message"))

@@ -1,0 +1,116 @@
+"""Upload intake: check a file (pure), then store it and enqueue its request (actuation).
+
+Every check runs before anything touches S3 or SQS, so bad input never reaches
+the queue. Content is sniffed with Pillow, never trusted from the name or the
+Content-Type the client sent.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+import warnings
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+from PIL import Image, UnidentifiedImageError
+
+from infra.messages import BadName, ImageRequest, safe_name
+
+log = logging.getLogger(__name__)
+
+COURSE_FIELDS = ("myfile", "inputFile")
+READ_CHUNK = 64 * 1024
+
+
+class Rejected(Exception):
+    """An upload we refuse: an HTTP status and a one-line reason for the client."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checked upload: safe to store and enqueue."""
+
+    name: str  # the client's file name (already checked by safe_name)
+    key: str  # the input-bucket key
+    data: bytes
+    image_format: str
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):.3g} MB" if n >= 1024 * 1024 else f"{n} bytes"
+
+
+def read_bounded(stream, max_bytes: int) -> bytes:
+    """Read at most ``max_bytes``; one byte more means the file is too big (chunked bodies have no length)."""
+    buf = bytearray()
+    while len(buf) <= max_bytes:
+        chunk = stream.read(min(READ_CHUNK, max_bytes + 1 - len(buf)))
+        if not chunk:
+            break
+        buf += chunk
+    if len(buf) > max_bytes:
+        raise Rejected(413, f"file is larger than the {_mb(max_bytes)} limit")
+    return bytes(buf)
+
+
+def sniff_image(data: bytes) -> str:
+    """The image format Pillow finds in ``data``; ``Rejected(415)`` when it is not an image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = img.format or "unknown"
+                img.verify()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise Rejected(413, "image has too many pixels") from None
+    except UnidentifiedImageError:
+        raise Rejected(415, "file content is not an image (checked by content, not by name)") from None
+    except Exception as err:  # Pillow raises many types for damaged files
+        raise Rejected(415, f"file content is not a readable image: {str(err).splitlines()[0][:120]}") from None
+    return fmt
+
+
+def check_upload(filename: str | None, data: bytes, max_bytes: int) -> Upload:
+    """All checks on one file, cheapest first. Raises ``Rejected``."""
+    try:
+        key = safe_name(filename)
+    except BadName as err:
+        raise Rejected(400, f"bad file name: {err}") from None
+    if not data:
+        raise Rejected(400, "file is empty")
+    if len(data) > max_bytes:
+        raise Rejected(413, f"file is larger than the {_mb(max_bytes)} limit")
+    return Upload(name=filename, key=key, data=data, image_format=sniff_image(data))
+
+
+def submit(state, upload: Upload, job_id: str | None = None) -> str:
+    """Store the image, record the job, enqueue its request; returns the job (= request) id.
+
+    Raises ``Rejected(503)`` when S3 or SQS refuse; the job is then marked failed.
+    """
+    created = time.time()
+    s3, sqs, settings = state.clients.s3, state.clients.sqs, state.settings
+    try:
+        put = s3.put_object(Bucket=settings.in_bucket, Key=upload.key, Body=upload.data,
+                            ContentType=f"image/{upload.image_format.lower()}")
+    except (ClientError, BotoCoreError) as err:
+        log.error("put_object %s/%s failed: %s", settings.in_bucket, upload.key, err)
+        raise Rejected(503, "image store unavailable, try again") from None
+    request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id)
+    state.store.add(request.request_id, upload.name, upload.key, request.version, created)
+    try:
+        sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
+    except (ClientError, BotoCoreError) as err:
+        log.error("send_message for job %s (%s) failed: %s", request.request_id, upload.key, err)
+        state.store.fail(request.request_id, "request queue unavailable")
+        raise Rejected(503, "request queue unavailable, try again") from None
+    state.store.mark_enqueued(request.request_id, request.sent_at)
+    log.info("job %s enqueued: key=%s version=%s", request.request_id, upload.key, request.version)
+    return request.request_id

@@ -1,0 +1,141 @@
+// The upload page: uploads each file to POST /api/jobs (a few at a time, with progress),
+// then one long-poll loop on GET /api/jobs?ids=...&wait=20 shows results as they arrive.
+"use strict";
+(function () {
+  const MAX_PARALLEL_UPLOADS = 3;  // browsers allow ~6 connections per host; leave room for polling
+  const POLL_WAIT_S = 20;
+  const waiting = [];              // files not yet sent
+  const pending = new Map();       // job id -> card, sent and not finished
+  let uploading = 0, polling = false, total = 0, finished = 0;
+
+  const $ = (sel, root) => (root || document).querySelector(sel);
+  const drop = $("#drop"), input = $("#files"), results = $("#results"), summary = $("#summary");
+
+  function summarize() {
+    const busy = total - finished;
+    summary.textContent = total ? `${finished} of ${total} done` + (busy ? ` · ${busy} in progress` : "") : "";
+  }
+
+  function setStatus(card, status, text) {
+    card.dataset.status = status;
+    $(".status", card).textContent = text;
+  }
+
+  function addFiles(files) {
+    for (const file of files) {
+      const card = $("#card").content.firstElementChild.cloneNode(true);
+      card.dataset.name = file.name;
+      $(".name", card).textContent = file.name;
+      $(".name", card).title = file.name;
+      const img = $("img", card);
+      img.src = URL.createObjectURL(file);
+      img.onload = img.onerror = () => URL.revokeObjectURL(img.src);
+      setStatus(card, "waiting", "waiting to upload");
+      results.prepend(card);
+      waiting.push({ file, card });
+      total++;
+    }
+    summarize();
+    pump();
+  }
+
+  function finish(card, status, text) {
+    setStatus(card, status, text);
+    finished++;
+    summarize();
+  }
+
+  function pump() {
+    while (uploading < MAX_PARALLEL_UPLOADS && waiting.length) {
+      uploading++;
+      upload(waiting.shift()).finally(() => { uploading--; pump(); });
+    }
+  }
+
+  function upload({ file, card }) {
+    return new Promise((resolve) => {
+      const xhr = new XMLHttpRequest();
+      const fill = $(".fill", card);
+      xhr.open("POST", "/api/jobs");
+      xhr.responseType = "json";
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) {
+          const pct = Math.round((100 * e.loaded) / e.total);
+          fill.style.width = pct + "%";
+          setStatus(card, "uploading", `uploading ${pct}%`);
+        }
+      };
+      xhr.onload = () => {
+        const body = xhr.response || {};
+        const job = (body.jobs || [])[0];
+        fill.style.width = "100%";
+        if (xhr.status === 202 && job) {
+          card.dataset.job = job.id;
+          card.dataset.sentAt = String(performance.now());
+          pending.set(job.id, card);
+          setStatus(card, "queued", "waiting for a worker…");
+          poll();
+        } else {
+          const err = (body.errors || [])[0];
+          finish(card, "error", (err && err.error) || body.error || `upload failed (HTTP ${xhr.status})`);
+        }
+        resolve();
+      };
+      xhr.onerror = () => { finish(card, "error", "upload failed: network error"); resolve(); };
+      const form = new FormData();
+      form.append("myfile", file, file.name);
+      setStatus(card, "uploading", "uploading 0%");
+      xhr.send(form);
+    });
+  }
+
+  function show(job) {
+    const card = pending.get(job.id);
+    if (!card || job.status === "queued") return;
+    pending.delete(job.id);
+    if (job.status === "done") {
+      $(".label", card).textContent = job.label;
+      $(".score", card).textContent = job.score == null ? "" : `${(100 * job.score).toFixed(1)}%`;
+      $(".time", card).textContent = job.total_ms == null ? "" : `· ${(job.total_ms / 1000).toFixed(2)} s`;
+      finish(card, "done", "classified");
+    } else {
+      finish(card, "failed", job.error || "failed");
+    }
+  }
+
+  async function poll() {
+    if (polling) return;
+    polling = true;
+    try {
+      while (pending.size) {
+        const ids = Array.from(pending.keys()).slice(0, 100);
+        try {
+          const resp = await fetch(`/api/jobs?ids=${ids.join(",")}&wait=${POLL_WAIT_S}`);
+          if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+          const body = await resp.json();
+          body.jobs.forEach(show);
+          for (const id of body.unknown) {
+            const card = pending.get(id);
+            pending.delete(id);
+            if (card) finish(card, "error", "the server does not know this job");
+          }
+        } catch (e) {
+          await new Promise((r) => setTimeout(r, 1000));  // server restarting: try again
+        }
+      }
+    } finally {
+      polling = false;
+    }
+  }
+
+  input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
+  ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  }));
+  ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+  }));
+  drop.addEventListener("drop", (e) => addFiles(Array.from(e.dataTransfer.files)));
+})();
