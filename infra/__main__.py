@@ -1,4 +1,4 @@
-"""`python -m infra provision | status | teardown | moto`."""
+"""`python -m infra provision | status | teardown | up | moto | deploy | destroy | bake`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="print queue depths, bucket counts and instances")
     sub.add_parser("teardown", help="delete the buckets and queues that provision made")
     sub.add_parser("up", help="run the whole local stack (moto, provision, web tier, controller, workers)")
+    dep = sub.add_parser("deploy", help="create the whole system on AWS (asks first; see docs/DEPLOY.md)")
+    dep.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    dep.add_argument("--dry-run", action="store_true", help="print the plan and cost, change nothing")
+    des = sub.add_parser("destroy", help="remove everything deploy and bake made (only resources tagged ours)")
+    des.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    des.add_argument("--keep-images", action="store_true", help="keep AMIs made by bake")
+    bake = sub.add_parser("bake", help="build an app-tier AMI with the project and model installed")
+    bake.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     moto = sub.add_parser("moto", help="run a moto server in the foreground")
     moto.add_argument("--host", default="127.0.0.1")
     moto.add_argument("--port", type=int, default=4566)
@@ -41,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     from infra.clients import Clients
 
     clients = Clients(settings)
+    if args.command in ("deploy", "destroy", "bake"):
+        from infra.deploy_cli import run
+
+        return run(args, settings, clients)
     try:
         if args.command == "provision":
             from infra.provision import provision

@@ -1,0 +1,65 @@
+"""A small on-demand price table, so `deploy` can say what max scale costs before it starts.
+
+Figures are Linux on-demand USD per hour in us-east-1 (public AWS price list, 2024);
+other regions are usually 0-30 % dearer. They are an estimate for a confirmation
+prompt, not a bill.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HOURS_PER_MONTH = 730
+EBS_GP3_USD_PER_GB_MONTH = 0.08
+PRICE_REGION = "us-east-1"
+
+USD_PER_HOUR: dict[str, float] = {
+    "t3.micro": 0.0104,
+    "t3.small": 0.0208,
+    "t3.medium": 0.0416,
+    "t3.large": 0.0832,
+    "t3.xlarge": 0.1664,
+    "t2.micro": 0.0116,
+    "t2.small": 0.023,
+    "t2.medium": 0.0464,
+    "c5.large": 0.085,
+    "c5.xlarge": 0.17,
+    "c6i.large": 0.085,
+    "c6i.xlarge": 0.17,
+    "c7i.large": 0.08925,
+    "m5.large": 0.096,
+    "m6i.large": 0.096,
+    "g4dn.xlarge": 0.526,
+    "g5.xlarge": 1.006,
+}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Cost per hour at max scale; ``unknown`` lists instance types missing from the table."""
+
+    usd_per_hour: float
+    unknown: tuple[str, ...]
+
+    def __str__(self) -> str:
+        text = f"${self.usd_per_hour:.2f}/hour (~${self.usd_per_hour * HOURS_PER_MONTH:.0f}/month if left at max)"
+        if self.unknown:
+            text += f"; not in the price table, so not counted: {', '.join(self.unknown)}"
+        return text
+
+
+def ebs_usd_per_hour(gib: int) -> float:
+    return gib * EBS_GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH
+
+
+def estimate_max_hourly(web_type: str, app_type: str, max_instances: int, root_volume_gb: int) -> Estimate:
+    """One web instance plus ``max_instances`` app instances, each with its root volume."""
+    total = (max_instances + 1) * ebs_usd_per_hour(root_volume_gb)
+    unknown = []
+    for itype, count in ((web_type, 1), (app_type, max_instances)):
+        price = USD_PER_HOUR.get(itype)
+        if price is None:
+            unknown.append(itype)
+        else:
+            total += price * count
+    return Estimate(round(total, 4), tuple(dict.fromkeys(unknown)))
