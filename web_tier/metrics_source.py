@@ -7,10 +7,12 @@ read on its own: when one fails its fields are ``None`` (a gap on the charts) an
 its error is reported, and it is retried after a growing back-off so a dead
 endpoint is neither hammered nor logged every second.
 
-Percentiles: real CloudWatch answers ``p50``/``p95`` itself. moto (5.2.5) answers
-them with HTTP 500 and ignores ``ExtendedStatistics``, so locally they are
-approximated from 1-second buckets (see ``approx_percentiles``); the reading says
-which (``latency_mode``).
+Percentiles: workers publish latencies as statistic sets (count, sum, min, max
+per 5-s flush), from which CloudWatch itself computes no percentiles, and moto
+(5.2.5) answers percentile statistics with HTTP 500. So p50/p95 are approximated
+from 1-second buckets (``approx_percentiles``); on real AWS the native ``p50``/``p95``
+are asked for too and win when they hold data (raw values published one by one).
+The reading says which (``latency_mode``).
 """
 
 from __future__ import annotations
@@ -122,18 +124,17 @@ def live_queries(settings: Settings, native_percentiles: bool) -> list[dict]:
         metric_query("ie", settings, IMAGE_ERRORS, "Sum", 1),
         metric_query("de", settings, DESIRED_INSTANCES, "Maximum", 1),
     ]
+    queries += [metric_query("la", settings, END_TO_END_MS, "Average", 1),
+                metric_query("lx", settings, END_TO_END_MS, "Maximum", 1),
+                metric_query("ln", settings, END_TO_END_MS, "SampleCount", 1)]
     if native_percentiles:
         queries += [metric_query("p50", settings, END_TO_END_MS, "p50", LATENCY_WINDOW_S),
                     metric_query("p95", settings, END_TO_END_MS, "p95", LATENCY_WINDOW_S)]
-    else:
-        queries += [metric_query("la", settings, END_TO_END_MS, "Average", 1),
-                    metric_query("lx", settings, END_TO_END_MS, "Maximum", 1),
-                    metric_query("ln", settings, END_TO_END_MS, "SampleCount", 1)]
     return queries
 
 
-def summarize_live(results: dict[str, list[tuple[float, float]]], end: float) -> dict[str, float | None]:
-    """Series values from query results given as id -> [(epoch seconds, value)]."""
+def summarize_live(results: dict[str, list[tuple[float, float]]], end: float) -> tuple[dict[str, float | None], str]:
+    """Series values from query results given as id -> [(epoch seconds, value)], and the latency mode."""
     def recent_sum(qid: str) -> float:
         return sum(v for ts, v in results.get(qid, []) if ts >= end - RATE_WINDOW_S)
 
@@ -143,16 +144,14 @@ def summarize_live(results: dict[str, list[tuple[float, float]]], end: float) ->
     }
     desired = results.get("de", [])
     out["desired"] = max(desired)[1] if desired else None
-    if "p50" in results or "p95" in results:
-        p50 = [v for _, v in results.get("p50", [])]
-        p95 = [v for _, v in results.get("p95", [])]
-        out["latency_p50_ms"] = p50[-1] if p50 else None
-        out["latency_p95_ms"] = p95[-1] if p95 else None
-    else:
-        avg, mx, n = (dict(results.get(k, [])) for k in ("la", "lx", "ln"))
-        buckets = [(avg[ts], mx.get(ts, avg[ts]), n.get(ts, 1.0)) for ts in avg]
-        out["latency_p50_ms"], out["latency_p95_ms"] = approx_percentiles(buckets)
-    return out
+    p50, p95 = results.get("p50"), results.get("p95")
+    if p50 and p95:
+        out["latency_p50_ms"], out["latency_p95_ms"] = p50[-1][1], p95[-1][1]
+        return out, "native"
+    avg, mx, n = (dict(results.get(k, [])) for k in ("la", "lx", "ln"))
+    buckets = [(avg[ts], mx.get(ts, avg[ts]), n.get(ts, 1.0)) for ts in avg]
+    out["latency_p50_ms"], out["latency_p95_ms"] = approx_percentiles(buckets)
+    return out, "approx"
 
 
 def history_period(age_s: float) -> int:
@@ -182,7 +181,9 @@ class MetricsSource:
         self.settings = settings
         self.clients = clients
         self.clock = clock
+        # moto answers a percentile query with HTTP 500 (and retries make that slow): ask real AWS only.
         self.native_percentiles = not settings.is_local
+        self.latency_mode = "approx"
         self._urls: dict[str, str] = {}
         self._failures: dict[str, int] = {}
         self._retry_at: dict[str, float] = {}
@@ -193,7 +194,7 @@ class MetricsSource:
 
     def read(self) -> Reading:
         now = self.clock()
-        reading = Reading(t=round(now, 3), latency_mode="native" if self.native_percentiles else "approx")
+        reading = Reading(t=round(now, 3))
         for source, fn in (("sqs", self._read_sqs), ("ec2", self._read_ec2), ("cloudwatch", self._read_cloudwatch)):
             if now < self._retry_at.get(source, 0.0):
                 reading.errors[source] = self._last_error.get(source, "unavailable") + " (retrying)"
@@ -207,6 +208,7 @@ class MetricsSource:
                 if self._failures.pop(source, 0):
                     log.info("dashboard source %s is back", source)
                 self._retry_at.pop(source, None)
+        reading.latency_mode = self.latency_mode
         if "ec2" not in reading.errors:
             reading.instances = instance_rows(self._instances, self._done, now)
         return reading
@@ -239,10 +241,11 @@ class MetricsSource:
         return state_counts(self._instances)
 
     def _read_cloudwatch(self, now: float) -> dict[str, float | None]:
+        """Rates, latency and desired count; sets ``latency_mode`` for the reading being built."""
         end = datetime.fromtimestamp(math.floor(now) - METRIC_LAG_S, UTC)
         start = end - timedelta(seconds=LATENCY_WINDOW_S)
         resp = self._get_metric_data(live_queries(self.settings, self.native_percentiles), start, end)
-        values = summarize_live(_results(resp), end.timestamp())
+        values, self.latency_mode = summarize_live(_results(resp), end.timestamp())
         if now - self._done_at >= PER_INSTANCE_EVERY_S:
             self._refresh_done(now)
         return values

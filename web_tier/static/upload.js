@@ -22,6 +22,7 @@
   }
 
   function addFiles(files) {
+    const batch = document.createDocumentFragment();  // a batch keeps its order, newest batch on top
     for (const file of files) {
       const card = $("#card").content.firstElementChild.cloneNode(true);
       card.dataset.name = file.name;
@@ -29,12 +30,14 @@
       $(".name", card).title = file.name;
       const img = $("img", card);
       img.src = URL.createObjectURL(file);
-      img.onload = img.onerror = () => URL.revokeObjectURL(img.src);
+      img.onload = () => URL.revokeObjectURL(img.src);
+      img.onerror = () => { URL.revokeObjectURL(img.src); img.hidden = true; };
       setStatus(card, "waiting", "waiting to upload");
-      results.prepend(card);
+      batch.append(card);
       waiting.push({ file, card });
       total++;
     }
+    results.prepend(batch);
     summarize();
     pump();
   }
