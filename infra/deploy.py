@@ -265,6 +265,13 @@ def terminate_and_wait(ec2, ids: list[str], timeout_s: float, poll_s: float) -> 
         time.sleep(poll_s)
 
 
+def _report_terminated(report: Report, kind: str, ids: list[str]) -> None:
+    for instance_id in ids:
+        report.add(f"{kind} {instance_id}", "terminated")
+    if not ids:
+        report.add(f"{kind}s", "absent")
+
+
 def _our_template(ec2, settings: Settings) -> dict | None:
     try:
         found = ec2.describe_launch_templates(LaunchTemplateNames=[launch_template_name(settings)])["LaunchTemplates"]
@@ -286,7 +293,7 @@ def destroy(settings: Settings, clients, *, keep_images: bool = False, wait_s: f
     # The controller launches app instances: stop it (the web instance) first.
     web = [i["InstanceId"] for i in stack_instances(ec2, settings, role=Role.WEB)]
     terminate_and_wait(ec2, web, wait_s, poll_s)
-    report.add("web instances", f"terminated {len(web)}")
+    _report_terminated(report, "web instance", web)
     lt = _our_template(ec2, settings)
     ids = {i["InstanceId"] for i in stack_instances(ec2, settings)}
     if lt:  # launched from our template but tagged differently: still ours
@@ -295,7 +302,7 @@ def destroy(settings: Settings, clients, *, keep_images: bool = False, wait_s: f
             {"Name": "instance-state-name", "Values": LIVE_STATES}]) for r in page["Reservations"]
             for i in r["Instances"]}
     terminate_and_wait(ec2, sorted(ids), wait_s, poll_s)
-    report.add("app/builder instances", f"terminated {len(ids)}")
+    _report_terminated(report, "app/builder instance", sorted(ids))
     if lt:
         ec2.delete_launch_template(LaunchTemplateId=lt["LaunchTemplateId"])
         report.add(f"launch template {launch_template_name(settings)} ({lt['LaunchTemplateId']})", "deleted")
