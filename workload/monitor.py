@@ -87,7 +87,8 @@ class Monitor:
         while not self._stop.wait(max(0.0, next_at - time.monotonic())):
             next_at += self.interval_s
             sample = self._take()
-            if self.load_done_s is not None and at_rest(sample, self.settings.min_instances):
+            done = self.load_done_s
+            if done is not None and sample.t_s >= done and at_rest(sample, self.settings.min_instances):
                 self._rested.set()
 
     def _take(self) -> Sample:
