@@ -92,13 +92,18 @@ def bake(settings: Settings, clients, *, build_timeout_s: float = BUILD_TIMEOUT_
             on_launched(builder)
         log.info("builder %s installing; waiting for it to power off", builder)
         _wait_state(ec2, builder, "stopped", build_timeout_s, poll_s)
+        tags = _tag_list(settings, BAKED_ROLE, **{"imgrec:ref": settings.repo_ref})
         image_id = ec2.create_image(
             InstanceId=builder, Name=image_name(settings),
             Description=f"imgrec app image ({settings.repo_url}@{settings.repo_ref})",
-            TagSpecifications=[{"ResourceType": kind, "Tags": _tag_list(
-                settings, BAKED_ROLE, **{"imgrec:ref": settings.repo_ref})} for kind in ("image", "snapshot")],
+            TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
         )["ImageId"]
         _wait_image(ec2, image_id, IMAGE_TIMEOUT_S, poll_s)
+        # Snapshots are tagged after the fact (moto lacks snapshot tag specs on create_image).
+        image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
+        snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]
+        if snaps:
+            ec2.create_tags(Resources=snaps, Tags=tags)
         report.add(f"image {image_id}", "created")
     finally:
         terminate_and_wait(ec2, [builder], IMAGE_TIMEOUT_S, poll_s)
