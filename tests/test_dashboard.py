@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import UTC, datetime
 
 import pytest
 import requests
 from flask import Flask
 from waitress.server import create_server
 
+from app_tier.metrics import Metrics
 from infra.clients import Clients
 from infra.moto_server import free_port
 from tests.procs import wait_for
@@ -62,17 +62,14 @@ def dash(stack, clients):
         yield server
 
 
-def put_images(clients, settings, instance_id: str, n: int, latency_ms: float) -> None:
-    now = datetime.now(UTC)
-    stack_dim = [{"Name": "Stack", "Value": settings.prefix}]
-    inst_dim = stack_dim + [{"Name": "InstanceId", "Value": instance_id}]
-    clients.cloudwatch.put_metric_data(Namespace=settings.metrics_namespace, MetricData=[
-        {"MetricName": IMAGES_PROCESSED, "Dimensions": stack_dim, "Value": n, "Unit": "Count", "Timestamp": now},
-        {"MetricName": IMAGES_PROCESSED, "Dimensions": inst_dim, "Value": n, "Unit": "Count", "Timestamp": now},
-        {"MetricName": END_TO_END_MS, "Dimensions": stack_dim, "Value": latency_ms, "Unit": "Milliseconds",
-         "Timestamp": now},
-        {"MetricName": IMAGE_ERRORS, "Dimensions": stack_dim, "Value": 1, "Unit": "Count", "Timestamp": now},
-    ])
+def put_images(clients, settings, instance_id: str, latencies_ms: list[float], errors: int = 0) -> None:
+    """Publish as a worker does: its own metrics publisher, one flush (statistic sets, both dimension sets)."""
+    metrics = Metrics(clients.cloudwatch, settings.metrics_namespace, settings.prefix, instance_id)
+    metrics.count(IMAGES_PROCESSED, len(latencies_ms))
+    metrics.count(IMAGE_ERRORS, errors)
+    for ms in latencies_ms:
+        metrics.timing(END_TO_END_MS, ms)
+    metrics.flush()
 
 
 # ---------------------------------------------------------------- pure parts
@@ -95,14 +92,15 @@ def test_summarize_live_rates_and_latest_desired():
     results = {"ip": [(985.0, 100.0), (991.0, 20.0), (999.0, 30.0)], "ie": [(995.0, 5.0)],
                "de": [(990.0, 7.0), (998.0, 3.0)], "la": [(999.0, 120.0)], "lx": [(999.0, 200.0)],
                "ln": [(999.0, 4.0)]}
-    out = summarize_live(results, end)
+    out, mode = summarize_live(results, end)
+    assert mode == "approx"
     assert out["images_per_s"] == 5.0  # only the last 10 s: (20 + 30) / 10
     assert out["errors_per_s"] == 0.5
     assert out["desired"] == 3.0
     assert (out["latency_p50_ms"], out["latency_p95_ms"]) == (120.0, 200.0)
-    native = summarize_live({"p50": [(990.0, 80.0)], "p95": [(990.0, 300.0)]}, end)
-    assert (native["latency_p50_ms"], native["latency_p95_ms"]) == (80.0, 300.0)
-    assert summarize_live({}, end)["latency_p50_ms"] is None
+    native, mode = summarize_live(dict(results, p50=[(990.0, 80.0)], p95=[(990.0, 300.0)]), end)
+    assert mode == "native" and (native["latency_p50_ms"], native["latency_p95_ms"]) == (80.0, 300.0)
+    assert summarize_live({}, end)[0]["latency_p50_ms"] is None
 
 
 def test_history_period_is_a_valid_cloudwatch_period():
@@ -143,7 +141,7 @@ def test_metrics_reflect_queues_instances_and_cloudwatch(dash, stack, clients):
     # Someone else's instance must not be counted.
     clients.ec2.run_instances(ImageId=stack.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "unrelated-1"}]}])
-    put_images(clients, stack, iid, 6, 250.0)
+    put_images(clients, stack, iid, [200.0, 250.0, 250.0, 260.0, 300.0, 900.0], errors=1)
 
     def settled():
         v = dash.latest().get("values", {})
@@ -155,7 +153,9 @@ def test_metrics_reflect_queues_instances_and_cloudwatch(dash, stack, clients):
     assert latest["errors"] == {}
     assert latest["values"]["images_per_s"] == pytest.approx(0.6)
     assert latest["values"]["errors_per_s"] == pytest.approx(0.1)
-    assert latest["values"]["latency_p50_ms"] == 250.0
+    # One flush = one statistic set: p50 is its mean, p95 its maximum (approximation on moto).
+    assert latest["values"]["latency_p50_ms"] == pytest.approx(360.0)
+    assert latest["values"]["latency_p95_ms"] == 900.0
     assert latest["latency_mode"] == "approx"  # moto answers percentile statistics with HTTP 500
     wait_for(lambda: [r.get("images_done") for r in dash.latest()["instances"]] == [6], 15, interval=0.5,
              what="per-instance images done")

@@ -16,7 +16,8 @@
       { key: "inst_running", label: "running", color: C.green, fill: "rgba(22,163,74,.10)" },
       { key: "inst_pending", label: "pending", color: C.blue },
       { key: "inst_stopping", label: "stopping", color: C.amber },
-      { key: "desired", label: "desired", color: C.grey, dash: [6, 4] }] },
+      { key: "inst_stopped", label: "stopped", color: C.grey },
+      { key: "desired", label: "desired", color: "#1c2430", dash: [6, 4], width: 1.5 }] },
     { el: "chart-rate", unit: "images/s", series: [
       { key: "images_per_s", label: "images/s", color: C.violet, fill: "rgba(124,58,237,.12)" }] },
     { el: "chart-latency", unit: "ms", series: [
@@ -45,7 +46,7 @@
           label: spec.unit, labelSize: 18, labelFont: "12px system-ui, sans-serif" },
       ],
       series: [{}].concat(spec.series.map((s) => ({
-        label: s.label, stroke: s.color, width: 2, fill: s.fill, dash: s.dash,
+        label: s.label, stroke: s.color, width: s.width || 2, fill: s.fill, dash: s.dash,
         points: { show: false }, spanGaps: false,
         value: (u, v) => (v == null ? "–" : fmt(v)),
       }))),
