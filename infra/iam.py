@@ -2,8 +2,10 @@
 
 Policy documents are pure functions of the settings and the ARNs deploy learned, so
 tests read them as plain JSON. ``*`` appears only as the resource of actions that AWS
-does not scope to resources (ec2:Describe*, cloudwatch:PutMetricData, which is
-narrowed by a namespace condition instead); never as an action.
+does not scope to resources (ec2:Describe*, cloudwatch:GetMetricData, and
+cloudwatch:PutMetricData, narrowed by a namespace condition instead); never as an action.
+SQS batch calls (SendMessageBatch, DeleteMessageBatch, ...) are authorized by the
+single-message actions granted here.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ log = logging.getLogger(__name__)
 
 POLICY_VERSION = "2012-10-17"
 # Actions AWS evaluates only against Resource "*" (no resource-level permissions).
-UNSCOPED_ACTIONS = frozenset({"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "cloudwatch:PutMetricData"})
+UNSCOPED_ACTIONS = frozenset({"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "cloudwatch:PutMetricData",
+                              "cloudwatch:GetMetricData"})
 
 EC2_TRUST_POLICY = {
     "Version": POLICY_VERSION,
@@ -168,6 +171,9 @@ def web_policy(settings: Settings, arns: Arns, *, launch_template_id: str, app_s
              "Condition": {"StringEquals": {"iam:PassedToService": "ec2.amazonaws.com"}}},
             {"Sid": "PutMetrics", "Effect": "Allow", "Action": ["cloudwatch:PutMetricData"],
              "Resource": "*", "Condition": _namespace_condition(settings)},
+            # The controller (idle check) and web dashboard read metrics back; GetMetricData
+            # has no resource-level permissions or namespace condition key.
+            {"Sid": "ReadMetrics", "Effect": "Allow", "Action": ["cloudwatch:GetMetricData"], "Resource": "*"},
         ],
     }
 

@@ -70,6 +70,7 @@ def test_web_policy_scopes_ec2_by_template_tag_and_role():
     assert grants["sqs:SendMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-req-queue"}
     assert grants["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue"}
     assert grants["iam:PassRole"] == {"arn:aws:iam::111122223333:role/lp-app-role"}
+    assert grants["cloudwatch:GetMetricData"] == {"*"}  # controller idle check, web dashboard
     by_sid = {st["Sid"]: st for st in _statements(policy)}
     run = by_sid["LaunchAppTier"]
     template = "arn:aws:ec2:eu-west-1:111122223333:launch-template/lt-0abc"
