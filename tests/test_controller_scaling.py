@@ -1,0 +1,201 @@
+"""The controller and the local supervisor as real processes on a moto server.
+
+A burst of real images goes straight into the input bucket and request queue; the
+test samples ``describe_instances`` every 0.2 s (as a grader would) and checks the
+app tier scaled out to the policy's count, never above max, answered everything,
+and came back to min. Killing a worker process must make the supervisor replace it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import psutil
+import pytest
+
+from infra.config import Settings
+from infra.messages import ImageRequest, ImageResult
+from infra.observe import InstanceState, app_instances, queue_url
+from tests.images import jpeg_bytes
+from tests.procs import log_text, start_module, stop_process, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class FleetSample:
+    at: float  # wall clock, comparable with ImageResult.done_at
+    running: int
+    pending: int
+
+
+@dataclass
+class FleetSampler:
+    """Samples the app tier through describe_instances every ``interval`` s in a thread."""
+
+    ec2: object
+    settings: Settings
+    interval: float = 0.2
+    samples: list[FleetSample] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            fleet = app_instances(self.ec2, self.settings)
+            self.samples.append(FleetSample(time.time(),
+                                            sum(i.state == InstanceState.RUNNING for i in fleet),
+                                            sum(i.state == InstanceState.PENDING for i in fleet)))
+            self._stop.wait(self.interval)
+
+    @contextmanager
+    def running(self):
+        thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            thread.join(5)
+
+    @property
+    def peak(self) -> int:
+        return max((s.running + s.pending for s in self.samples), default=0)
+
+    @property
+    def peak_running(self) -> int:
+        return max((s.running for s in self.samples), default=0)
+
+
+def upload_images(s3, settings: Settings, count: int, start: int = 0) -> list[ImageRequest]:
+    """Real JPEGs into the input bucket; the request messages that name their versions."""
+    out = []
+    for i in range(start, start + count):
+        name = f"burst_{i:03d}.jpg"
+        version = s3.put_object(Bucket=settings.in_bucket, Key=name, Body=jpeg_bytes(i),
+                                ContentType="image/jpeg").get("VersionId")
+        out.append(ImageRequest.new(name, version, name))
+    return out
+
+
+def send_requests(sqs, settings: Settings, requests: list[ImageRequest]) -> float:
+    """Enqueue in batches of 10; returns when the last went in (wall clock)."""
+    url = queue_url(sqs, settings.req_queue)
+    for i in range(0, len(requests), 10):
+        chunk = requests[i:i + 10]
+        resp = sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "MessageBody": r.to_json()} for n, r in enumerate(chunk)])
+        assert not resp.get("Failed"), resp["Failed"]
+    return time.time()
+
+
+def collect_results(sqs, settings: Settings, want: set[str], timeout: float) -> dict[str, ImageResult]:
+    url = queue_url(sqs, settings.resp_queue)
+    got: dict[str, ImageResult] = {}
+    deadline = time.monotonic() + timeout
+    while not want <= set(got) and time.monotonic() < deadline:
+        resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for m in resp.get("Messages", []):
+            result = ImageResult.from_json(m["Body"])
+            got[result.request_id] = result
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return got
+
+
+def worker_pids(supervisor) -> list[int]:
+    try:
+        return sorted(p.pid for p in psutil.Process(supervisor.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return []
+
+
+@contextmanager
+def scaling_stack(settings: Settings, tmp_path):
+    """``python -m controller.supervisor`` and ``python -m controller``, stopped (with stragglers) at the end."""
+    procs = []
+    try:
+        sup = start_module("controller.supervisor", settings, log_path=tmp_path / "supervisor.log")
+        procs.append(sup)
+        wait_for(lambda: "ready in" in log_text(sup) or sup.poll() is not None, 90, what="supervisor model load")
+        assert sup.poll() is None, log_text(sup)
+        ctl = start_module("controller", settings, log_path=tmp_path / "controller.log")
+        procs.append(ctl)
+        yield sup, ctl
+    finally:
+        for proc in reversed(procs):
+            stop_process(proc, timeout=40)
+        for proc in procs:
+            print(f"---- {proc.args[2]} log (tail) ----\n" + "\n".join(log_text(proc).splitlines()[-25:]))
+
+
+def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack, clients, tmp_path):
+    settings = stack.replace(min_instances=1, max_instances=4, target_backlog_per_instance=5)
+    requests = upload_images(clients.s3, settings, 50)
+    sampler = FleetSampler(clients.ec2, settings)
+    with scaling_stack(settings, tmp_path) as (sup, ctl):
+        wait_for(lambda: len(worker_pids(sup)) == 1, 30, what="the min-1 fleet's worker")
+        assert len(app_instances(clients.ec2, settings)) == 1
+        with sampler.running():
+            time.sleep(0.5)
+            send_requests(clients.sqs, settings, requests)
+            results = collect_results(clients.sqs, settings, {r.request_id for r in requests}, 180)
+            wait_for(lambda: sampler.samples[-1].running + sampler.samples[-1].pending == 1, 30,
+                     what="the fleet back at min 1")
+            time.sleep(0.5)
+
+        assert {r.request_id for r in requests} <= set(results), "some requests were not answered"
+        assert all(results[r.request_id].ok for r in requests), [r for r in results.values() if not r.ok]
+        counts = [s.running + s.pending for s in sampler.samples]
+        print("fleet (running+pending) every 0.2 s:", counts)
+        assert counts[0] == 1 and counts[-1] == 1
+        assert sampler.peak == 4 and sampler.peak_running == 4  # 50 messages / 5 = 10, capped at max 4
+        assert max(counts) <= settings.max_instances
+        assert len({results[r.request_id].worker for r in requests}) > 1, "the new instances did no work"
+        out = clients.s3.list_objects_v2(Bucket=settings.out_bucket)
+        assert out.get("KeyCount") == 50
+
+        # the supervisor keeps one worker per running instance: kill it and it comes back
+        wait_for(lambda: len(worker_pids(sup)) == 1, 40, what="surplus workers to drain")
+        (victim,) = worker_pids(sup)
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: len(worker_pids(sup)) == 1 and worker_pids(sup) != [victim], 15,
+                 what="a replacement worker")
+        assert f"worker pid {victim} for running instance" in log_text(sup)
+        # The killed worker's last long poll may still be open on the server and would swallow messages
+        # sent now until their visibility timeout (SQS semantics, same on AWS): let it lapse first.
+        time.sleep(settings.receive_wait_s + 1)
+        more = upload_images(clients.s3, settings, 3, start=100)
+        send_requests(clients.sqs, settings, more)
+        again = collect_results(clients.sqs, settings, {r.request_id for r in more}, 60)
+        assert {r.request_id for r in more} <= set(again)
+        (instance,) = app_instances(clients.ec2, settings)
+        assert {again[r.request_id].worker for r in more} == {instance.id}
+        assert "action=launch" in log_text(ctl) and "action=remove" in log_text(ctl)
+    assert worker_pids(sup) == [] and sup.returncode == 0
+
+
+def test_grader_profile_min0_max15_peaks_at_15_and_returns_to_zero(stack, clients, tmp_path):
+    settings = stack.replace(min_instances=0, max_instances=15)
+    requests = upload_images(clients.s3, settings, 100)
+    sampler = FleetSampler(clients.ec2, settings)
+    with scaling_stack(settings, tmp_path) as (sup, _ctl):
+        time.sleep(2 * settings.poll_interval_s)
+        assert app_instances(clients.ec2, settings) == [] and worker_pids(sup) == []
+        with sampler.running():
+            sent_at = send_requests(clients.sqs, settings, requests)
+            results = collect_results(clients.sqs, settings, {r.request_id for r in requests}, 240)
+            drained_at = max(r.done_at for r in results.values())
+            wait_for(lambda: sampler.samples[-1].running + sampler.samples[-1].pending == 0, 30,
+                     what="the fleet back at 0")
+        assert {r.request_id for r in requests} <= set(results)
+        zero_at = next(s.at for s in sampler.samples if s.at > drained_at and s.running + s.pending == 0)
+        first_up = next(s.at for s in sampler.samples if s.running + s.pending > 0)
+        print(f"grader profile: first instance {first_up - sent_at:+.2f} s after the burst, peak running "
+              f"{sampler.peak_running}, last answer {drained_at - sent_at:.1f} s after it, "
+              f"0 running {zero_at - drained_at:.2f} s after the last answer")
+        assert sampler.peak_running == 15 and sampler.peak == 15
+        assert zero_at - drained_at < 10  # the grader's bar is 5 s; the benchmark reports the figure
