@@ -198,3 +198,17 @@ def test_dead_endpoint_keeps_the_sampler_alive_and_stops_cleanly(settings):
         assert server.bp.sampler.running
         server.bp.sampler.stop()
         assert not server.bp.sampler.running
+
+
+def test_sampler_pauses_without_browsers_and_resumes_on_request(stack, clients):
+    with DashboardServer(stack, clients, interval_s=0.2, idle_after_s=1.0) as server:
+        server.metrics()  # starts the sampler
+        wait_for(lambda: server.bp.sampler.idle, 5, interval=0.1, what="the sampler to go idle")
+        time.sleep(1.0)  # let a read that was under way finish
+        paused = len(server.bp.sampler.since(None)[0])
+        time.sleep(1.0)
+        assert len(server.bp.sampler.since(None)[0]) == paused  # no AWS reads while nobody looks
+        assert server.bp.sampler.running  # paused, not dead
+        server.metrics()
+        wait_for(lambda: len(server.bp.sampler.since(None)[0]) >= paused + 2, 5, interval=0.1,
+                 what="sampling to resume")

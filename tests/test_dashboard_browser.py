@@ -24,7 +24,7 @@ from app_tier.metrics import Metrics
 from infra.moto_server import free_port
 from tests.procs import ROOT, stop_process, wait_for
 from tests.test_dashboard import DashboardServer
-from web_tier.metrics_source import END_TO_END_MS, IMAGE_ERRORS, IMAGES_PROCESSED
+from web_tier.metrics_source import DESIRED_INSTANCES, END_TO_END_MS, IMAGE_ERRORS, IMAGES_PROCESSED
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 class Browser:
     """Headless Chromium behind chromedriver, spoken to over the W3C WebDriver protocol."""
 
-    def __init__(self, tmp: Path, width: int = 1440, height: int = 1180):
+    def __init__(self, tmp: Path, width: int = 1440, height: int = 1400):
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([CHROMEDRIVER, f"--port={self.port}"], stdout=subprocess.DEVNULL,
@@ -132,6 +132,12 @@ class Burst:
             self.c.sqs.send_message_batch(QueueUrl=self.req, Entries=entries)
         self.sent_at["batch"] = time.time()
 
+    def desire(self, n: int) -> None:
+        """What the controller publishes each tick (same metric, same dimension)."""
+        self.c.cloudwatch.put_metric_data(Namespace=self.s.metrics_namespace, MetricData=[
+            {"MetricName": DESIRED_INSTANCES, "Dimensions": [{"Name": "Stack", "Value": self.s.prefix}],
+             "Value": float(n), "Unit": "Count"}])
+
     def poison(self, n: int) -> None:
         for i in range(n):
             self.c.sqs.send_message(QueueUrl=self.dlq, MessageBody=f'{{"request_id": "poison-{i}"}}')
@@ -149,14 +155,14 @@ class Burst:
                 self.metrics[iid].count(IMAGES_PROCESSED, len(done))
                 for _ in done:
                     self.metrics[iid].timing(END_TO_END_MS, (time.time() - self.sent_at["batch"]) * 1000)
-                if self.steps % 4 == 0 and iid == self.instances[-1]:
+                if self.steps % 3 == 0 and iid == self.instances[0]:
                     self.metrics[iid].count(IMAGE_ERRORS, 1)
             got = sqs.receive_message(QueueUrl=self.req, MaxNumberOfMessages=PER_INSTANCE_PER_STEP,
                                       VisibilityTimeout=60, WaitTimeSeconds=0)
             self.held[iid] = got.get("Messages", [])
             if self.steps % 2 == 0:
                 self.metrics[iid].flush()
-        if self.steps % 3 == 0:  # the web tier collects answers a little behind
+        if self.steps % 2 == 0:  # the web tier collects answers a little behind
             got = sqs.receive_message(QueueUrl=self.resp, MaxNumberOfMessages=10, WaitTimeSeconds=0)
             msgs = got.get("Messages", [])
             if msgs:
@@ -200,7 +206,9 @@ def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
             browser.open(f"{dash.url}/dashboard")
             wait_for(lambda: (browser.js(PAGE_STATE) or {}).get("rows") == 1, 20, interval=0.5,
                      what="the page to show the idle fleet")
-            time.sleep(4)  # a flat baseline before the burst
+            for _ in range(4):  # a flat baseline before the burst
+                burst.desire(1)
+                time.sleep(1)
             burst.send(BURST_MESSAGES)
             screenshot = tmp_path / "dashboard.png"
             peak_rows = 0
@@ -209,6 +217,7 @@ def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
                     burst.launch(2 if step == 1 else 3)  # what the controller would do: 1 -> 3 -> 6
                 if step == 4:
                     burst.poison(3)
+                burst.desire(1 if step > 8 and burst.drained() else 6)
                 burst.step()
                 time.sleep(1.0)
                 if step == 7:
@@ -218,7 +227,9 @@ def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
                 if step > 8 and burst.drained():
                     break
             burst.flush()
-            time.sleep(3)
+            for _ in range(3):
+                burst.desire(1)
+                time.sleep(1)
             burst.terminate(keep=1)  # scale back in to the minimum
             final = wait_for(lambda: _settled(browser), 30, interval=1.0, what="the page to show the fleet back at 1")
         finally:

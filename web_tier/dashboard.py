@@ -15,7 +15,7 @@ import time
 from flask import Blueprint, jsonify, render_template, request
 
 from infra.config import Settings
-from web_tier.dashboard_sampler import DEFAULT_INTERVAL_S, DEFAULT_WINDOW_S, Sampler, columns
+from web_tier.dashboard_sampler import DEFAULT_IDLE_AFTER_S, DEFAULT_INTERVAL_S, DEFAULT_WINDOW_S, Sampler, columns
 from web_tier.metrics_source import SERIES, MetricsSource
 
 log = logging.getLogger(__name__)
@@ -41,11 +41,12 @@ def parse_since(raw: str | None) -> float | None:
 
 
 def make_dashboard_blueprint(settings: Settings, clients, *, interval_s: float = DEFAULT_INTERVAL_S,
-                             window_s: float = DEFAULT_WINDOW_S) -> Blueprint:
+                             window_s: float = DEFAULT_WINDOW_S, idle_after_s: float = DEFAULT_IDLE_AFTER_S) -> Blueprint:
     """The dashboard blueprint; ``bp.sampler`` starts lazily on the first request and ``stop()`` ends it."""
     bp = Blueprint("dashboard", __name__, template_folder="templates", static_folder="static",
                    static_url_path="/dashboard/static")
-    sampler = Sampler(MetricsSource(settings, clients), interval_s=interval_s, window_s=window_s)
+    sampler = Sampler(MetricsSource(settings, clients), interval_s=interval_s, window_s=window_s,
+                      idle_after_s=idle_after_s)
     bp.sampler = sampler
 
     @bp.get("/dashboard")

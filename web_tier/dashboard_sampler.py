@@ -3,7 +3,9 @@ with the number of browsers: every browser reads the same ring buffer.
 
 The thread starts on the first dashboard request (or ``start()``), is a daemon
 with a stop event (``stop()`` joins it), and never dies on a failed read: the
-source turns failures into gaps and error badges.
+source turns failures into gaps and error badges. When no browser has asked for
+``idle_after_s`` it stops reading AWS (GetMetricData is billed per metric) and
+resumes on the next request; the pause shows as a gap.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_INTERVAL_S = 1.0
 DEFAULT_WINDOW_S = 600.0  # ten minutes of history
+DEFAULT_IDLE_AFTER_S = 300.0
 
 
 def columns(readings: list[Reading]) -> dict[str, list]:
@@ -30,10 +33,14 @@ def columns(readings: list[Reading]) -> dict[str, list]:
 
 
 class Sampler:
-    def __init__(self, source, *, interval_s: float = DEFAULT_INTERVAL_S, window_s: float = DEFAULT_WINDOW_S):
+    def __init__(self, source, *, interval_s: float = DEFAULT_INTERVAL_S, window_s: float = DEFAULT_WINDOW_S,
+                 idle_after_s: float = DEFAULT_IDLE_AFTER_S):
         self.source = source
         self.interval_s = interval_s
         self.window_s = window_s
+        self.idle_after_s = idle_after_s
+        self._last_wanted = time.monotonic()
+        self._wake = threading.Event()
         self._buf: deque[Reading] = deque(maxlen=int(window_s / interval_s) + 1)
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -43,8 +50,14 @@ class Sampler:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    @property
+    def idle(self) -> bool:
+        return time.monotonic() - self._last_wanted > self.idle_after_s
+
     def start(self) -> None:
-        """Start the thread unless it runs already; safe to call from every request."""
+        """Start the thread unless it runs already (and wake it if idle); safe to call from every request."""
+        self._last_wanted = time.monotonic()
+        self._wake.set()
         if self.running:
             return
         with self._lock:
@@ -57,6 +70,7 @@ class Sampler:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._wake.set()
         thread = self._thread
         if thread is not None:
             thread.join(timeout)
@@ -74,6 +88,16 @@ class Sampler:
     def _run(self) -> None:
         next_at = time.monotonic()
         while not self._stop.is_set():
+            if self.idle:
+                log.info("dashboard sampler idle: no browser for %.0f s, pausing AWS reads", self.idle_after_s)
+                self._wake.clear()
+                while self.idle and not self._stop.is_set():
+                    self._wake.wait(self.idle_after_s)
+                    self._wake.clear()
+                if self._stop.is_set():
+                    break
+                log.info("dashboard sampler resumed")
+                next_at = time.monotonic()
             try:
                 self.sample_once()
             except Exception:  # the sampler must outlive any bug in one reading

@@ -82,6 +82,8 @@
     for (const { spec, chart } of state.charts) {
       const data = [t.slice(start)].concat(spec.series.map((s) => (state.cols[s.key] || []).slice(start)));
       chart.setData(data);
+      // Not hovering: the legend shows the newest values instead of dashes.
+      if (chart.cursor.idx == null && data[0].length) chart.setLegend({ idx: data[0].length - 1 });
     }
     body.dataset.points = String(t.length);
   }
