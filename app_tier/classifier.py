@@ -1,0 +1,106 @@
+"""A loaded ImageNet model plus the preprocessing it was trained with, classifying in batches.
+
+Preprocessing (``preprocess``) and inference (``infer``) are separate calls so the
+worker can prepare the next batch on another thread while this one runs: PIL and
+torch both release the GIL for their heavy work.
+
+Fork safety: the local supervisor loads one ``Classifier`` in a parent process and
+forks a worker per instance. Loading runs no inference, so no OpenMP pool or CUDA
+context exists before the fork; the model moves to its device (a GPU when there is
+one) on the first ``infer`` in the process that uses it. ``warm_up`` is safe in such
+a parent only on CPU: it runs one forward pass with a single thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+
+class Prediction(NamedTuple):
+    label: str
+    score: float
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Classifier:
+    """One model, its input transform and class names; ``classify`` is the whole job."""
+
+    def __init__(self, name: str, model: torch.nn.Module, transform: Callable[[Image.Image], torch.Tensor],
+                 categories: Sequence[str], *, device: str | None = None, input_size: int = 224):
+        self.name = name
+        self.device = device or default_device()
+        self.categories = list(categories)
+        self.input_size = input_size
+        self._transform = transform
+        self._model = model.eval()
+        for p in self._model.parameters():
+            p.requires_grad_(False)
+        self._placed_in: int | None = None  # pid whose device holds the model
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"Classifier({self.name!r}, device={self.device!r})"
+
+    # ------------------------------------------------------------ stages
+    def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        """Resize, crop and normalise as the model was trained; returns an N x 3 x H x W CPU tensor."""
+        if not images:
+            return torch.empty((0, 3, self.input_size, self.input_size))
+        return torch.stack([self._transform(img.convert("RGB") if img.mode != "RGB" else img) for img in images])
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Raw model output for a preprocessed batch, on the CPU."""
+        if batch.shape[0] == 0:
+            return torch.empty((0, len(self.categories)))
+        model = self._on_device()
+        with torch.inference_mode():
+            out = model(batch.to(self.device, non_blocking=True))
+        return out.float().cpu()
+
+    def infer(self, batch: torch.Tensor) -> list[Prediction]:
+        out = self.logits(batch)
+        if out.shape[0] == 0:
+            return []
+        probs = torch.softmax(out, dim=1)
+        scores, idx = probs.max(dim=1)
+        return [Prediction(self.categories[i], round(float(s), 6)) for s, i in zip(scores.tolist(), idx.tolist(),
+                                                                                      strict=True)]
+
+    def classify(self, images: Sequence[Image.Image]) -> list[Prediction]:
+        """Label each image (same order); one batched forward pass."""
+        return self.infer(self.preprocess(list(images)))
+
+    # ------------------------------------------------------------ lifecycle
+    def warm_up(self) -> None:
+        """One tiny forward pass (first-call allocations), single-threaded so a later fork stays safe."""
+        if self.device != "cpu":
+            log.info("warm_up skipped for %s on %s: a CUDA context must not exist before fork", self.name, self.device)
+            return
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            self.infer(torch.zeros((1, 3, self.input_size, self.input_size)))
+        finally:
+            torch.set_num_threads(before)
+
+    def _on_device(self) -> torch.nn.Module:
+        pid = os.getpid()
+        if self._placed_in != pid:
+            with self._lock:
+                if self._placed_in != pid:
+                    if self.device != "cpu":
+                        self._model.to(self.device)
+                    self._placed_in = pid
+        return self._model

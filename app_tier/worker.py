@@ -1,0 +1,443 @@
+"""The queue worker: request queue -> S3 input -> model -> S3 output + response queue -> delete.
+
+Three stages overlap so the model never waits on the network: a prefetch thread
+receives a batch and fetches, decodes and preprocesses it; the main thread runs
+inference; a post thread writes outputs and results and deletes the requests. At
+most one batch waits between stages, so a worker holds at most about three batches.
+
+Nothing is lost: a request message is deleted only after its output object and
+result message are written, so a crash repeats work (same key, same value) and
+never drops it. Bad input (not an image, missing object) gets an error result and
+is deleted at once; an unknown failure leaves the message to come back and, after
+``maxReceiveCount`` receives, to go to the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import torch
+from botocore.exceptions import BotoCoreError, ClientError
+
+from app_tier.classifier import Classifier, Prediction
+from app_tier.fetch import Verdict, fetch_image
+from app_tier.metrics import Metrics
+from app_tier.visibility import HeldMessages
+from infra.clients import Clients
+from infra.config import Settings
+from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, output_key
+from infra.observe import queue_url
+
+log = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_NO_QUEUE = 2
+RECEIVE_BACKOFF_MAX_S = 20.0
+ABORT_RECEIVE_WAIT_S = 2.0
+
+
+class ItemState(StrEnum):
+    READY = "ready"  # decoded and preprocessed, waiting for inference
+    DONE = "done"  # classified: write output, send result, delete
+    ERROR = "error"  # bad input: send error result, delete
+    DROP = "drop"  # not one of our messages: delete without a result
+    RETRY = "retry"  # unknown failure: leave it, it comes back
+    GIVE_UP = "give_up"  # unknown failure on the last allowed receive: error result, leave it for the DLQ
+
+
+@dataclass
+class Item:
+    message_id: str
+    receipt: str
+    receive_count: int
+    request: ImageRequest | None = None
+    state: ItemState = ItemState.READY
+    reason: str | None = None
+    tensor: torch.Tensor | None = None
+    prediction: Prediction | None = None
+
+
+@dataclass
+class Batch:
+    items: list[Item]
+    fetch_ms: float = 0.0
+    infer_ms: float = 0.0
+    write_ms: float = 0.0
+    results: dict[str, ImageResult] = field(default_factory=dict)  # message id -> result
+
+    @property
+    def short_ids(self) -> str:
+        return ",".join(i.message_id[:8] for i in self.items)
+
+
+def after_failure(receive_count: int, max_receive_count: int) -> ItemState:
+    """An unknown failure retries, except on the last receive the redrive policy allows (pure)."""
+    return ItemState.GIVE_UP if receive_count >= max_receive_count else ItemState.RETRY
+
+
+def result_for(item: Item, instance_id: str, infer_ms: float | None, now: float) -> ImageResult | None:
+    """The response-queue message for a finished item, or None when it gets none (pure)."""
+    req = item.request
+    if req is None or item.state not in (ItemState.DONE, ItemState.ERROR, ItemState.GIVE_UP):
+        return None
+    if item.state is ItemState.DONE:
+        return ImageResult(req.request_id, req.name, label=item.prediction.label, score=item.prediction.score,
+                           worker=instance_id, sent_at=req.sent_at, done_at=now, infer_ms=infer_ms)
+    return ImageResult(req.request_id, req.name, error=item.reason or "failed", worker=instance_id,
+                       sent_at=req.sent_at, done_at=now)
+
+
+class Worker:
+    """One app-tier instance's worker. Build it in the process that runs it (never across a fork)."""
+
+    def __init__(self, settings: Settings, classifier: Classifier, *, instance_id: str,
+                 clients: Clients | None = None, max_messages: int | None = None, until_empty: bool = False):
+        self.settings = settings
+        self.classifier = classifier
+        self.instance_id = instance_id
+        self.clients = clients or Clients(settings)
+        self.max_messages = max_messages
+        self.until_empty = until_empty
+        self._stopping = threading.Event()
+        self._not_receiving = threading.Event()
+        self._not_receiving.set()
+        self._ready: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._done: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self._received = 0
+        self._answered = 0
+        self._first_at: float | None = None
+        self._last_at: float | None = None
+        self.held: HeldMessages | None = None
+        self.metrics: Metrics | None = None
+        self._req_url = self._resp_url = ""
+        # JPEG decode can skip DCT scales while the picture stays twice the model's input.
+        self._min_side = 2 * classifier.input_size
+
+    # ------------------------------------------------------------ control
+    def request_stop(self) -> None:
+        """First stage: receive nothing more; finish what is held, then ``run`` returns 0."""
+        if not self._stopping.is_set():
+            log.info("worker %s stopping: finishing %d held messages", self.instance_id,
+                     len(self.held) if self.held else 0)
+        self._stopping.set()
+
+    def abort(self, code: int = 1) -> None:
+        """Second stage: hand every held message back (visibility 0) and exit the process now."""
+        # A receive in progress may be returning messages right now: let it register them
+        # (a non-empty queue answers at once; an empty one returns nothing worth waiting for).
+        self._not_receiving.wait(ABORT_RECEIVE_WAIT_S)
+        released = self.held.release_all() if self.held else 0
+        log.warning("worker %s exiting now; released %d messages", self.instance_id, released)
+        logging.shutdown()
+        os._exit(code)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def run(self) -> int:
+        """Work until stopped; returns the process exit code."""
+        torch.set_num_threads(self.settings.torch_threads)
+        sqs = self.clients.sqs
+        try:
+            self._req_url = queue_url(sqs, self.settings.req_queue)
+            self._resp_url = queue_url(sqs, self.settings.resp_queue)
+        except (ClientError, BotoCoreError) as err:
+            log.error("worker %s cannot find its queues (%s); is the stack provisioned?", self.instance_id, err)
+            return EXIT_NO_QUEUE
+        self.held = HeldMessages(sqs, self._req_url, self.settings.visibility_timeout_s,
+                                 instance_id=self.instance_id).start()
+        self.metrics = Metrics(self.clients.cloudwatch, self.settings.metrics_namespace, self.settings.prefix,
+                               self.instance_id).start()
+        n = self.settings.worker_batch_size
+        self._fetch_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fetch")
+        self._write_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="write")
+        log.info("worker %s ready: model %s on %s, queue %s, batch %d, %d torch threads", self.instance_id,
+                 self.classifier.name, self.classifier.device, self.settings.req_queue, n, torch.get_num_threads())
+        prefetch = threading.Thread(target=self._prefetch_loop, name="prefetch", daemon=True)
+        post = threading.Thread(target=self._post_loop, name="post", daemon=True)
+        try:
+            prefetch.start()
+            post.start()
+            self._infer_loop()
+            prefetch.join()
+            post.join()
+        finally:
+            self._stopping.set()
+            self.held.release_all()  # only non-empty if a stage died unexpectedly
+            self.held.stop()
+            self.metrics.close()
+            self._fetch_pool.shutdown(wait=False, cancel_futures=True)
+            self._write_pool.shutdown(wait=False, cancel_futures=True)
+        self._log_summary()
+        return EXIT_OK
+
+    # ------------------------------------------------------------ stage 1: receive, fetch, decode
+    def _prefetch_loop(self) -> None:
+        backoff = 0.5
+        try:
+            while not self._stopping.is_set():
+                limit = self.settings.worker_batch_size
+                if self.max_messages is not None:
+                    limit = min(limit, self.max_messages - self._received)
+                    if limit <= 0:
+                        self.request_stop()
+                        break
+                try:
+                    messages = self._receive(limit)
+                    backoff = 0.5
+                except (ClientError, BotoCoreError) as err:
+                    log.error("receive from %s failed (instance %s): %s; retrying in %.1f s",
+                              self.settings.req_queue, self.instance_id, err, backoff)
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, RECEIVE_BACKOFF_MAX_S)
+                    continue
+                if not messages:
+                    if self.until_empty:
+                        log.info("worker %s: request queue is empty", self.instance_id)
+                        self.request_stop()
+                    continue
+                if self._stopping.is_set():  # the stop came during the long poll: hand these straight back
+                    self.held.release(m["ReceiptHandle"] for m in messages)
+                    break
+                self._received += len(messages)
+                if self._first_at is None:
+                    self._first_at = time.monotonic()
+                try:
+                    batch = self._prepare(messages)
+                except Exception:
+                    log.exception("preparing batch failed (instance %s); its messages will come back",
+                                  self.instance_id)
+                    self.held.discard(m["ReceiptHandle"] for m in messages)
+                    continue
+                self._ready.put(batch)
+        finally:
+            self._ready.put(None)
+
+    def _receive(self, limit: int) -> list[dict]:
+        self._not_receiving.clear()
+        try:
+            resp = self.clients.sqs.receive_message(
+                QueueUrl=self._req_url, MaxNumberOfMessages=limit, WaitTimeSeconds=self.settings.receive_wait_s,
+                AttributeNames=["ApproximateReceiveCount"], MessageSystemAttributeNames=["ApproximateReceiveCount"],
+            )
+            messages = resp.get("Messages", [])
+            now = time.monotonic()
+            for m in messages:
+                self.held.add(m["ReceiptHandle"], m["MessageId"], now)
+            return messages
+        finally:
+            self._not_receiving.set()
+
+    def _prepare(self, messages: list[dict]) -> Batch:
+        started = time.monotonic()
+        items = []
+        for m in messages:
+            item = Item(m["MessageId"], m["ReceiptHandle"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
+            try:
+                item.request = ImageRequest.from_json(m["Body"])
+                output_key(item.request.name)
+            except BadMessage as err:
+                log.warning("dropping message %s: %s", item.message_id, err)
+                item.state, item.reason = ItemState.DROP, str(err)
+            except BadName as err:
+                item.state, item.reason = ItemState.ERROR, f"bad file name: {err}"
+            items.append(item)
+        todo = [i for i in items if i.state is ItemState.READY]
+        for _ in self._fetch_pool.map(self._fetch_one, todo):
+            pass
+        return Batch(items, fetch_ms=(time.monotonic() - started) * 1000)
+
+    def _fetch_one(self, item: Item) -> None:
+        req = item.request
+        try:
+            got = fetch_image(self.clients.s3, self.settings.in_bucket, req,
+                              max_bytes=self.settings.max_upload_bytes, min_side=self._min_side)
+            if got.verdict is Verdict.OK:
+                item.tensor = self.classifier.preprocess([got.image])[0]
+                return
+        except Exception as err:  # noqa: BLE001 - unknown failure: retry, then DLQ
+            log.exception("fetching request %s (message %s) failed", req.request_id, item.message_id)
+            item.state, item.reason = after_failure(item.receive_count, self.settings.max_receive_count), repr(err)
+            return
+        if got.verdict is Verdict.BAD_INPUT:
+            item.state, item.reason = ItemState.ERROR, got.reason
+            log.info("request %s (%s) is bad input: %s", req.request_id, req.name, got.reason)
+        else:
+            item.state, item.reason = after_failure(item.receive_count, self.settings.max_receive_count), got.reason
+
+    # ------------------------------------------------------------ stage 2: inference (main thread)
+    def _infer_loop(self) -> None:
+        try:
+            while True:
+                try:
+                    batch = self._ready.get(timeout=1.0)
+                except queue.Empty:
+                    continue
+                if batch is None:
+                    break
+                try:
+                    self._infer(batch)
+                except Exception as err:  # noqa: BLE001 - e.g. out of memory: retry, then DLQ
+                    log.exception("inference failed for batch %s (instance %s)", batch.short_ids, self.instance_id)
+                    for item in batch.items:
+                        if item.state is ItemState.READY:
+                            item.state = after_failure(item.receive_count, self.settings.max_receive_count)
+                            item.reason = f"inference failed: {type(err).__name__}"
+                self._done.put(batch)
+        finally:
+            self._done.put(None)
+
+    def _infer(self, batch: Batch) -> None:
+        ready = [i for i in batch.items if i.state is ItemState.READY]
+        if not ready:
+            return
+        started = time.monotonic()
+        predictions = self.classifier.infer(torch.stack([i.tensor for i in ready]))
+        batch.infer_ms = (time.monotonic() - started) * 1000
+        for item, pred in zip(ready, predictions, strict=True):
+            item.prediction, item.state, item.tensor = pred, ItemState.DONE, None
+
+    # ------------------------------------------------------------ stage 3: write, answer, delete
+    def _post_loop(self) -> None:
+        while True:
+            batch = self._done.get()
+            if batch is None:
+                break
+            try:
+                self._post(batch)
+            except Exception:
+                log.exception("posting batch %s failed (instance %s); its messages will come back",
+                              batch.short_ids, self.instance_id)
+            finally:
+                self.held.discard(i.receipt for i in batch.items)
+
+    def _post(self, batch: Batch) -> None:
+        started = time.monotonic()
+        done = [i for i in batch.items if i.state is ItemState.DONE]
+        for item, ok in zip(done, self._write_pool.map(self._put_output, done), strict=True):
+            if not ok:
+                item.state = after_failure(item.receive_count, self.settings.max_receive_count)
+                item.reason = "output write failed"
+        n_done = sum(1 for i in batch.items if i.state is ItemState.DONE)
+        per_image_ms = batch.infer_ms / n_done if n_done else None
+        now = time.time()
+        for item in batch.items:
+            result = result_for(item, self.instance_id, per_image_ms, now)
+            if result is not None:
+                batch.results[item.message_id] = result
+        sent = self._send_results(batch)
+        deletable = [i for i in batch.items
+                     if i.state is ItemState.DROP or (i.state in (ItemState.DONE, ItemState.ERROR) and i.message_id in sent)]
+        self._delete(deletable)
+        batch.write_ms = (time.monotonic() - started) * 1000
+        self._account(batch, sent)
+
+    def _put_output(self, item: Item) -> bool:
+        key = output_key(item.request.name)
+        try:
+            self.clients.s3.put_object(Bucket=self.settings.out_bucket, Key=key,
+                                       Body=item.prediction.label.encode(), ContentType="text/plain")
+            return True
+        except (ClientError, BotoCoreError) as err:
+            log.error("put_object s3://%s/%s for request %s failed: %s", self.settings.out_bucket, key,
+                      item.request.request_id, err)
+            return False
+
+    def _send_results(self, batch: Batch) -> set[str]:
+        """Send the batch's result messages; returns the message ids whose result went out."""
+        sent: set[str] = set()
+        pending = list(batch.results.items())
+        for start in range(0, len(pending), 10):
+            chunk = pending[start:start + 10]
+            entries = [{"Id": str(n), "MessageBody": r.to_json()} for n, (_, r) in enumerate(chunk)]
+            try:
+                resp = self.clients.sqs.send_message_batch(QueueUrl=self._resp_url, Entries=entries)
+            except (ClientError, BotoCoreError) as err:
+                log.error("send_message_batch to %s failed for batch %s: %s", self.settings.resp_queue,
+                          batch.short_ids, err)
+                continue
+            for ok in resp.get("Successful", []):
+                sent.add(chunk[int(ok["Id"])][0])
+            for failed in resp.get("Failed", []):
+                mid, result = chunk[int(failed["Id"])]
+                log.error("result for request %s (message %s) was not sent: %s", result.request_id, mid,
+                          failed.get("Message") or failed.get("Code"))
+        return sent
+
+    def _delete(self, items: list[Item]) -> None:
+        for start in range(0, len(items), 10):
+            chunk = items[start:start + 10]
+            entries = [{"Id": str(n), "ReceiptHandle": i.receipt} for n, i in enumerate(chunk)]
+            try:
+                resp = self.clients.sqs.delete_message_batch(QueueUrl=self._req_url, Entries=entries)
+            except (ClientError, BotoCoreError) as err:
+                # Results are out; the messages come back and are answered again, harmlessly.
+                log.error("delete_message_batch on %s failed for %s: %s", self.settings.req_queue,
+                          ",".join(i.message_id[:8] for i in chunk), err)
+                continue
+            for failed in resp.get("Failed", []):
+                log.error("delete failed for message %s: %s", chunk[int(failed["Id"])].message_id,
+                          failed.get("Message") or failed.get("Code"))
+
+    def _account(self, batch: Batch, sent: set[str]) -> None:
+        ok = errors = 0
+        for mid, result in batch.results.items():
+            if mid not in sent:
+                continue
+            if result.ok:
+                ok += 1
+            else:
+                errors += 1
+            if result.sent_at:
+                self.metrics.timing("EndToEndMs", max(0.0, (result.done_at - result.sent_at) * 1000))
+        self.metrics.count("ImagesProcessed", ok)
+        self.metrics.count("ImageErrors", errors)
+        n_done = sum(1 for i in batch.items if i.state is ItemState.DONE)
+        if n_done:
+            self.metrics.timing("InferenceMs", batch.infer_ms / n_done)
+        self._answered += ok + errors
+        self._last_at = time.monotonic()
+        retry = sum(1 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP))
+        log.info("batch %s size=%d ok=%d errors=%d retry=%d fetch=%.0fms infer=%.0fms write=%.0fms instance=%s",
+                 batch.short_ids, len(batch.items), ok, errors, retry, batch.fetch_ms, batch.infer_ms,
+                 batch.write_ms, self.instance_id)
+
+    def _log_summary(self) -> None:
+        busy = (self._last_at - self._first_at) if self._first_at and self._last_at else 0.0
+        rate = self._answered / busy if busy > 0 else 0.0
+        log.info("worker %s done: answered %d requests in %.2f s (%.1f images/s), %d ok, %d errors",
+                 self.instance_id, self._answered, busy, rate, self.metrics.totals["ImagesProcessed"],
+                 self.metrics.totals["ImageErrors"])
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """First SIGTERM/SIGINT drains (``request_stop``); a second one releases what is held and exits now."""
+    seen = 0
+
+    def handle(signum, _frame):
+        nonlocal seen
+        seen += 1
+        if seen == 1:
+            log.info("worker %s got %s: draining", worker.instance_id, signal.Signals(signum).name)
+            worker.request_stop()
+        else:
+            worker.abort(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, handle)
+
+
+def run_worker(settings: Settings, classifier: Classifier, instance_id: str, **options) -> int:
+    """What a (forked) worker process runs: its own clients, signal handlers, then the loop."""
+    worker = Worker(settings, classifier, instance_id=instance_id, **options)
+    install_signal_handlers(worker)
+    return worker.run()
