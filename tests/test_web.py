@@ -163,6 +163,7 @@ def test_page_is_served_and_self_contained(web):
     assert "http://" not in resp.text and "https://" not in resp.text  # no CDN: works offline
     for asset in ("upload.js", "upload.css"):
         assert requests.get(f"{web.base}/static/{asset}", timeout=10).status_code == 200
+    assert requests.get(web.base + "/dashboard", timeout=10).status_code == 200  # registered by create_app
 
 
 def test_healthz_reports_s3_and_sqs(web):

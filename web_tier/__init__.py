@@ -1,8 +1,9 @@
 """The web tier: upload form and course API (``POST /``), JSON API, response dispatcher.
 
-``create_app`` builds the Flask app; ``python -m web_tier`` serves it with waitress.
-Shared state (settings, clients, job store, router, dispatcher) lives on
-``app.extensions["imgrec"]`` as a ``web_tier.state.WebState``.
+``create_app`` builds the Flask app (page and ``POST /``, JSON API, ``/dashboard``);
+``python -m web_tier`` serves it with waitress. Shared state (settings, clients, job
+store, router, dispatcher) lives on ``app.extensions["imgrec"]`` as a
+``web_tier.state.WebState``; ``state.close()`` stops its threads.
 """
 
 from __future__ import annotations
@@ -35,9 +36,13 @@ def create_app(settings: Settings | None = None, *, clients: Clients | None = No
     app.extensions[EXTENSION] = state
 
     from web_tier import api, upload
+    from web_tier.dashboard import make_dashboard_blueprint
 
     app.register_blueprint(upload.bp)
     app.register_blueprint(api.bp)
+    dashboard = make_dashboard_blueprint(settings, clients)  # its sampler starts on the first /dashboard visit
+    app.register_blueprint(dashboard)
+    state.dashboard_sampler = dashboard.sampler
     upload.register_error_handlers(app)
 
     if start_dispatcher:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
@@ -37,6 +38,7 @@ def _wait_s() -> float:
 def create_jobs():
     """Every file in any multipart field becomes a job; each file is checked on its own."""
     st = state()
+    received_at = time.time()
     refuse_large_body(st)
     files = list(request.files.items(multi=True))
     if not files:
@@ -47,7 +49,7 @@ def create_jobs():
             data = read_bounded(f.stream, st.settings.max_upload_bytes)
             if not f.filename and not data:
                 raise Rejected(400, "no file selected")
-            job_id = submit(st, check_upload(f.filename, data, st.settings.max_upload_bytes))
+            job_id = submit(st, check_upload(f.filename, data, st.settings.max_upload_bytes), received_at=received_at)
         except Rejected as err:
             log.info("POST /api/jobs refused %r (%d): %s", f.filename, err.status, err.reason)
             errors.append({"field": field_name, "name": f.filename, "status": err.status, "error": err.reason})

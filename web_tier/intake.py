@@ -90,12 +90,12 @@ def check_upload(filename: str | None, data: bytes, max_bytes: int) -> Upload:
     return Upload(name=filename, key=key, data=data, image_format=sniff_image(data))
 
 
-def submit(state, upload: Upload, job_id: str | None = None) -> str:
+def submit(state, upload: Upload, job_id: str | None = None, received_at: float | None = None) -> str:
     """Store the image, record the job, enqueue its request; returns the job (= request) id.
 
     Raises ``Rejected(503)`` when S3 or SQS refuse; the job is then marked failed.
     """
-    created = time.time()
+    created = received_at or time.time()
     s3, sqs, settings = state.clients.s3, state.clients.sqs, state.settings
     try:
         put = s3.put_object(Bucket=settings.in_bucket, Key=upload.key, Body=upload.data,
@@ -104,13 +104,12 @@ def submit(state, upload: Upload, job_id: str | None = None) -> str:
         log.error("put_object %s/%s failed: %s", settings.in_bucket, upload.key, err)
         raise Rejected(503, "image store unavailable, try again") from None
     request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id)
-    state.store.add(request.request_id, upload.name, upload.key, request.version, created)
+    state.store.add(request.request_id, upload.name, upload.key, request.version, created, request.sent_at)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
         log.error("send_message for job %s (%s) failed: %s", request.request_id, upload.key, err)
         state.store.fail(request.request_id, "request queue unavailable")
         raise Rejected(503, "request queue unavailable, try again") from None
-    state.store.mark_enqueued(request.request_id, request.sent_at)
     log.info("job %s enqueued: key=%s version=%s", request.request_id, upload.key, request.version)
     return request.request_id

@@ -60,8 +60,8 @@ class Job:
     score: float | None = None
     error: str | None = None
     worker: str | None = None
-    created_at: float | None = None  # the web tier received the upload
-    enqueued_at: float | None = None  # the request message was sent
+    created_at: float | None = None  # the web tier began handling the upload
+    enqueued_at: float | None = None  # the image was stored and its request message was being sent
     done_at: float | None = None  # the worker finished
     result_at: float | None = None  # the dispatcher received the result
     infer_ms: float | None = None  # the worker's own inference time
@@ -107,16 +107,15 @@ class JobStore:
         with self._lock:
             self._db.close()
 
-    def add(self, job_id: str, name: str, key: str, version: str | None, created_at: float) -> None:
+    def add(self, job_id: str, name: str, key: str, version: str | None, created_at: float,
+            enqueued_at: float) -> None:
+        """Recorded just before the request is sent, so a result can never precede its job."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO jobs (id, name, key, version, status, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (job_id, name, key, version, JobStatus.QUEUED.value, created_at),
+                "INSERT INTO jobs (id, name, key, version, status, created_at, enqueued_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (job_id, name, key, version, JobStatus.QUEUED.value, created_at, enqueued_at),
             )
-
-    def mark_enqueued(self, job_id: str, at: float) -> None:
-        with self._lock:
-            self._db.execute("UPDATE jobs SET enqueued_at = ? WHERE id = ?", (at, job_id))
 
     def fail(self, job_id: str, error: str) -> None:
         """A job that never reached a worker (e.g. the queue refused it)."""

@@ -29,6 +29,7 @@ class WebState:
     store: JobStore
     router: Router
     dispatcher: Dispatcher
+    dashboard_sampler: object | None = None  # set by create_app; has stop()
     _req_url: str | None = None
     _health: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -49,3 +50,12 @@ class WebState:
             if service not in self._health:
                 self._health[service] = make_client(service, self.settings.replace(max_attempts=1), read_timeout=5)
             return self._health[service]
+
+    def close(self, dispatcher_timeout: float = 3.0) -> None:
+        """Stop the background threads, then the store. A dispatcher caught in a long poll is a daemon:
+        whatever it holds goes back to the queue after the visibility timeout and is persisted next start."""
+        if self.dashboard_sampler is not None:
+            self.dashboard_sampler.stop()
+        self.dispatcher.stop(timeout=dispatcher_timeout)
+        if not self.dispatcher.is_alive():
+            self.store.close()

@@ -8,6 +8,7 @@ id so the client can fetch the result later from ``GET /api/jobs/<id>``.
 from __future__ import annotations
 
 import logging
+import time
 
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
@@ -47,6 +48,7 @@ def page():
 @bp.post("/")
 def classify():
     st = state()
+    received_at = time.time()
     try:
         refuse_large_body(st)
         f = next((request.files[name] for name in COURSE_FIELDS if name in request.files), None)
@@ -57,9 +59,12 @@ def classify():
             raise Rejected(400, "no file selected")
         upload = check_upload(f.filename, data, st.settings.max_upload_bytes)
         job_id = new_request_id()
+        started = time.perf_counter()
         with st.router.watch([job_id]) as w:  # before sending: a fast result must find us
-            submit(st, upload, job_id)
+            submit(st, upload, job_id, received_at)
+            sent = time.perf_counter()
             w.event.wait(st.settings.request_timeout_s)
+            woken = time.perf_counter()
     except Rejected as err:
         log.info("POST / refused (%d): %s", err.status, err.reason)
         return text(err.reason, err.status)
@@ -73,7 +78,9 @@ def classify():
         answer, ok = job.answer, job.status is JobStatus.DONE
     else:
         answer, ok = result.answer, result.ok
-    return text(answer, 200 if ok else 422, **{"X-Job-Id": job_id})
+    # Server-Timing (ms): what this tier spent storing/sending, and waiting on the queues + worker.
+    timing = f"ingest;dur={(sent - started) * 1000:.1f}, wait;dur={(woken - sent) * 1000:.1f}"
+    return text(answer, 200 if ok else 422, **{"X-Job-Id": job_id, "Server-Timing": timing})
 
 
 def register_error_handlers(app: Flask) -> None:
