@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -209,6 +210,26 @@ def test_timeout_gives_504_with_job_id_and_the_job_stays_queryable(moto_server, 
             assert len(msg["Body"].encode()) <= 1024 and req.key == "slow.jpg" and req.version
         versions = {ImageRequest.from_json(m["Body"]).version for m in msgs}
         assert len(versions) == 2, "same-name uploads must be distinct object versions"
+
+
+def test_holds_200_waiting_requests_at_once(moto_server, tmp_path):
+    """Every synchronous request holds a thread and a connection; 200 must wait side by side."""
+    n = 200
+    settings = web_settings(moto_server, tmp_path / "data", request_timeout_s=25.0)
+    provision(settings, Clients(settings))
+    tiny = png_bytes(make_image(1, (64, 64)))
+    with running_web(settings, tmp_path / "web.log") as proc:
+        def one(i):
+            return requests.post(proc.base + "/", files={"myfile": (f"w{i}.png", tiny)}, timeout=120).status_code
+
+        pool = ThreadPoolExecutor(n)
+        try:
+            answers = [pool.submit(one, i) for i in range(n)]
+            wait_for(lambda: requests.get(proc.base + "/healthz", timeout=10).json()["waiting"] == n, 25,
+                     interval=0.5, what=f"{n} requests waiting at once")
+            assert [a.result() for a in answers] == [504] * n
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def test_results_nobody_waits_for_are_kept_and_garbage_is_dropped(moto_server, tmp_path):

@@ -6,6 +6,7 @@ the same-name race, the restart case, and the page in headless Chromium.
 
 from __future__ import annotations
 
+import base64
 import os
 import shutil
 import threading
@@ -201,6 +202,16 @@ def test_page_uploads_many_images_and_shows_each_result(system, truth, browser, 
     assert seen["notes.jpg"].get_attribute("data-status") == "error"
     assert "not an image" in seen["notes.jpg"].find_element(By.CSS_SELECTOR, ".status").text
     assert "7 of 7 done" in browser.find_element(By.ID, "summary").text
+    # drag and drop: a synthetic drop event carrying one file
+    browser.execute_script("""
+        const bytes = Uint8Array.from(atob(arguments[0]), c => c.charCodeAt(0));
+        const dt = new DataTransfer();
+        dt.items.add(new File([bytes], "dropped.jpg", {type: "image/jpeg"}));
+        document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dt, bubbles: true}));
+    """, base64.b64encode(jpeg_bytes(2)).decode())
+    dropped = '#results .card[data-name="dropped.jpg"][data-status="done"] .label'
+    WebDriverWait(browser, 60, poll_frequency=0.2).until(lambda d: d.find_elements(By.CSS_SELECTOR, dropped))
+    assert browser.find_element(By.CSS_SELECTOR, dropped).text == truth[2]
     if os.environ.get("IMGREC_WRITE_SCREENSHOT", "1") != "0":
         time.sleep(0.3)  # let the thumbnails paint
         SCREENSHOT.parent.mkdir(exist_ok=True)

@@ -97,6 +97,7 @@ def healthz():
     checks = {"s3": _ok(lambda: st.health_client("s3").head_bucket(Bucket=st.settings.in_bucket), "s3"),
               "sqs": _ok(lambda: st.health_client("sqs").get_queue_url(QueueName=st.settings.resp_queue), "sqs")}
     checks["dispatcher"] = st.dispatcher.is_alive()
+    checks["waiting"] = st.router.waiting  # requests (and page polls) waiting for a result right now
     healthy = checks["s3"] and checks["sqs"]
     return jsonify(checks), 200 if healthy else 503
 
