@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from flask import request
 from PIL import Image
 
 from infra.observe import queue_url
@@ -38,7 +39,8 @@ def _load_queue(clients, settings, count: int) -> str:
     return url
 
 
-def _drain_and_scale_in(clients, url: str, held: list[str], extra_ids: list[str], after_s: float) -> threading.Thread:
+def _drain_and_scale_in(clients, url: str, held: list[str], extra_ids: list[str], after_s: float,
+                        log: dict) -> threading.Thread:
     """What the app tier and controller would do: work off the backlog, then terminate the extra instances."""
     def work():
         time.sleep(after_s)
@@ -50,7 +52,9 @@ def _drain_and_scale_in(clients, url: str, held: list[str], extra_ids: list[str]
                 break
             for m in msgs["Messages"]:
                 clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        log["drained_at"] = time.time()
         time.sleep(0.6)
+        log["terminated_at"] = time.time()
         clients.ec2.terminate_instances(InstanceIds=extra_ids)
 
     thread = threading.Thread(target=work, daemon=True)
@@ -70,17 +74,26 @@ def test_monitor_sees_queue_and_fleet_and_when_it_came_back_to_rest(stack, clien
     url = _load_queue(clients, settings, 5)
     held = clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2, VisibilityTimeout=30)["Messages"]
     assert len(held) == 2  # being worked on
-    worker = _drain_and_scale_in(clients, url, [m["ReceiptHandle"] for m in held], ids[1:], after_s=1.5)
-    png = tmp_path / "timeline.png"
+    events: dict[str, float] = {}
     app = create_stub_app({}, delay_s=0.3)
+    started = []
+
+    @app.before_request
+    def drain_once_the_load_arrives():  # ties the scale-in to the run, however slow the machine is
+        if request.method == "POST" and not started:
+            started.append(_drain_and_scale_in(clients, url, [m["ReceiptHandle"] for m in held], ids[1:],
+                                               after_s=0.5, log=events))
+
+    png = tmp_path / "timeline.png"
     with serve_in_thread(app) as web:
         result = run_workload(WorkloadConfig(
             url=web, image_folder=images, concurrency=2, monitor=True, monitor_png=png,
             monitor_interval_s=INTERVAL_S, rest_timeout_s=20, settings=settings, progress=False))
+    worker = started[0]
     worker.join(10)
 
     samples = result.samples
-    assert len(samples) >= 6
+    assert len(samples) >= 4
     assert all(b.t_s > a.t_s for a, b in zip(samples, samples[1:], strict=False))
     first = samples[0]
     assert (first.req_visible, first.req_in_flight, first.count("running")) == (3, 2, 3)
@@ -93,8 +106,11 @@ def test_monitor_sees_queue_and_fleet_and_when_it_came_back_to_rest(stack, clien
     fleet = result.fleet
     assert (fleet.peak, fleet.min_instances) == (3, 1)
     assert fleet.peak_t_s == first.t_s
-    assert fleet.back_at_min_t_s is not None and fleet.back_at_min_t_s > 1.5
+    # Seen at the first sample after the scale-in happened, not before it (a sample's reads follow its time stamp).
+    assert fleet.back_at_min_t_s is not None
+    assert events["terminated_at"] - INTERVAL_S <= result.started_at + fleet.back_at_min_t_s <= events["terminated_at"] + 1.5
     assert fleet.rested_t_s is not None and fleet.rested_t_s >= fleet.back_at_min_t_s
+    assert all(s.req_visible == 3 for s in samples if result.started_at + s.t_s < events["drained_at"] - 0.1)
     lines = summary_text(result).splitlines()
     assert f"Fleet peak: 3 running app-tier instances at {fleet.peak_t_s:.1f} s" in lines
     assert f"Fleet back at min (1): at {fleet.back_at_min_t_s:.1f} s" in lines

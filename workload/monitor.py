@@ -50,13 +50,12 @@ def fleet_summary(samples: list[Sample], min_instances: int, load_done_s: float 
 
 
 class Monitor:
-    """A sampling thread; ``start`` resolves the queues first so a wrong endpoint fails before any load."""
+    """A sampling thread; ``connect`` resolves the queues first so a wrong endpoint fails before any load."""
 
-    def __init__(self, settings, clients, t0: float, progress: Callable[[], tuple[int, int]],
-                 interval_s: float = 1.0):
+    def __init__(self, settings, clients, progress: Callable[[], tuple[int, int]], interval_s: float = 1.0):
         self.settings = settings
         self.clients = clients
-        self.t0 = t0
+        self.t0 = 0.0
         self.progress = progress
         self.interval_s = interval_s
         self.samples: list[Sample] = []
@@ -66,7 +65,7 @@ class Monitor:
         self._thread: threading.Thread | None = None
         self._urls: tuple[str, str] | None = None
 
-    def start(self) -> None:
+    def connect(self) -> None:
         where = self.settings.endpoint_url or f"AWS {self.settings.region}"
         try:
             sqs = self.clients.sqs
@@ -78,6 +77,10 @@ class Monitor:
                                 f"{err.response['Error'].get('Message') or err}") from None
         except BotoCoreError as err:
             raise WorkloadError(f"--monitor: cannot reach {where}: {err}") from None
+
+    def start(self, t0: float) -> None:
+        """First sample now (before any request), then one every ``interval_s``; times are relative to ``t0``."""
+        self.t0 = t0
         self._take()
         self._thread = threading.Thread(target=self._loop, name="workload-monitor", daemon=True)
         self._thread.start()

@@ -53,7 +53,8 @@ def plot_timeline(result: RunResult, path: Path | str) -> Path:
     ax = axes[0]
     ax.step(times, in_flight, where="post", color="tab:blue", label="requests in flight (client)")
     ax.set_ylabel("in flight")
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(bottom=0, top=max(in_flight + [1]) * 1.1)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax2 = ax.twinx()
     ax2.step(times, completed, where="post", color="tab:green", label="requests completed (cumulative)")
     ax2.set_ylabel("completed")
@@ -97,6 +98,7 @@ def _queue_panel(ax, samples) -> None:
         ax.step(*_series(samples, get), where="post", color=colour, label=label)
     ax.set_ylabel("messages")
     ax.set_ylim(bottom=0)
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.legend(loc="upper left", fontsize="small")
     ax.set_title("SQS queues", loc="left", fontsize="medium")
 
@@ -115,7 +117,7 @@ def _fleet_panel(ax, result: RunResult) -> None:
                    label=f"min ({fleet.min_instances})")
         if fleet.peak_t_s is not None and fleet.peak > 0:
             ax.plot([fleet.peak_t_s], [fleet.peak], "v", color="tab:green",
-                    label=f"peak {fleet.peak} at {fleet.peak_t_s:.0f} s")
+                    label=f"peak {fleet.peak} at {fleet.peak_t_s:.1f} s")
     ax.set_ylabel("app-tier instances")
     highest = max([s.count("running", "pending") or 0 for s in samples] + [fleet.min_instances if fleet else 1])
     ax.set_ylim(bottom=0, top=highest + 1)

@@ -67,15 +67,17 @@ def run_workload(config: WorkloadConfig) -> RunResult:
 
     progress = Progress()
     monitor = None
-    t0 = time.monotonic()
-    started_at = time.time()
     if config.monitor:
         from infra.clients import Clients
         from workload.monitor import Monitor
 
         settings = _settings(config)
-        monitor = Monitor(settings, Clients(settings), t0, progress.snapshot, config.monitor_interval_s)
-        monitor.start()
+        monitor = Monitor(settings, Clients(settings), progress.snapshot, config.monitor_interval_s)
+        monitor.connect()
+    t0 = time.monotonic()
+    started_at = time.time()
+    if monitor is not None:
+        monitor.start(t0)
     log.info("sending %s requests to %s (%s)", len(targets), url,
              f"Poisson {config.rate}/s" if config.rate else f"burst, {config.concurrency} threads")
     sender = Sender(url, config.timeout_s, payloads, t0, progress)
