@@ -4,6 +4,7 @@ health and clean shutdown. The real app runs as `python -m web_tier` against the
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import subprocess
 import time
@@ -251,7 +252,8 @@ def test_results_nobody_waits_for_are_kept_and_garbage_is_dropped(moto_server, t
         assert "garbled" in log_text(proc)
 
 
-def test_sigterm_stops_cleanly(moto_server, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_stops_cleanly(moto_server, tmp_path, sig):
     settings = web_settings(moto_server, tmp_path / "data")
     provision(settings, Clients(settings))
     proc = start_module("web_tier", settings, log_path=tmp_path / "web.log")
@@ -259,12 +261,12 @@ def test_sigterm_stops_cleanly(moto_server, tmp_path):
         wait_for(lambda: "listening on" in log_text(proc), 30, what="web tier start")
         assert f"http://{settings.web_host}:{settings.web_port}/" in log_text(proc)
         started = time.monotonic()
-        proc.terminate()
+        proc.send_signal(sig)
         assert proc.wait(15) == 0, log_text(proc)
         assert time.monotonic() - started < 10
         assert "dispatcher stopped" in log_text(proc) and "web tier stopped" in log_text(proc)
     except subprocess.TimeoutExpired:
-        pytest.fail("web tier did not stop on SIGTERM:\n" + log_text(proc))
+        pytest.fail(f"web tier did not stop on {sig.name}:\n" + log_text(proc))
     finally:
         stop_process(proc)
 

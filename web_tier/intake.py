@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -63,17 +62,18 @@ def read_bounded(stream, max_bytes: int) -> bytes:
 def sniff_image(data: bytes) -> str:
     """The image format Pillow finds in ``data``; ``Rejected(415)`` when it is not an image."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = img.format or "unknown"
-                img.verify()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        with Image.open(io.BytesIO(data)) as img:
+            fmt, pixels = img.format or "unknown", img.width * img.height
+            img.verify()
+    except Image.DecompressionBombError:
         raise Rejected(413, "image has too many pixels") from None
     except UnidentifiedImageError:
         raise Rejected(415, "file content is not an image (checked by content, not by name)") from None
     except Exception as err:  # Pillow raises many types for damaged files
         raise Rejected(415, f"file content is not a readable image: {str(err).splitlines()[0][:120]}") from None
+    # Checked here, not with warnings.catch_warnings: that is not thread-safe under 200 requests.
+    if Image.MAX_IMAGE_PIXELS and pixels > Image.MAX_IMAGE_PIXELS:
+        raise Rejected(413, f"image has too many pixels ({pixels}, limit {Image.MAX_IMAGE_PIXELS})")
     return fmt
 
 
