@@ -60,7 +60,7 @@ def plot_timeline(result: RunResult, path: Path | str) -> Path:
     ax2.set_ylabel("completed")
     ax2.set_ylim(0, max(1, result.total) * 1.05)
     handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], loc="upper left", fontsize="small")
+    _legend_above(ax, handles)
     ax.set_title("Client", loc="left", fontsize="medium")
 
     if samples:
@@ -83,6 +83,13 @@ def plot_timeline(result: RunResult, path: Path | str) -> Path:
     return path
 
 
+def _legend_above(ax, handles=None) -> None:
+    """Legend in the panel's title row, right-aligned, so it never covers the data."""
+    handles = handles or ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="lower right", bbox_to_anchor=(1.0, 1.0),
+              ncol=len(handles), fontsize="small", frameon=False, borderaxespad=0.2, handlelength=1.5)
+
+
 def _series(samples, get):
     pts = [(s.t_s, get(s)) for s in samples]
     pts = [(t, v) for t, v in pts if v is not None]
@@ -99,7 +106,7 @@ def _queue_panel(ax, samples) -> None:
     ax.set_ylabel("messages")
     ax.set_ylim(bottom=0)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper left", fontsize="small")
+    _legend_above(ax)
     ax.set_title("SQS queues", loc="left", fontsize="medium")
 
 
@@ -122,5 +129,5 @@ def _fleet_panel(ax, result: RunResult) -> None:
     highest = max([s.count("running", "pending") or 0 for s in samples] + [fleet.min_instances if fleet else 1])
     ax.set_ylim(bottom=0, top=highest + 1)
     ax.yaxis.get_major_locator().set_params(integer=True)
-    ax.legend(loc="upper left", fontsize="small")
+    _legend_above(ax)
     ax.set_title("App tier (EC2 instances by state)", loc="left", fontsize="medium")
