@@ -213,6 +213,7 @@ def test_timeout_gives_504_with_job_id_and_the_job_stays_queryable(moto_server, 
         assert len(versions) == 2, "same-name uploads must be distinct object versions"
 
 
+@pytest.mark.slow
 def test_holds_200_waiting_requests_at_once(moto_server, tmp_path):
     """Every synchronous request holds a thread and a connection; 200 must wait side by side."""
     n = 200
@@ -243,13 +244,18 @@ def test_results_nobody_waits_for_are_kept_and_garbage_is_dropped(moto_server, t
     orphan = ImageResult("orphan" + uuid.uuid4().hex[:8], "lost.jpg", label="tabby", score=0.5, worker="i-x",
                          sent_at=time.time() - 2, done_at=time.time(), infer_ms=12.0)
     sqs.send_message(QueueUrl=resp_url, MessageBody=orphan.to_json())
-    for junk in ("not json", json.dumps({"v": 99}), json.dumps([1, 2]), json.dumps({"v": 1, "name": "x"})):
+    junk_bodies = ("not json", json.dumps({"v": 99}), json.dumps([1, 2]), json.dumps({"v": 1, "name": "x"}),
+                   json.dumps({"v": 1, "request_id": "r1", "name": "x.jpg", "score": "high"}),
+                   json.dumps({"v": 1, "request_id": "r2", "name": "x.jpg", "label": {"a": 1}}))
+    for junk in junk_bodies:
         sqs.send_message(QueueUrl=resp_url, MessageBody=junk)
     with running_web(settings, tmp_path / "web.log") as proc:
         wait_for(lambda: queue_depth(sqs, resp_url).backlog == 0, 20, what="response queue drained")
         job = requests.get(f"{proc.base}/api/jobs/{orphan.request_id}", timeout=10).json()
         assert job["status"] == "done" and job["label"] == "tabby" and job["answer"] == "lost:tabby"
-        assert "garbled" in log_text(proc)
+        assert log_text(proc).count("dropping garbled") == len(junk_bodies)
+        for bad_id in ("r1", "r2"):
+            assert requests.get(f"{proc.base}/api/jobs/{bad_id}", timeout=10).status_code == 404
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])

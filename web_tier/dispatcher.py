@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import sqlite3
 import threading
 import time
 from contextlib import contextmanager
@@ -169,16 +170,14 @@ class Dispatcher(threading.Thread):
         received_at = time.time()
         try:
             result = ImageResult.from_json(msg.get("Body", ""))
-        except (BadMessage, TypeError) as err:
+            self.store.complete(result, received_at)
+        except sqlite3.OperationalError:  # disk full, locked: try again when it comes back
+            log.exception("cannot persist the result in message %s; it stays on the queue", msg.get("MessageId"))
+            return False
+        except (BadMessage, TypeError, ValueError, sqlite3.Error) as err:  # wrong shape: would fail forever
             self.stats.garbled += 1
             log.warning("dropping garbled response message %s: %s", msg.get("MessageId"), err)
             return True
-        try:
-            self.store.complete(result, received_at)
-        except Exception:
-            log.exception("cannot persist result %s (message %s); it stays on the queue",
-                          result.request_id, msg.get("MessageId"))
-            return False
         woken = self.router.deliver(result)
         self.stats.results += 1
         self.stats.failed += 0 if result.ok else 1
