@@ -39,6 +39,7 @@ DEFAULT_GRACE_S = 30.0
 KILL_AFTER_S = 5.0  # after the second SIGTERM
 CRASH_WINDOW_S = 5.0  # a worker that dies this soon after its start counts as a crash loop
 MAX_BACKOFF_S = 30.0
+DEFAULT_SPARES = 2
 
 
 class ChildState(StrEnum):
@@ -70,6 +71,7 @@ class Supervisor:
     ec2: object
     spawn: Callable[[str], int]
     grace_s: float = DEFAULT_GRACE_S
+    kill_after_s: float = KILL_AFTER_S
     clock: Callable[[], float] = time.monotonic
     serving: dict[str, Child] = field(default_factory=dict)  # instance id -> its worker
     draining: dict[int, Child] = field(default_factory=dict)  # pid -> a worker told to stop
@@ -116,30 +118,28 @@ class Supervisor:
         for child in list(self.draining.values()):
             waited = now - child.signalled_at
             if child.state == ChildState.STOPPING and waited > self.grace_s:
-                log.warning("worker pid %d (instance %s) still running %.0f s after SIGTERM: second SIGTERM",
+                log.warning("worker pid %d (instance %s) still running %.1f s after SIGTERM: second SIGTERM",
                             child.pid, child.instance_id, waited)
                 self._signal(child, signal.SIGTERM, ChildState.FORCING, now)
-            elif child.state == ChildState.FORCING and waited > KILL_AFTER_S:
+            elif child.state == ChildState.FORCING and waited > self.kill_after_s:
                 log.error("worker pid %d (instance %s) ignored two SIGTERMs: SIGKILL", child.pid, child.instance_id)
                 self._signal(child, signal.SIGKILL, ChildState.FORCING, now)
 
     def reap(self) -> None:
-        """Collect every exited child (no zombies) and note the ones that died while serving."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
-            if pid in self.draining:
+        """Collect every exited worker (no zombies) and note the ones that died while serving.
+
+        Waits on our own pids only, never ``waitpid(-1)``: other children of this process are not ours to reap.
+        """
+        for pid in list(self.draining):
+            code = _exited(pid)
+            if code is not None:
                 child = self.draining.pop(pid)
                 log.info("worker pid %d (instance %s) exited with %s", pid, child.instance_id, code)
+        for child in list(self.serving.values()):
+            code = _exited(child.pid)
+            if code is None:
                 continue
-            child = next((c for c in self.serving.values() if c.pid == pid), None)
-            if child is None:
-                continue
+            pid = child.pid
             del self.serving[child.instance_id]
             self.replaced += 1
             now = self.clock()
@@ -169,11 +169,11 @@ class Supervisor:
             log.error("worker pid %d (instance %s) did not stop in %.0f s: SIGKILL", child.pid, child.instance_id,
                       timeout)
             self._signal(child, signal.SIGKILL, ChildState.FORCING, now)
-        while self.draining:
+        for pid in list(self.draining):
             try:
-                pid, _ = os.waitpid(-1, 0)
+                os.waitpid(pid, 0)
             except ChildProcessError:
-                break
+                pass
             self.draining.pop(pid, None)
 
     @staticmethod
@@ -185,7 +185,28 @@ class Supervisor:
             pass  # already gone; reap() collects it
 
 
-def fork_worker(settings: Settings, classifier, instance_id: str) -> int:
+def _exited(pid: int) -> int | None:
+    """The exit code if ``pid`` (our child) has exited (and is now reaped), else None."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return -1  # already reaped elsewhere: gone all the same
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+def ready_clients(settings: Settings):
+    """boto3 clients made ahead, in idle time: building them costs ~0.5 s of CPU that a new
+    instance would otherwise spend before its first receive. Unused clients hold no
+    connections yet, so a forked child can take them over safely."""
+    from infra.clients import Clients
+
+    clients = Clients(settings)
+    for service in ("sqs", "s3", "cloudwatch"):
+        getattr(clients, service)
+    return clients
+
+
+def fork_worker(settings: Settings, classifier, instance_id: str, clients=None) -> int:
     """Fork a child that runs the app-tier worker as ``instance_id``; returns the child's pid."""
     pid = os.fork()
     if pid:
@@ -201,7 +222,8 @@ def fork_worker(settings: Settings, classifier, instance_id: str) -> int:
         torch.set_num_threads(settings.torch_threads)
         from app_tier.worker import run_worker
 
-        code = run_worker(settings.replace(instance_id=instance_id), classifier, instance_id)
+        options = {"clients": clients} if clients is not None else {}
+        code = run_worker(settings.replace(instance_id=instance_id), classifier, instance_id, **options)
     except BaseException:
         log.exception("worker for instance %s crashed", instance_id)
     finally:
@@ -215,6 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between fleet reads (0.25)")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
                         help="seconds a worker may drain after SIGTERM before the second SIGTERM (30)")
+    parser.add_argument("--spares", type=int, default=DEFAULT_SPARES,
+                        help="sets of boto3 clients kept ready for the next new workers (2)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -245,10 +269,17 @@ def main(argv: list[str] | None = None) -> int:
     log.info("model %s ready in %.1f s; supervising %s-* every %g s", settings.model, time.monotonic() - started,
              settings.app_instance_prefix, args.poll)
     ec2 = make_client("ec2", settings, pool=2)
-    sup = Supervisor(settings, ec2, lambda iid: fork_worker(settings, classifier, iid), grace_s=args.grace)
+    spares = [ready_clients(settings) for _ in range(args.spares)]
+
+    def spawn(instance_id: str) -> int:
+        return fork_worker(settings, classifier, instance_id, spares.pop() if spares else None)
+
+    sup = Supervisor(settings, ec2, spawn, grace_s=args.grace)
     try:
         while not stop["flag"]:
             sup.tick()
+            if len(spares) < args.spares:  # one per tick, after this tick's forks
+                spares.append(ready_clients(settings))
             time.sleep(args.poll)
     finally:
         sup.stop_all()
