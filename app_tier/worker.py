@@ -14,6 +14,7 @@ is deleted at once; an unknown failure leaves the message to come back and, afte
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import queue
@@ -42,6 +43,21 @@ EXIT_OK = 0
 EXIT_NO_QUEUE = 2
 RECEIVE_BACKOFF_MAX_S = 20.0
 ABORT_RECEIVE_WAIT_S = 2.0
+
+
+_M_ARENA_MAX = -8  # glibc mallopt parameter (malloc.h)
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas() -> bool:
+    """Cap glibc's per-thread malloc arenas: ten fetch threads would otherwise each keep freed image buffers.
+
+    Returns False where this is not glibc.
+    """
+    try:
+        return ctypes.CDLL("libc.so.6").mallopt(_M_ARENA_MAX, MALLOC_ARENAS) == 1
+    except (OSError, AttributeError):
+        return False
 
 
 class ItemState(StrEnum):
@@ -146,6 +162,7 @@ class Worker:
     def run(self) -> int:
         """Work until stopped; returns the process exit code."""
         torch.set_num_threads(self.settings.torch_threads)
+        limit_malloc_arenas()
         sqs = self.clients.sqs
         try:
             self._req_url = queue_url(sqs, self.settings.req_queue)

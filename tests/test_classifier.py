@@ -136,3 +136,22 @@ def test_weights_file_is_under_torch_home(monkeypatch, tmp_path):
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
     assert weights_file(ResNet18_Weights.IMAGENET1K_V1) == str(tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth")
+
+
+@pytest.mark.parametrize(("resize", "size"), [(256, (320, 240)), (256, (97, 400)), (232, (500, 375)), (256, (256, 300))])
+def test_transform_matches_torchvision_preset(resize, size):
+    from torchvision import transforms as T
+
+    from app_tier.models import IMAGENET_MEAN, IMAGENET_STD, make_transform
+
+    reference = T.Compose([T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR), T.CenterCrop(224),
+                           T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    img = make_image(5, size)
+    assert (make_transform(resize, 224)(img) - reference(img)).abs().max().item() < 1e-5
+
+
+def test_frozen_and_eager_models_agree(clf):
+    assert clf.frozen
+    eager = load_classifier("efficientnet_lite0", device="cpu", freeze=False)
+    images = [make_image(s) for s in range(20, 26)]
+    assert [p.label for p in clf.classify(images)] == [p.label for p in eager.classify(images)]
