@@ -181,3 +181,98 @@ def main() -> int:
     except AlreadyRunning as err:
         print(f"cannot start: {err}", file=sys.stderr)
         return 1
+
+
+class StackProcess:
+    """`python -m infra up` in a child process, for tests and `make bench`.
+
+    Picks free ports unless given, waits until the web tier answers /healthz and
+    the fleet is at min, and stops it the way a person does (SIGINT = Ctrl-C).
+    """
+
+    def __init__(self, data_dir: Path, *, endpoint_port: int | None = None, web_port: int | None = None,
+                 log_path: Path | None = None, **settings_env: str):
+        from infra.moto_server import free_port
+
+        self.endpoint_port = endpoint_port or free_port()
+        self.web_port = web_port or free_port()
+        self.data_dir = Path(data_dir)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("IMGREC_")}
+        self.env.update(settings_env)
+        self.env.update(AWS_ENDPOINT_URL=f"http://127.0.0.1:{self.endpoint_port}",
+                        IMGREC_WEB_PORT=str(self.web_port), IMGREC_DATA_DIR=str(self.data_dir),
+                        PYTHONUNBUFFERED="1")
+        self.settings = Settings.from_env(self.env)
+        self.url = f"http://127.0.0.1:{self.web_port}"
+        self.log_path = log_path or self.data_dir / "stack.log"
+        self.proc: subprocess.Popen | None = None
+        self.leftovers: list = []
+
+    def start(self, timeout: float = 120.0) -> StackProcess:
+        import urllib.request
+
+        from infra.clients import Clients
+        from infra.observe import InstanceState, app_instances
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "infra", "up"], cwd=ROOT, env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        clients = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"local stack exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/healthz", timeout=2) as resp:
+                    healthy = resp.status == 200
+                clients = clients or Clients(self.settings)
+                running = [i for i in app_instances(clients.ec2, self.settings) if i.state == InstanceState.RUNNING]
+                if healthy and len(running) >= self.settings.min_instances and self.workers_ready():
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.5)
+        self.stop()
+        raise TimeoutError(f"local stack not ready within {timeout:.0f} s; see {self.log_path}")
+
+    def workers_ready(self) -> bool:
+        """At least min_instances workers have logged that they are ready."""
+        log_file = self.data_dir / "logs" / "supervisor.log"
+        text = log_file.read_text(errors="replace") if log_file.exists() else ""
+        return text.count(" ready: ") >= self.settings.min_instances
+
+    def processes(self):
+        """The stack's processes (orchestrator and every descendant)."""
+        import psutil
+
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 15.0) -> float:
+        """Ctrl-C the stack; returns the seconds it took to exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        family = self.processes()
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        elapsed = time.monotonic() - started
+        self.leftovers = [p for p in family[1:] if p.is_running() and p.status() != "zombie"]
+        for p in self.leftovers:  # never leave a test's processes behind, whatever went wrong
+            with contextlib.suppress(Exception):
+                p.kill()
+        return elapsed
+
+    def __enter__(self) -> StackProcess:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
