@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -206,7 +207,7 @@ def ready_clients(settings: Settings):
     return clients
 
 
-def fork_worker(settings: Settings, classifier, instance_id: str, clients=None) -> int:
+def fork_worker(settings: Settings, classifier, instance_id: str, clients=None, gate=None) -> int:
     """Fork a child that runs the app-tier worker as ``instance_id``; returns the child's pid."""
     pid = os.fork()
     if pid:
@@ -223,6 +224,8 @@ def fork_worker(settings: Settings, classifier, instance_id: str, clients=None) 
         from app_tier.worker import run_worker
 
         options = {"clients": clients} if clients is not None else {}
+        if gate is not None:
+            options["inference_gate"] = gate
         code = run_worker(settings.replace(instance_id=instance_id), classifier, instance_id, **options)
     except BaseException:
         log.exception("worker for instance %s crashed", instance_id)
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a worker may drain after SIGTERM before the second SIGTERM (30)")
     parser.add_argument("--spares", type=int, default=DEFAULT_SPARES,
                         help="sets of boto3 clients kept ready for the next new workers (2)")
+    parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
+                        help="concurrent inferences allowed on this host (default: its cores; 0: no limit)")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env()
@@ -271,8 +276,15 @@ def main(argv: list[str] | None = None) -> int:
     ec2 = make_client("ec2", settings, pool=2)
     spares = [ready_clients(settings) for _ in range(args.spares)]
 
+    gate = None
+    if args.cores > 0:
+        from app_tier.gate import HostGate
+
+        gate = HostGate(Path(settings.data_dir) / "inference-gate", args.cores)
+        log.info("inference gate: at most %d concurrent inferences on this host", args.cores)
+
     def spawn(instance_id: str) -> int:
-        return fork_worker(settings, classifier, instance_id, spares.pop() if spares else None)
+        return fork_worker(settings, classifier, instance_id, spares.pop() if spares else None, gate)
 
     sup = Supervisor(settings, ec2, spawn, grace_s=args.grace)
     try:
