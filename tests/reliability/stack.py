@@ -1,0 +1,254 @@
+"""The local stack as separate processes, so a test can kill or restart any one of them.
+
+``python -m infra up`` stops everything when one child exits (what a person at a
+terminal wants), so the fault cases run the tiers themselves with tests/procs.py:
+supervisor (forked workers), controller and web tier, all pointed at a
+``FaultProxy`` in front of the moto server; the test's own checks go to moto directly.
+Also here: submitting images through the JSON API and the end-of-case audit
+(every job answered, one output object per image, queues empty).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import requests
+
+from infra.clients import Clients
+from infra.config import Settings
+from infra.moto_server import free_port
+from infra.observe import InstanceState, app_instances, queue_depth, queue_url
+from infra.provision import provision
+from tests.procs import start_module, stop_process, wait_for, wait_http
+from tests.reliability.faultproxy import FaultProxy
+
+log = logging.getLogger(__name__)
+
+# Faster recovery than the production 60 s: a killed worker's messages come back in 10 s.
+VISIBILITY_S = 10
+# Each injected fault can cost a held message one receive; 3 would dead-letter a message that
+# two kills and an outage happened to hit. Production keeps 3 (see docs/SECURITY.md).
+FAULT_MAX_RECEIVES = 6
+
+
+class ProcStack:
+    """moto (shared) <- fault proxy <- supervisor + controller + web tier, each its own process."""
+
+    def __init__(self, moto_url: str, data_dir: Path, **overrides):
+        prefix = f"r{uuid.uuid4().hex[:8]}"
+        moto_port = int(moto_url.rsplit(":", 1)[1])
+        self.proxy = FaultProxy(moto_port).start()
+        self.direct = Settings.from_env(
+            {}, endpoint_url=moto_url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
+            web_instance_name=f"{prefix}-web", data_dir=str(data_dir), web_port=free_port(),
+            receive_wait_s=2, visibility_timeout_s=VISIBILITY_S, max_receive_count=FAULT_MAX_RECEIVES,
+            max_attempts=3, max_instances=4, request_timeout_s=120, **overrides)
+        self.settings = self.direct.replace(endpoint_url=self.proxy.url)  # what the tiers use
+        self.clients = Clients(self.direct)
+        self.url = f"http://127.0.0.1:{self.settings.web_port}"
+        self.logs = Path(data_dir) / "logs"
+        self.procs: dict[str, subprocess.Popen] = {}
+
+    def start(self) -> ProcStack:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        provision(self.direct, self.clients)
+        self.start_tier("supervisor")
+        self.start_tier("controller")
+        self.start_tier("web")
+        wait_http(f"{self.url}/healthz", timeout=60)
+        wait_for(lambda: self.running_instances() >= 1 and self.workers_ready() >= 1, 120, what="first worker")
+        return self
+
+    def start_tier(self, name: str) -> subprocess.Popen:
+        module = {"supervisor": "controller.supervisor", "controller": "controller", "web": "web_tier"}[name]
+        self.procs[name] = start_module(module, self.settings, log_path=self.logs / f"{name}.log")
+        return self.procs[name]
+
+    def restart_web(self) -> float:
+        """SIGTERM the web tier, start a new one on the same port; returns the seconds it was away."""
+        started = time.monotonic()
+        stop_process(self.procs["web"], timeout=10)
+        self.start_tier("web")
+        wait_http(f"{self.url}/healthz", timeout=60)
+        return time.monotonic() - started
+
+    def kill(self, name: str) -> int:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        return proc.pid
+
+    def workers(self) -> list[psutil.Process]:
+        """The supervisor's forked worker processes that are alive."""
+        try:
+            kids = psutil.Process(self.procs["supervisor"].pid).children()
+        except psutil.NoSuchProcess:
+            return []
+        return [p for p in kids if _alive(p)]
+
+    def workers_ready(self) -> int:
+        path = self.logs / "supervisor.log"
+        return path.read_text(errors="replace").count(" ready: ") if path.exists() else 0
+
+    def running_instances(self) -> int:
+        return sum(i.state == InstanceState.RUNNING for i in app_instances(self.clients.ec2, self.direct))
+
+    def processes(self) -> dict[str, psutil.Process]:
+        out = {}
+        for name, proc in self.procs.items():
+            with contextlib.suppress(psutil.NoSuchProcess):
+                out[name] = psutil.Process(proc.pid)
+        for w in self.workers():
+            out[f"worker pid {w.pid}"] = w
+        return out
+
+    def stop(self) -> None:
+        for name in ("web", "controller", "supervisor"):
+            if name in self.procs:
+                stop_process(self.procs[name], timeout=15)
+        self.proxy.stop()
+
+    def log(self, name: str) -> str:
+        path = self.logs / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _alive(p: psutil.Process) -> bool:
+    try:
+        return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+# ---------------------------------------------------------------- clients of the JSON API
+
+@dataclass
+class Submitted:
+    ids: dict[str, str] = field(default_factory=dict)  # image name -> job id
+    client_errors: int = 0  # refused or failed POSTs, retried
+
+
+def submit_all(url: str, images: dict[str, bytes], *, per_post: int = 10, deadline_s: float = 180) -> Submitted:
+    """POST /api/jobs in chunks until every image has a job id; errors (503, refused, reset) are retried."""
+    out = Submitted()
+    pending = list(images)
+    deadline = time.monotonic() + deadline_s
+    with requests.Session() as http:
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(pending)} images never accepted; last errors {out.client_errors}")
+            chunk, pending = pending[:per_post], pending[per_post:]
+            files = [("files", (name, images[name], "image/jpeg")) for name in chunk]
+            try:
+                resp = http.post(f"{url}/api/jobs", files=files, timeout=60)
+                body = resp.json() if resp.headers.get("Content-Type", "").startswith("application/json") else {}
+            except (requests.RequestException, ValueError):
+                resp, body = None, {}
+            for job in body.get("jobs", []):
+                out.ids[job["name"]] = job["id"]
+            retry = [n for n in chunk if n not in out.ids]
+            if retry:
+                out.client_errors += 1
+                pending = retry + pending
+                time.sleep(0.5)
+            assert resp is None or resp.status_code in (202, 503) or retry == [], (resp.status_code, body)
+    return out
+
+
+def wait_jobs(url: str, ids: list[str], timeout_s: float = 240) -> dict[str, dict]:
+    """Poll ``GET /api/jobs?ids=`` until every job is done or failed; tolerates a web tier that is away."""
+    jobs: dict[str, dict] = {}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        todo = [i for i in ids if jobs.get(i, {}).get("status") in (None, "queued")]
+        if not todo:
+            return jobs
+        for start in range(0, len(todo), 100):
+            chunk = todo[start:start + 100]
+            try:
+                with urllib.request.urlopen(f"{url}/api/jobs?ids={','.join(chunk)}", timeout=30) as resp:
+                    for job in json.load(resp)["jobs"]:
+                        jobs[job["id"]] = job
+            except (OSError, urllib.error.URLError, ValueError):
+                time.sleep(0.5)
+        time.sleep(0.5)
+    return jobs
+
+
+@dataclass
+class Audit:
+    """The end-of-case invariants; ``problems`` is empty when nothing was lost or stuck."""
+
+    answered: int
+    lost: list[str]
+    failed: list[str]
+    missing_outputs: list[str]
+    extra_outputs: list[str]
+    req_visible: int
+    req_in_flight: int
+    dlq: int
+    resp: int
+
+    @property
+    def problems(self) -> list[str]:
+        out = []
+        if self.lost:
+            out.append(f"{len(self.lost)} jobs never answered, e.g. {self.lost[:3]}")
+        if self.failed:
+            out.append(f"{len(self.failed)} jobs failed, e.g. {self.failed[:3]}")
+        if self.missing_outputs or self.extra_outputs:
+            out.append(f"outputs missing {self.missing_outputs[:3]} ({len(self.missing_outputs)}), "
+                       f"unexpected {self.extra_outputs[:3]} ({len(self.extra_outputs)})")
+        if self.req_visible or self.req_in_flight or self.dlq or self.resp:
+            out.append(f"queues not empty: request {self.req_visible} visible + {self.req_in_flight} in flight, "
+                       f"DLQ {self.dlq}, response {self.resp}")
+        return out
+
+
+def output_keys(clients: Clients, settings: Settings, prefix: str) -> list[str]:
+    keys = []
+    for page in clients.s3.get_paginator("list_objects_v2").paginate(Bucket=settings.out_bucket, Prefix=prefix):
+        keys += [o["Key"] for o in page.get("Contents", [])]
+    return keys
+
+
+def audit(stack_url: str, clients: Clients, settings: Settings, submitted: Submitted, name_prefix: str,
+          timeout_s: float = 240) -> Audit:
+    """Wait for every job, then check outputs (exactly one object per image) and the queues (drained)."""
+    ids = list(submitted.ids.values())
+    jobs = wait_jobs(stack_url, ids, timeout_s)
+    lost = [i for i in ids if jobs.get(i, {}).get("status") in (None, "queued")]
+    failed = [f"{j['name']}: {j.get('error')}" for j in jobs.values() if j.get("status") == "failed"]
+    expected = {Path(n).stem for n in submitted.ids}
+    sqs = clients.sqs
+    # Results are persisted before deletion: give the last deletes and redeliveries a moment to settle.
+    depth = wait_for_queues(sqs, settings)
+    keys = output_keys(clients, settings, name_prefix)
+    return Audit(
+        answered=len(ids) - len(lost), lost=lost, failed=failed,
+        missing_outputs=sorted(expected - set(keys)), extra_outputs=sorted(set(keys) - expected)
+        + sorted(k for k in set(keys) if keys.count(k) > 1),
+        req_visible=depth["req"].visible, req_in_flight=depth["req"].in_flight,
+        dlq=depth["dlq"].visible + depth["dlq"].in_flight, resp=depth["resp"].visible + depth["resp"].in_flight)
+
+
+def wait_for_queues(sqs, settings: Settings, timeout_s: float = 3 * VISIBILITY_S) -> dict:
+    urls = {k: queue_url(sqs, n) for k, n in (("req", settings.req_queue), ("resp", settings.resp_queue),
+                                               ("dlq", settings.dlq))}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        depth = {k: queue_depth(sqs, u) for k, u in urls.items()}
+        if all(d.visible + d.in_flight == 0 for d in depth.values()) or time.monotonic() > deadline:
+            return depth
+        time.sleep(0.5)
