@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.observe import ROLE_TAG, STACK_TAG, Instance, InstanceState, app_instances
+from infra.observe import ROLE_TAG, STACK_TAG, FleetReader, Instance, InstanceState
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +105,10 @@ class Ec2Actuator:
         self.settings = settings
         self.cloudwatch = cloudwatch
         self.warm_pool = warm_pool
+        self._fleet = FleetReader(ec2, settings)
 
     def fleet(self) -> list[Instance]:
-        return app_instances(self.ec2, self.settings)
+        return self._fleet.read()
 
     def launch(self, n: int, fleet: list[Instance] | None = None) -> list[str]:
         """Bring ``n`` more instances up (warm-pool stopped ones first); returns their ids."""

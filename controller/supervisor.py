@@ -31,7 +31,7 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import ConfigError, Settings
-from infra.observe import InstanceState, app_instances
+from infra.observe import FleetReader, InstanceState
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +79,13 @@ class Supervisor:
     backoff: dict[str, Backoff] = field(default_factory=dict)
     replaced: int = 0
 
+    def __post_init__(self) -> None:
+        self._fleet = FleetReader(self.ec2, self.settings)
+
     def tick(self) -> None:
         self.reap()
         try:
-            fleet = app_instances(self.ec2, self.settings)
+            fleet = self._fleet.read()
         except (ClientError, BotoCoreError) as err:
             log.warning("cannot list app-tier instances (%s); workers left as they are", err)
             fleet = None

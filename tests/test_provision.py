@@ -125,3 +125,21 @@ def test_cli_reports_unreachable_endpoint(settings):
     assert out.returncode == 1
     assert "error talking to http://127.0.0.1:9" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_fleet_reader_sees_every_change_and_skips_unchanged_reads(stack, clients):
+    from infra.observe import FleetReader, InstanceState, app_instances
+
+    reader = FleetReader(clients.ec2, stack)
+    assert reader.read() == []
+    ids = [clients.ec2.run_instances(
+        ImageId=stack.ami_id, MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance",
+                            "Tags": [{"Key": "Name", "Value": stack.app_instance_name(n)}]}])["Instances"][0]["InstanceId"]
+        for n in (1, 2)]
+    assert {i.id for i in reader.read()} == set(ids)
+    clients.ec2.terminate_instances(InstanceIds=[ids[0]])
+    assert [i.id for i in reader.read()] == [ids[1]]
+    clients.ec2.stop_instances(InstanceIds=[ids[1]])
+    assert [i.state for i in reader.read()] == [i.state for i in app_instances(clients.ec2, stack)]
+    assert reader.read()[0].state in (InstanceState.STOPPING, InstanceState.STOPPED)
