@@ -1,0 +1,212 @@
+"""Bad input through both doors (``POST /`` and ``POST /api/jobs``) while good traffic flows.
+
+Each kind gets the right 4xx with a one-line reason, or (valid but unusual images)
+a classification; meanwhile two clients keep sending good images through ``POST /``
+and every one of them must come back right.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import pytest
+import requests
+
+from infra.local_stack import StackProcess
+from tests.images import jpeg_bytes
+from tests.reliability.inputs import (
+    HOSTILE_NAMES,
+    bad_files,
+    maybe_bad_files,
+    multipart,
+    stream_upload,
+    valid_images,
+)
+from tests.reliability.stack import wait_jobs
+from tests.reliability.tally import TALLY
+
+pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
+GB = 1 << 30
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    with StackProcess(tmp_path_factory.mktemp("badinput"), IMGREC_MAX_INSTANCES="3",
+                      IMGREC_REQUEST_TIMEOUT="120") as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def good_traffic(stack):
+    """Two clients sending good images through POST / for as long as the module runs."""
+    stop = threading.Event()
+    outcomes: list[tuple[str, int, str]] = []
+
+    def client(n: int):
+        i = 0
+        with requests.Session() as http:
+            while not stop.is_set():
+                name = f"good-{n}-{i}.jpg"
+                try:
+                    r = http.post(stack.url, files={"myfile": (name, jpeg_bytes(500 + i % 20), "image/jpeg")},
+                                  timeout=120)
+                    outcomes.append((name, r.status_code, r.text))
+                except requests.RequestException as err:
+                    outcomes.append((name, 0, repr(err)))
+                i += 1
+
+    threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(2)]
+    for t in threads:
+        t.start()
+    yield outcomes
+    stop.set()
+    for t in threads:
+        t.join(130)
+
+
+def record(kind: str, endpoint: str, outcome: str) -> None:
+    TALLY.bad_inputs.append((kind, endpoint, outcome))
+
+
+def one_line_reason(resp: requests.Response) -> str:
+    if resp.headers.get("Content-Type", "").startswith("application/json"):
+        body = resp.json()
+        reason = body.get("error") or "; ".join(e["error"] for e in body.get("errors", []))
+    else:
+        reason = resp.text
+    assert reason and "\n" not in reason.strip() and "Traceback" not in reason and len(reason) < 300, reason
+    return reason
+
+
+def post_form(stack, name, data, field="myfile") -> requests.Response:
+    body, ctype = multipart([(field, name, data)])
+    return requests.post(stack.url + "/", data=body, headers={"Content-Type": ctype}, timeout=120)
+
+
+def post_api(stack, name, data) -> requests.Response:
+    body, ctype = multipart([("files", name, data)])
+    return requests.post(stack.url + "/api/jobs", data=body, headers={"Content-Type": ctype}, timeout=60)
+
+
+def api_job(stack, resp: requests.Response) -> dict:
+    assert resp.status_code == 202, resp.text
+    job_id = resp.json()["jobs"][0]["id"]
+    return wait_jobs(stack.url, [job_id], timeout_s=120)[job_id]
+
+
+def test_refused_files_get_the_right_4xx_on_both_endpoints(stack, good_traffic):
+    cases = bad_files()
+    cases.update({kind: (name, jpeg_bytes(11), {400}) for kind, name in HOSTILE_NAMES.items()})
+    for kind, (name, data, statuses) in cases.items():
+        for endpoint, send in (("POST /", post_form), ("POST /api/jobs", post_api)):
+            resp = send(stack, name, data)
+            reason = one_line_reason(resp)
+            record(kind, endpoint, str(resp.status_code))
+            assert resp.status_code in statuses, f"{kind} via {endpoint}: {resp.status_code} {reason}"
+
+
+def test_unusual_valid_images_are_classified_on_both_endpoints(stack, good_traffic):
+    for kind, (name, data) in valid_images().items():
+        resp = post_form(stack, name, data)
+        assert resp.status_code == 200, f"{kind}: {resp.status_code} {resp.text}"
+        stem, _, label = resp.text.partition(":")
+        assert stem == name.rsplit(".", 1)[0] and label, resp.text
+        assert resp.headers["Content-Type"].startswith("text/plain")  # never rendered as HTML
+        record(kind, "POST /", "200 classified")
+        job = api_job(stack, post_api(stack, name, data))
+        assert job["status"] == "done" and job["label"], job
+        assert job["name"] == name
+        record(kind, "POST /api/jobs", "202 -> classified")
+
+
+def test_damaged_images_are_refused_or_answered_with_a_reason(stack, good_traffic):
+    for kind, (name, data) in maybe_bad_files().items():
+        resp = post_form(stack, name, data)
+        assert resp.status_code in (200, 415, 422), resp.text
+        one_line_reason(resp)
+        record(kind, "POST /", f"{resp.status_code} {resp.text[:40]!r}")
+        resp = post_api(stack, name, data)
+        if resp.status_code == 202:
+            job = api_job(stack, resp)
+            assert job["status"] in ("done", "failed") and (job["label"] or job["error"]), job
+            record(kind, "POST /api/jobs", f"202 -> {job['status']} {job['error'] or job['label']}")
+        else:
+            assert resp.status_code == 415, resp.text
+            record(kind, "POST /api/jobs", f"{resp.status_code} {one_line_reason(resp)[:40]!r}")
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize("path", ["/", "/api/jobs"])
+def test_a_1_gb_stream_is_refused_without_reading_it(stack, good_traffic, path, chunked):
+    host, port = stack.url.removeprefix("http://").split(":")
+    got = stream_upload(host, int(port), path, total=GB, chunked=chunked)
+    kind = f"1 GB stream ({'chunked' if chunked else 'Content-Length'})"
+    record(kind, f"POST {path}", str(got.status))
+    TALLY.upload_bytes.append(f"{kind} to POST {path}: {got.status} after {got.sent / 1e6:.2f} MB of 1073.7 MB "
+                              f"({got.reason.strip()[:60]!r})")
+    assert got.status == 413, got
+    assert got.sent < 2 * stack.settings.max_upload_bytes, f"{got.sent} bytes went out before the refusal"
+
+
+def test_hostile_multipart_bodies(stack, good_traffic):
+    url = stack.url
+    img = jpeg_bytes(12)
+    cases = []  # (kind, path, body, content type, acceptable statuses)
+    for path in ("/", "/api/jobs"):
+        body, _ = multipart([("myfile", "a.jpg", img)])
+        cases.append(("multipart without boundary", path, body, "multipart/form-data", {400}))
+        cases.append(("boundary that never occurs", path, body, "multipart/form-data; boundary=nothere", {400}))
+        body, ctype = multipart([("myfile", None, b"just a field, no file")])
+        cases.append(("field without a file", path, body, ctype, {400}))
+        body, ctype = multipart([(f"f{i}", None, b"x") for i in range(5000)])
+        cases.append(("5000 parts", path, body, ctype, {400, 413}))
+        unterminated = multipart([("myfile", "u.jpg", img)])[0].rsplit(b"--b0und4ry--", 1)[0]
+        cases.append(("unterminated multipart", path, unterminated, "multipart/form-data; boundary=b0und4ry",
+                      {400}))
+        cases.append(("JSON body", path, json.dumps({"myfile": "aGVsbG8="}).encode(), "application/json", {400}))
+        cases.append(("urlencoded form", path, b"myfile=hello.jpg", "application/x-www-form-urlencoded", {400}))
+        cases.append(("raw JPEG body, no multipart", path, img, "image/jpeg", {400}))
+    for kind, path, body, ctype, statuses in cases:
+        resp = requests.post(url + path, data=body, headers={"Content-Type": ctype}, timeout=60)
+        reason = one_line_reason(resp)
+        record(kind, f"POST {path}", str(resp.status_code))
+        assert resp.status_code in statuses, f"{kind} via {path}: {resp.status_code} {reason}"
+
+
+def test_duplicate_file_fields(stack, good_traffic):
+    one, two = jpeg_bytes(21), jpeg_bytes(22)
+    body, ctype = multipart([("myfile", "dup-first.jpg", one), ("myfile", "dup-second.jpg", two)])
+    resp = requests.post(stack.url + "/", data=body, headers={"Content-Type": ctype}, timeout=120)
+    assert resp.status_code == 200 and resp.text.startswith("dup-first:"), resp.text  # the first, and only it
+    record("duplicate file fields", "POST /", "200 first file classified")
+    body, ctype = multipart([("files", "dup-a.jpg", one), ("files", "dup-a.jpg", two)])
+    resp = requests.post(stack.url + "/api/jobs", data=body, headers={"Content-Type": ctype}, timeout=60)
+    assert resp.status_code == 202 and len(resp.json()["jobs"]) == 2, resp.text  # each file is its own job
+    ids = [j["id"] for j in resp.json()["jobs"]]
+    jobs = wait_jobs(stack.url, ids, timeout_s=120)
+    assert all(jobs[i]["status"] == "done" for i in ids), jobs
+    record("duplicate file fields", "POST /api/jobs", "202 two jobs, both classified")
+
+
+def test_wrong_methods(stack, good_traffic):
+    for method, path in (("PUT", "/"), ("DELETE", "/"), ("PATCH", "/"), ("PUT", "/api/jobs"),
+                         ("DELETE", "/api/jobs"), ("DELETE", "/api/jobs/abc"), ("POST", "/api/jobs/abc"),
+                         ("POST", "/healthz")):
+        resp = requests.request(method, stack.url + path, data=b"x", timeout=30)
+        record(f"wrong method {method}", path, str(resp.status_code))
+        assert resp.status_code == 405, f"{method} {path}: {resp.status_code}"
+
+
+def test_good_traffic_was_served_throughout(stack, good_traffic):
+    """Runs last in this module: every good request sent meanwhile was answered right."""
+    deadline = time.monotonic() + 5
+    while len(good_traffic) < 10 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    done = list(good_traffic)
+    bad = [o for o in done if o[1] != 200 or not o[2].startswith(o[0].rsplit(".", 1)[0] + ":")]
+    TALLY.requests(sent=len(done), answered=len(done) - len(bad), lost=len(bad))
+    TALLY.notes.append(f"good requests during the bad-input attack: {len(done)} sent, {len(done) - len(bad)} right")
+    assert len(done) >= 10
+    assert bad == [], bad[:5]
