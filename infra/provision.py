@@ -20,6 +20,9 @@ log = logging.getLogger(__name__)
 
 DLQ_RETENTION_S = 14 * 24 * 3600
 RESPONSE_RETENTION_S = 4 * 24 * 3600
+# Messages at rest encrypted with SQS-managed keys: AWS defaults new queues to it since 2022,
+# but a queue made earlier (or by hand) would stay plaintext unless we say so.
+ENCRYPTION = {"SqsManagedSseEnabled": "true"}
 
 
 @dataclass
@@ -51,6 +54,7 @@ def request_queue_attributes(settings: Settings, dlq_arn: str) -> dict[str, str]
         "RedrivePolicy": json.dumps(
             {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(settings.max_receive_count)}
         ),
+        **ENCRYPTION,
     }
 
 
@@ -59,11 +63,12 @@ def response_queue_attributes(settings: Settings) -> dict[str, str]:
         "ReceiveMessageWaitTimeSeconds": str(settings.receive_wait_s),
         "VisibilityTimeout": "30",
         "MessageRetentionPeriod": str(RESPONSE_RETENTION_S),
+        **ENCRYPTION,
     }
 
 
 def dlq_attributes(settings: Settings) -> dict[str, str]:
-    return {"MessageRetentionPeriod": str(DLQ_RETENTION_S)}
+    return {"MessageRetentionPeriod": str(DLQ_RETENTION_S), **ENCRYPTION}
 
 
 def _find_queue(sqs, name: str) -> str | None:
