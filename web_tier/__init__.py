@@ -44,10 +44,19 @@ def create_app(settings: Settings | None = None, *, clients: Clients | None = No
     app.register_blueprint(dashboard)
     state.dashboard_sampler = dashboard.sampler
     upload.register_error_handlers(app)
+    app.after_request(_security_headers)
 
     if start_dispatcher:
         state.dispatcher.start()
     return app
+
+
+def _security_headers(resp):
+    """File names and labels come from users: no browser may sniff a text answer into HTML or frame the page."""
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("X-Frame-Options", "DENY")
+    resp.headers.setdefault("Referrer-Policy", "no-referrer")
+    return resp
 
 
 def get_state(app: Flask) -> WebState:
