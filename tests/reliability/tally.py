@@ -58,7 +58,7 @@ class Tally:
             out.append("peak memory per process (PSS, MB):")
             out += [f"  {name:<28} {mb:8.0f}" for name, mb in sorted(self.peak_mb.items())]
         if self.growth:
-            out.append("memory after warm-up -> end of load (RSS, MB):")
+            out.append("private memory (USS, MB), 2nd quarter of the load -> last quarter:")
             out += [f"  {name:<28} {g}" for name, g in sorted(self.growth.items())]
         out += self.notes
         return out

@@ -114,6 +114,7 @@ def test_unusual_valid_images_are_classified_on_both_endpoints(stack, good_traff
         stem, _, label = resp.text.partition(":")
         assert stem == name.rsplit(".", 1)[0] and label, resp.text
         assert resp.headers["Content-Type"].startswith("text/plain")  # never rendered as HTML
+        assert resp.headers["X-Content-Type-Options"] == "nosniff"  # nor sniffed into HTML
         record(kind, "POST /", "200 classified")
         job = api_job(stack, post_api(stack, name, data))
         assert job["status"] == "done" and job["label"], job
@@ -210,3 +211,13 @@ def test_good_traffic_was_served_throughout(stack, good_traffic):
     TALLY.notes.append(f"good requests during the bad-input attack: {len(done)} sent, {len(done) - len(bad)} right")
     assert len(done) >= 10
     assert bad == [], bad[:5]
+
+
+def test_logs_hold_no_credentials_or_signatures(stack, good_traffic):
+    logs = list((stack.data_dir / "logs").glob("*.log")) + [stack.log_path]
+    assert len(logs) >= 4
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for needle in ("aws_secret_access_key", "AWS_SECRET_ACCESS_KEY", "Credential=", "Signature=",
+                       "Authorization:", "X-Amz-Security-Token"):
+            assert needle not in text, f"{needle} in {path.name}"
