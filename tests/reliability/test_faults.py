@@ -8,6 +8,7 @@ response queue and DLQ empty.
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -49,6 +50,14 @@ def healthz(url: str) -> int:
     except urllib.error.HTTPError as err:
         return err.code
     except OSError:
+        return 0
+
+
+def waiting_requests(url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=10) as resp:
+            return int(json.load(resp).get("waiting", 0))
+    except (OSError, ValueError):
         return 0
 
 
@@ -129,7 +138,10 @@ def test_web_tier_restart_mid_run(proc_stack):
     threads = [threading.Thread(target=post_one, args=(n,)) for n in waiting]
     for t in threads:
         t.start()
-    time.sleep(0.5)
+    # Restart once all five wait (the web tier counts its waiters; each registers just before it
+    # stores and enqueues its image, which takes a few ms more).
+    wait_for(lambda: waiting_requests(stack.url) >= len(waiting), 30, what="the synchronous clients to wait")
+    time.sleep(1.0)
     away = stack.restart_web()
     TALLY.fault(f"web tier restart for {away:.1f} s")
     more = submit_all(stack.url, {n: images[n] for n in names[60:]})
