@@ -19,6 +19,7 @@ from infra.config import Settings
 # moto accepts any credentials; real AWS must find its own (env, profile, role).
 _LOCAL_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 _session_lock = threading.Lock()
+DEFAULT_READ_TIMEOUT_S = 60.0
 _session: boto3.session.Session | None = None
 
 
@@ -40,19 +41,20 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def botocore_config(settings: Settings, *, pool: int | None = None, read_timeout: float = 60.0) -> Config:
+def botocore_config(settings: Settings, *, pool: int | None = None, read_timeout: float | None = None) -> Config:
+    """``read_timeout`` None: long enough to outlast an SQS long poll; a caller that sets one
+    (a 5 s health check) gets exactly that."""
     return Config(
         region_name=settings.region,
         retries={"mode": settings.retry_mode, "max_attempts": settings.max_attempts},
         max_pool_connections=pool or settings.max_pool_connections,
         connect_timeout=5,
-        # Long polls wait up to 20 s; the read timeout must outlast them.
-        read_timeout=max(read_timeout, settings.receive_wait_s + 10),
+        read_timeout=max(DEFAULT_READ_TIMEOUT_S, settings.receive_wait_s + 10) if read_timeout is None else read_timeout,
         s3={"addressing_style": "path"} if settings.is_local else None,
     )
 
 
-def make_client(service: str, settings: Settings, *, pool: int | None = None, read_timeout: float = 60.0):
+def make_client(service: str, settings: Settings, *, pool: int | None = None, read_timeout: float | None = None):
     """A boto3 client for ``service`` configured from ``settings``."""
     kwargs = {}
     if settings.is_local and not _has_env_credentials():
