@@ -14,7 +14,8 @@ import urllib.request
 
 from app_tier.models import ModelUnavailable, load_classifier
 from app_tier.worker import run_worker
-from infra.config import ConfigError, Settings
+from infra.config import Settings
+from infra.process import settings_and_logging
 
 log = logging.getLogger("app_tier")
 
@@ -54,12 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--until-empty", action="store_true", help="stop when a receive finds the queue empty")
     parser.add_argument("--model", default=None, help="override IMGREC_MODEL")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_and_logging()
     instance_id = resolve_instance_id(settings)
     try:
         classifier = load_classifier(args.model or settings.model, threads=settings.torch_threads)

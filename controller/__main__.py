@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 
-from infra.config import ConfigError, Settings
+from infra.process import settings_and_logging
 
 log = logging.getLogger("controller")
 
@@ -20,12 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-interval", type=float, default=10.0,
                         help="seconds between CloudWatch publishes when nothing changes (default 10)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_and_logging()
 
     from controller.loop import Controller
     from infra.clients import Clients

@@ -30,8 +30,9 @@ from pathlib import Path
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import ConfigError, Settings
+from infra.config import Settings
 from infra.observe import FleetReader, InstanceState
+from infra.process import settings_and_logging
 
 log = logging.getLogger(__name__)
 
@@ -248,13 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=len(os.sched_getaffinity(0)),
                         help="concurrent inferences allowed on this host (default: its cores; 0: no limit)")
     args = parser.parse_args(argv)
-    try:
-        settings = Settings.from_env()
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    settings = settings_and_logging(with_pid=True)
     if not settings.is_local:
         log.warning("AWS_ENDPOINT_URL is unset: on real AWS instances run their own worker; supervising anyway")
 

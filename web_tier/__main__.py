@@ -6,7 +6,7 @@ import logging
 import signal
 import sys
 
-from infra.config import ConfigError, Settings
+from infra.process import settings_and_logging
 
 log = logging.getLogger("web_tier")
 
@@ -20,12 +20,7 @@ def _raise_stop(signum, _frame):
 
 
 def main() -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as err:
-        print(f"configuration error: {err}", file=sys.stderr)
-        return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_and_logging()
     from waitress import create_server
 
     from web_tier import create_app, get_state
