@@ -158,7 +158,10 @@ class Controller:
                  self.cfg.target_backlog_per_instance, self.cfg.scale_in_window_s, period, self.actuator.warm_pool)
         next_at = time.monotonic()
         while not stop.is_set():
-            self.step()
+            try:
+                self.step()
+            except Exception:  # an unforeseen failure costs one tick, never the controller
+                log.exception("controller tick failed for %s; trying again next tick", self.settings.prefix)
             next_at += period
             delay = next_at - time.monotonic()
             if delay < 0:  # overran: start again from now rather than bursting to catch up

@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass
 from enum import StrEnum
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
 
@@ -24,6 +24,13 @@ class InstanceState(StrEnum):
     STOPPED = "stopped"
     SHUTTING_DOWN = "shutting-down"
     TERMINATED = "terminated"
+
+
+class IncompleteResponse(BotoCoreError):
+    """A call that 'succeeded' without its payload (a connection cut mid-body); callers retry it
+    like any other botocore error."""
+
+    fmt = "incomplete response from {operation}: {missing} missing"
 
 
 @dataclass(frozen=True)
@@ -63,10 +70,12 @@ def queue_depth(sqs, url: str) -> QueueDepth:
                 "ApproximateNumberOfMessagesNotVisible",
                 "ApproximateNumberOfMessagesDelayed",
             ],
-        )["Attributes"]
+        ).get("Attributes")
     except ClientError:
         log.error("cannot read attributes of queue %s", url)
         raise
+    if attrs is None:
+        raise IncompleteResponse(operation="GetQueueAttributes", missing="Attributes")
     return QueueDepth(
         visible=int(attrs.get("ApproximateNumberOfMessages", 0)),
         in_flight=int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
@@ -91,6 +100,8 @@ def _instances(ec2, name_pattern: str, include_terminated: bool) -> list[Instanc
     out = []
     try:
         for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):
+            if "Reservations" not in page:
+                raise IncompleteResponse(operation="DescribeInstances", missing="Reservations")
             for reservation in page["Reservations"]:
                 for inst in reservation["Instances"]:
                     tags = {t["Key"]: t["Value"] for t in inst.get("Tags", [])}
@@ -142,6 +153,8 @@ class FleetReader:
         states = {}
         try:
             for page in self._ec2.get_paginator("describe_instance_status").paginate(IncludeAllInstances=True):
+                if "InstanceStatuses" not in page:
+                    raise IncompleteResponse(operation="DescribeInstanceStatus", missing="InstanceStatuses")
                 for status in page["InstanceStatuses"]:
                     states[status["InstanceId"]] = status["InstanceState"]["Name"]
         except ClientError:

@@ -143,3 +143,17 @@ def test_fleet_reader_sees_every_change_and_skips_unchanged_reads(stack, clients
     clients.ec2.stop_instances(InstanceIds=[ids[1]])
     assert [i.state for i in reader.read()] == [i.state for i in app_instances(clients.ec2, stack)]
     assert reader.read()[0].state in (InstanceState.STOPPING, InstanceState.STOPPED)
+
+
+def test_a_payload_less_answer_is_an_error_the_loops_retry():
+    """A connection cut mid-body can parse as an empty success; readers must not crash on it."""
+    from botocore.exceptions import BotoCoreError
+
+    from infra.observe import queue_depth
+
+    class CutConnection:  # stands in for botocore's parsed empty 200, not for our code
+        def get_queue_attributes(self, **_):
+            return {}
+
+    with pytest.raises(BotoCoreError, match="Attributes missing"):
+        queue_depth(CutConnection(), "http://queue")
