@@ -287,9 +287,12 @@ def main(argv: list[str] | None = None) -> int:
     sup = Supervisor(settings, ec2, spawn, grace_s=args.grace)
     try:
         while not stop["flag"]:
-            sup.tick()
-            if len(spares) < args.spares:  # one per tick, after this tick's forks
-                spares.append(ready_clients(settings))
+            try:
+                sup.tick()
+                if len(spares) < args.spares:  # one per tick, after this tick's forks
+                    spares.append(ready_clients(settings))
+            except Exception:  # the supervisor's death would take every worker with it
+                log.exception("supervisor tick failed; trying again next tick")
             time.sleep(args.poll)
     finally:
         sup.stop_all()
