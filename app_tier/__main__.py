@@ -62,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     except ModelUnavailable as err:
         log.error("worker %s cannot load its model: %s", instance_id, err)
         return EXIT_NO_MODEL
-    classifier.warm_up(settings.worker_batch_size)  # every batch shape now, not during the first requests
     return run_worker(settings, classifier, instance_id, max_messages=args.max_messages, until_empty=args.until_empty)
 
 

@@ -24,7 +24,6 @@ import torch
 from PIL import Image
 
 log = logging.getLogger(__name__)
-WARM_UP_RUNS_PER_SHAPE = 2  # the profiling executor optimises a shape after its first run
 
 
 class Prediction(NamedTuple):
@@ -113,22 +112,15 @@ class Classifier:
         self.frozen = True
         return True
 
-    def warm_up(self, max_batch: int = 1) -> None:
-        """Forward passes at every batch size up to ``max_batch``, single-threaded so a later fork stays safe.
-
-        TorchScript profiles and optimises each new input shape (measured: about 420 MB and
-        seconds of CPU per worker over sizes 1-10). Done once in the supervisor before it
-        forks, every worker inherits the optimised plans copy-on-write.
-        """
+    def warm_up(self) -> None:
+        """One tiny forward pass (first-call allocations), single-threaded so a later fork stays safe."""
         if self.device != "cpu":
             log.info("warm_up skipped for %s on %s: a CUDA context must not exist before fork", self.name, self.device)
             return
         before = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            for size in range(1, max_batch + 1):
-                for _ in range(WARM_UP_RUNS_PER_SHAPE):
-                    self.infer(torch.zeros((size, 3, self.input_size, self.input_size)))
+            self.infer(torch.zeros((1, 3, self.input_size, self.input_size)))
         finally:
             torch.set_num_threads(before)
 

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     classifier = load_classifier(settings.model, threads=1)
-    classifier.warm_up(settings.worker_batch_size)
+    classifier.warm_up()
     log.info("model %s ready in %.1f s; supervising %s-* every %g s", settings.model, time.monotonic() - started,
              settings.app_instance_prefix, args.poll)
     ec2 = make_client("ec2", settings, pool=2)
