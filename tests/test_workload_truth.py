@@ -133,3 +133,18 @@ def test_normalize_url():
         normalize_url("ftp://h/")
     with pytest.raises(WorkloadError):
         normalize_url("http://h:99999/")
+
+
+def test_monitor_watches_the_local_stack_when_the_url_is_local_and_no_endpoint_is_set(monkeypatch, tmp_path):
+    from infra.local_stack import LOCAL_ENDPOINT
+    from workload.model import WorkloadConfig
+    from workload.runner import _settings
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    local = _settings(WorkloadConfig(url="http://127.0.0.1:8000", image_folder=tmp_path, monitor=True))
+    assert local.endpoint_url == LOCAL_ENDPOINT
+    remote = _settings(WorkloadConfig(url="http://203.0.113.7:8000", image_folder=tmp_path, monitor=True))
+    assert remote.endpoint_url is None  # a deployed stack is watched on real AWS
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4999")
+    assert _settings(WorkloadConfig(url="http://localhost:8000", image_folder=tmp_path)).endpoint_url == \
+        "http://127.0.0.1:4999"

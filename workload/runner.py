@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from workload.generator import Progress, Sender, send_all
 from workload.inputs import check_reachable, normalize_url, plan_targets, scan_folder
@@ -41,15 +42,25 @@ def _check_writable(flag: str, path: Path) -> None:
         raise WorkloadError(f"{flag} {path}: folder {parent} is not writable")
 
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
 def _settings(config: WorkloadConfig):
     if config.settings is not None:
         return config.settings
     from infra.config import ConfigError, Settings
+    from infra.local_stack import LOCAL_ENDPOINT
 
     try:
-        return Settings.from_env()
+        settings = Settings.from_env()
     except ConfigError as err:
         raise WorkloadError(f"--monitor: {err}") from None
+    # A stack on this machine (`make run`) is watched through its moto server, unless told otherwise.
+    if settings.endpoint_url is None and urlsplit(config.url).hostname in LOCAL_HOSTS:
+        log.warning("--monitor: AWS_ENDPOINT_URL is unset and --url is local: watching the local stack at %s",
+                    LOCAL_ENDPOINT)
+        settings = settings.replace(endpoint_url=LOCAL_ENDPOINT)
+    return settings
 
 
 def run_workload(config: WorkloadConfig) -> RunResult:
