@@ -64,6 +64,9 @@ KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 RETRY_MODES = ("standard", "adaptive", "legacy")
+# Resource names that default to `<prefix>-<suffix>` unless set.
+DERIVED_SUFFIXES = {"in_bucket": "in-bucket", "out_bucket": "out-bucket", "req_queue": "req-queue",
+                    "resp_queue": "resp-queue", "dlq": "req-dlq"}
 
 
 class ConfigError(ValueError):
@@ -152,16 +155,9 @@ class Settings:
 
     def __post_init__(self) -> None:
         # Derived names: set here so a frozen instance is complete after construction.
-        derived = {
-            "in_bucket": f"{self.prefix}-in-bucket",
-            "out_bucket": f"{self.prefix}-out-bucket",
-            "req_queue": f"{self.prefix}-req-queue",
-            "resp_queue": f"{self.prefix}-resp-queue",
-            "dlq": f"{self.prefix}-req-dlq",
-        }
-        for name, value in derived.items():
+        for name in DERIVED_SUFFIXES:
             if not getattr(self, name):
-                object.__setattr__(self, name, value)
+                object.__setattr__(self, name, _derived_default(self.prefix, name))
         self._validate()
 
     def _validate(self) -> None:
@@ -263,7 +259,7 @@ class Settings:
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed; derived names follow a changed prefix."""
         if "prefix" in changes:
-            for name in ("in_bucket", "out_bucket", "req_queue", "resp_queue", "dlq"):
+            for name in DERIVED_SUFFIXES:
                 if getattr(self, name) == _derived_default(self.prefix, name):
                     changes.setdefault(name, "")
         return dataclasses.replace(self, **changes)
@@ -290,13 +286,8 @@ class Settings:
         return out
 
 
-_DERIVED_NAMES = ("in_bucket", "out_bucket", "req_queue", "resp_queue", "dlq")
-
-
 def _derived_default(prefix: str, name: str) -> str:
-    suffix = {"in_bucket": "in-bucket", "out_bucket": "out-bucket", "req_queue": "req-queue",
-              "resp_queue": "resp-queue", "dlq": "req-dlq"}[name]
-    return f"{prefix}-{suffix}"
+    return f"{prefix}-{DERIVED_SUFFIXES[name]}"
 
 
 def _var(attr: str) -> str:
@@ -323,7 +314,7 @@ def settings_table() -> list[tuple[str, str, str]]:
         if default is None:
             shown = "unset"
         elif default == "":
-            shown = "derived" if f.name in _DERIVED_NAMES else "empty"
+            shown = "derived" if f.name in DERIVED_SUFFIXES else "empty"
         else:
             shown = f"`{default}`"
         rows.append((f.metadata["env"], shown, f.metadata["doc"]))
