@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_NO_QUEUE = 2
 RECEIVE_BACKOFF_MAX_S = 20.0
+RECEIVE_BACKOFF_MIN_S = 0.5
 ABORT_RECEIVE_WAIT_S = 2.0
 # Batches a worker holds before inference finishes with them: the one being inferred and one
 # prepared behind it. More would hide latency no better and hoard messages that newly
@@ -140,6 +141,7 @@ class Worker:
         self._ready: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._done: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         self._slots = threading.Semaphore(PIPELINE_BATCHES)
+        self._backoff = RECEIVE_BACKOFF_MIN_S  # after a failed receive; doubles up to the max
         self._received = 0
         self._answered = 0
         self._first_at: float | None = None
@@ -212,7 +214,6 @@ class Worker:
 
     # ------------------------------------------------------------ stage 1: receive, fetch, decode
     def _prefetch_loop(self) -> None:
-        self._backoff = 0.5
         try:
             while not self._stopping.is_set():
                 if not self._slots.acquire(timeout=0.5):
@@ -232,7 +233,7 @@ class Worker:
                 return False
         try:
             messages = self._receive(limit)
-            self._backoff = 0.5
+            self._backoff = RECEIVE_BACKOFF_MIN_S
         except (ClientError, BotoCoreError) as err:
             log.error("receive from %s failed (instance %s): %s; retrying in %.1f s",
                       self.settings.req_queue, self.instance_id, err, self._backoff)
