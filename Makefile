@@ -33,7 +33,7 @@ test-reliability: install
 	$(PY) -m pytest -m reliability tests/reliability $(PYTEST_ARGS)
 
 bench: install
-	$(PY) -m workload.bench
+	$(PY) -m tests.bench.bench_stack
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -33,11 +33,11 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "moto":
-        from infra.moto_server import serve_forever
+        from infra.local.moto_server import serve_forever
 
         return serve_forever(args.host, args.port)
     if args.command == "up":
-        from infra.local_stack import main as up
+        from infra.local.stack import main as up
 
         return up()
     try:
@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     clients = Clients(settings)
     if args.command in ("deploy", "destroy", "bake"):
-        from infra.deploy_cli import run
+        from infra.deploy.cli import run
 
         return run(args, settings, clients)
     try:

@@ -52,6 +52,8 @@ DEFAULT_REPO_URL = ""
 DEFAULT_REPO_REF = "main"
 DEFAULT_ROOT_VOLUME_GB = 16
 
+# Where `make run` serves its moto; tools outside the stack look here when no endpoint is set.
+LOCAL_ENDPOINT = "http://127.0.0.1:4566"
 MAX_QUEUE_MESSAGE_BYTES = 1024
 REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots, hyphens.

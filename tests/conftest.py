@@ -9,7 +9,7 @@ import pytest
 
 from infra.clients import Clients
 from infra.config import Settings
-from infra.moto_server import MotoServer, free_port
+from infra.local.moto_server import MotoServer, free_port
 from infra.provision import provision
 
 # Tests never touch real AWS: anything that escapes the endpoint gets these.

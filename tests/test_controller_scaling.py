@@ -115,10 +115,10 @@ def worker_pids(supervisor) -> list[int]:
 
 @contextmanager
 def scaling_stack(settings: Settings, tmp_path):
-    """``python -m controller.supervisor`` and ``python -m controller``, stopped (with stragglers) at the end."""
+    """``python -m infra.local.supervisor`` and ``python -m controller``, stopped (with stragglers) at the end."""
     procs = []
     try:
-        sup = start_module("controller.supervisor", settings, log_path=tmp_path / "supervisor.log")
+        sup = start_module("infra.local.supervisor", settings, log_path=tmp_path / "supervisor.log")
         procs.append(sup)
         wait_for(lambda: "ready in" in log_text(sup) or sup.poll() is not None, 90, what="supervisor model load")
         assert sup.poll() is None, log_text(sup)

@@ -12,7 +12,7 @@ from waitress.server import create_server
 
 from app_tier.metrics import Metrics
 from infra.clients import Clients
-from infra.moto_server import free_port
+from infra.local.moto_server import free_port
 from tests.procs import wait_for
 from web_tier.dashboard import BadSince, make_dashboard_blueprint, parse_since
 from web_tier.metrics_source import (

@@ -10,11 +10,11 @@ import pytest
 
 from infra.clients import make_client
 from infra.config import Settings
-from infra.cw_dashboard import CONTROLLER_METRICS, WORKER_METRICS, dashboard_name
-from infra.deploy import deploy, destroy, launch_template_name
-from infra.iam import Arns, DeployError, account_id, app_policy, web_policy
+from infra.deploy.dashboard import CONTROLLER_METRICS, WORKER_METRICS, dashboard_name
+from infra.deploy.deploy import deploy, destroy, launch_template_name
+from infra.deploy.iam import Arns, DeployError, account_id, app_policy, web_policy
+from infra.deploy.userdata import ENV_FILE, INSTANCE_DATA_DIR
 from infra.observe import ROLE_TAG, STACK_TAG
-from infra.userdata import ENV_FILE, INSTANCE_DATA_DIR
 
 REPO = "https://example.org/imgrec.git"
 

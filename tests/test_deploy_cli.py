@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from infra.bake import bake
-from infra.deploy import NotConfirmed, confirm, deploy, destroy, plan_text
+from infra.deploy.bake import bake
+from infra.deploy.deploy import NotConfirmed, confirm, deploy, destroy, plan_text
+from infra.deploy.pricing import USD_PER_HOUR, ebs_usd_per_hour, estimate_max_hourly
+from infra.deploy.userdata import bake_script
 from infra.observe import ROLE_TAG, STACK_TAG
-from infra.pricing import USD_PER_HOUR, ebs_usd_per_hour, estimate_max_hourly
-from infra.userdata import bake_script
 from tests.conftest import child_env
 from tests.procs import ROOT
 

@@ -16,8 +16,8 @@ import pytest
 from app_tier.models import load_classifier
 from app_tier.preprocess import decode_image
 from infra.clients import Clients
-from infra.local_stack import StackProcess
-from infra.moto_server import port_in_use
+from infra.local.moto_server import port_in_use
+from infra.local.stack import StackProcess
 from infra.observe import InstanceState, app_instances, bucket_object_count
 from tests.images import write_images
 from workload import WorkloadConfig, run_workload

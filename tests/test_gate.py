@@ -4,7 +4,7 @@ import os
 import signal
 import time
 
-from app_tier.gate import HostGate
+from infra.local.gate import HostGate
 
 
 def _child_holds(gate: HostGate, seconds: float) -> int:

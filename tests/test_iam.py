@@ -7,7 +7,7 @@ import json
 import pytest
 
 from infra.config import Settings
-from infra.iam import UNSCOPED_ACTIONS, Arns, app_policy, partition_for, web_policy
+from infra.deploy.iam import UNSCOPED_ACTIONS, Arns, app_policy, partition_for, web_policy
 from infra.observe import STACK_TAG
 
 ARNS = Arns("eu-west-1", "111122223333")

@@ -3,7 +3,7 @@
 The reconcile tests give ``Supervisor`` a spawn function that starts a plain
 sleeping Python process (optionally one that ignores SIGTERM), so start, stop,
 replacement, escalation and reaping are checked in a second each, without the
-model. The last test runs ``python -m controller.supervisor`` with real workers and
+model. The last test runs ``python -m infra.local.supervisor`` with real workers and
 checks that Ctrl-C leaves nothing behind.
 """
 
@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from controller.actuator import Ec2Actuator
-from controller.supervisor import ChildState, Supervisor
+from infra.local.supervisor import ChildState, Supervisor
 from tests.procs import log_text, start_module, stop_process, wait_for
 
 SLEEPER = "import signal, time; {}; time.sleep(120)"
@@ -105,7 +105,7 @@ def test_one_worker_per_running_instance_started_stopped_and_replaced(settings, 
 
 
 def test_stubborn_worker_gets_a_second_sigterm_then_sigkill(settings, clients, spawner, caplog):
-    caplog.set_level(logging.INFO, logger="controller.supervisor")
+    caplog.set_level(logging.INFO, logger="infra.local.supervisor")
     spawn = spawner(ignore_term=True)
     sup = Supervisor(settings, clients.ec2, spawn, grace_s=0.3, kill_after_s=0.3)
     act = Ec2Actuator(clients.ec2, settings)
@@ -163,7 +163,7 @@ def test_crash_loop_backs_off(settings, clients, caplog):
 
 @pytest.mark.slow
 def test_real_supervisor_runs_real_workers_and_ctrl_c_leaves_nothing(stack, clients, tmp_path):
-    sup = start_module("controller.supervisor", stack, log_path=tmp_path / "supervisor.log")
+    sup = start_module("infra.local.supervisor", stack, log_path=tmp_path / "supervisor.log")
     try:
         wait_for(lambda: "ready in" in log_text(sup) or sup.poll() is not None, 90, what="model load")
         ids = Ec2Actuator(clients.ec2, stack).launch(2)

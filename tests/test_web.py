@@ -18,8 +18,8 @@ import requests
 
 from infra.clients import Clients
 from infra.config import Settings
+from infra.local.moto_server import free_port
 from infra.messages import ImageRequest, ImageResult
-from infra.moto_server import free_port
 from infra.observe import bucket_object_count, queue_depth, queue_url
 from infra.provision import provision
 from tests.images import jpeg_bytes, make_image, png_bytes

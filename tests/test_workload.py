@@ -14,9 +14,9 @@ from PIL import Image
 
 from tests.images import write_images
 from tests.procs import ROOT
+from tests.stub import Quirk, create_stub_app, serve_in_thread
 from workload import WorkloadConfig, run_workload, summary_text
 from workload.model import Outcome
-from workload.stub import Quirk, create_stub_app, serve_in_thread
 
 N_IMAGES = 12
 LABELS = {f"test_{i:02d}": f"class {i}" for i in range(N_IMAGES)}

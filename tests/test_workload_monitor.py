@@ -15,8 +15,8 @@ from infra.observe import queue_url
 from tests.conftest import child_env
 from tests.images import write_images
 from tests.procs import ROOT
+from tests.stub import create_stub_app, serve_in_thread
 from workload import WorkloadConfig, WorkloadError, run_workload, summary_text
-from workload.stub import create_stub_app, serve_in_thread
 
 INTERVAL_S = 0.25
 

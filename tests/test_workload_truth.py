@@ -136,7 +136,7 @@ def test_normalize_url():
 
 
 def test_monitor_watches_the_local_stack_when_the_url_is_local_and_no_endpoint_is_set(monkeypatch, tmp_path):
-    from infra.local_stack import LOCAL_ENDPOINT
+    from infra.config import LOCAL_ENDPOINT
     from workload.model import WorkloadConfig
     from workload.runner import _settings
 

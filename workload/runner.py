@@ -48,8 +48,7 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def _settings(config: WorkloadConfig):
     if config.settings is not None:
         return config.settings
-    from infra.config import ConfigError, Settings
-    from infra.local_stack import LOCAL_ENDPOINT
+    from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
 
     try:
         settings = Settings.from_env()

@@ -1,6 +1,6 @@
 """Controller benchmark: the scaling timeline and the costs that shape it.
 
-Runs its own moto server, `python -m controller` and `python -m controller.supervisor`
+Runs its own moto server, `python -m controller` and `python -m infra.local.supervisor`
 (min 0 / max 15 by default, the course grader's profile) and prints:
 
 1. idle CPU of the controller (and the supervisor) over ``--idle`` s, empty queue;
@@ -33,7 +33,7 @@ import psutil
 from controller.actuator import Ec2Actuator
 from infra.clients import Clients
 from infra.config import Settings
-from infra.moto_server import MotoServer, free_port
+from infra.local.moto_server import MotoServer, free_port
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
 from tests.procs import log_text, start_module, stop_process, wait_for
@@ -155,7 +155,7 @@ def main() -> int:
                                      min_instances=args.min, max_instances=args.max, data_dir=str(tmp / "data"))
         clients = Clients(settings)
         provision(settings, clients)
-        sup = start_module("controller.supervisor", settings, log_path=tmp / "supervisor.log")
+        sup = start_module("infra.local.supervisor", settings, log_path=tmp / "supervisor.log")
         ctl = None
         try:
             wait_for(lambda: "ready in" in log_text(sup), 120, what="supervisor")

@@ -30,7 +30,7 @@ import requests
 from app_tier.metrics import Metrics
 from infra.clients import Clients
 from infra.config import Settings
-from infra.moto_server import MotoServer, free_port
+from infra.local.moto_server import MotoServer, free_port
 from infra.provision import provision
 from tests.procs import start_module, stop_process, wait_http
 

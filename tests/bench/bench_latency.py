@@ -19,7 +19,7 @@ from pathlib import Path
 
 import requests
 
-from infra.local_stack import StackProcess
+from infra.local.stack import StackProcess
 from tests.images import jpeg_bytes
 
 

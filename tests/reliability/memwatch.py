@@ -24,9 +24,9 @@ def role(p: psutil.Process) -> str:
         return "moto"
     if "-m infra up" in cmd:
         return "orchestrator (infra up)"
-    if "controller.supervisor" in cmd:
+    if "infra.local.supervisor" in cmd:
         parent = p.parent()
-        return "worker" if parent is not None and "controller.supervisor" in " ".join(parent.cmdline()) \
+        return "worker" if parent is not None and "infra.local.supervisor" in " ".join(parent.cmdline()) \
             else "supervisor"
     if "-m controller" in cmd:
         return "controller"

@@ -27,7 +27,7 @@ import requests
 
 from infra.clients import Clients
 from infra.config import Settings
-from infra.moto_server import free_port
+from infra.local.moto_server import free_port
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
 from tests.procs import start_module, stop_process, wait_for, wait_http
@@ -71,7 +71,7 @@ class ProcStack:
         return self
 
     def start_tier(self, name: str) -> subprocess.Popen:
-        module = {"supervisor": "controller.supervisor", "controller": "controller", "web": "web_tier"}[name]
+        module = {"supervisor": "infra.local.supervisor", "controller": "controller", "web": "web_tier"}[name]
         self.procs[name] = start_module(module, self.settings, log_path=self.logs / f"{name}.log")
         return self.procs[name]
 

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from infra.local_stack import StackProcess
+from infra.local.stack import StackProcess
 from tests.images import jpeg_bytes
 from tests.reliability.inputs import (
     HOSTILE_NAMES,

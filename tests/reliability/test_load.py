@@ -23,7 +23,7 @@ import pytest
 from app_tier.models import load_classifier
 from app_tier.preprocess import decode_image
 from infra.clients import Clients
-from infra.local_stack import StackProcess
+from infra.local.stack import StackProcess
 from infra.observe import bucket_object_count
 from tests.images import jpeg_bytes
 from tests.reliability.memwatch import MemWatch

@@ -79,7 +79,7 @@ class MemorySampler(threading.Thread):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m workload.bench", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_stack", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--light", type=int, default=30, help="sequential requests at light load")
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     from infra.config import Settings
-    from infra.local_stack import StackProcess
+    from infra.local.stack import StackProcess
     from workload import WorkloadConfig, run_workload, summary_text
 
     model = Settings.from_env().model

@@ -16,11 +16,11 @@ from datetime import UTC, datetime
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
-from infra.deploy import BAKED_ROLE, _root_volume, _tag_list, resolve_image, terminate_and_wait
-from infra.iam import DeployError
-from infra.network import app_sg_name, default_vpc_id, ensure_sg
+from infra.deploy.deploy import BAKED_ROLE, _root_volume, _tag_list, resolve_image, terminate_and_wait
+from infra.deploy.iam import DeployError
+from infra.deploy.network import app_sg_name, default_vpc_id, ensure_sg
+from infra.deploy.userdata import Role, bake_script
 from infra.provision import Report
-from infra.userdata import Role, bake_script
 
 log = logging.getLogger(__name__)
 

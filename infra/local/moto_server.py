@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4566
 START_TIMEOUT_S = 30.0
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def port_in_use(host: str, port: int) -> bool:
@@ -60,7 +60,7 @@ class MotoServer:
             raise RuntimeError(f"port {self.port} on {self.host} is already used by {what}; stop it or pick another port")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "infra.moto_server", "-H", self.host, "-p", str(self.port)],
+            [sys.executable, "-m", "infra.local.moto_server", "-H", self.host, "-p", str(self.port)],
             cwd=ROOT,
             stdout=self._log_file or subprocess.DEVNULL,
             stderr=subprocess.STDOUT if self._log_file else subprocess.DEVNULL,
@@ -109,7 +109,7 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
 
 
 if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups
-    from infra.moto_speedups import apply
+    from infra.local.moto_speedups import apply
 
     apply()
     from moto.server import main

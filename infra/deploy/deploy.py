@@ -21,8 +21,8 @@ from botocore.exceptions import ClientError
 
 from infra.clients import make_client
 from infra.config import Settings
-from infra.cw_dashboard import dashboard_name, delete_dashboard, ensure_dashboard
-from infra.iam import (
+from infra.deploy.dashboard import dashboard_name, delete_dashboard, ensure_dashboard
+from infra.deploy.iam import (
     Arns,
     DeployError,
     account_id,
@@ -33,11 +33,11 @@ from infra.iam import (
     web_policy,
     web_role_name,
 )
-from infra.network import app_sg_name, default_vpc_id, delete_sg, ensure_sg, web_rules, web_sg_name
+from infra.deploy.network import app_sg_name, default_vpc_id, delete_sg, ensure_sg, web_rules, web_sg_name
+from infra.deploy.pricing import estimate_max_hourly
+from infra.deploy.userdata import Role, boot_script, instance_settings
 from infra.observe import ROLE_TAG, STACK_TAG
-from infra.pricing import estimate_max_hourly
 from infra.provision import Report, provision, teardown
-from infra.userdata import Role, boot_script, instance_settings
 
 log = logging.getLogger(__name__)
 

@@ -19,15 +19,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.config import ConfigError, Settings
-from infra.moto_server import MotoServer, is_moto, port_in_use
+from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
+from infra.local.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
 
-LOCAL_ENDPOINT = "http://127.0.0.1:4566"
 STATUS_EVERY_S = 5.0
 STOP_GRACE_S = 8.0
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -133,7 +132,7 @@ def run(settings: Settings) -> int:
         children.append(Child("moto", moto.proc))
         clients = Clients(settings)
         print(provision(settings, clients), flush=True)
-        for name, module in (("supervisor", "controller.supervisor"), ("controller", "controller"),
+        for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller"),
                              ("web", "web_tier")):
             children.append(start_child(name, module, settings, log_dir))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
@@ -192,7 +191,7 @@ class StackProcess:
 
     def __init__(self, data_dir: Path, *, endpoint_port: int | None = None, web_port: int | None = None,
                  log_path: Path | None = None, **settings_env: str):
-        from infra.moto_server import free_port
+        from infra.local.moto_server import free_port
 
         self.endpoint_port = endpoint_port or free_port()
         self.web_port = web_port or free_port()

@@ -239,7 +239,7 @@ def fork_worker(settings: Settings, classifier, instance_id: str, clients=None, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m controller.supervisor",
+    parser = argparse.ArgumentParser(prog="python -m infra.local.supervisor",
                                      description="Run one worker process per running moto app-tier instance.")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between fleet reads (0.25)")
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE_S,
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gate = None
     if args.cores > 0:
-        from app_tier.gate import HostGate
+        from infra.local.gate import HostGate
 
         gate = HostGate(Path(settings.data_dir) / "inference-gate", args.cores)
         log.info("inference gate: at most %d concurrent inferences on this host", args.cores)
@@ -301,6 +301,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from controller.supervisor import main as _main  # log under "controller.supervisor", not "__main__"
+    from infra.local.supervisor import main as _main  # log under "infra.local.supervisor", not "__main__"
 
     sys.exit(_main())

@@ -7,8 +7,8 @@ import sys
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.cw_dashboard import console_url
-from infra.deploy import DeployError, NotConfirmed, confirm, deploy, destroy, plan_text
+from infra.deploy.dashboard import console_url
+from infra.deploy.deploy import DeployError, NotConfirmed, confirm, deploy, destroy, plan_text
 
 EXIT_NOT_CONFIRMED = 3
 
@@ -33,7 +33,7 @@ def run(args, settings: Settings, clients, *, stdin=None) -> int:
             confirm("Delete all of it?", yes=args.yes, stdin=stdin)
             print(destroy(settings, clients, keep_images=args.keep_images))
         elif args.command == "bake":
-            from infra.bake import bake
+            from infra.deploy.bake import bake
 
             print(f"Bake: launch a {settings.instance_type} builder from {settings.ami_id}, install "
                   f"{settings.repo_url or '<IMGREC_REPO_URL unset>'}@{settings.repo_ref}, snapshot it, terminate it.",

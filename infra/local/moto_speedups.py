@@ -1,4 +1,4 @@
-"""Speed-ups for moto 5.2 in server mode, applied by our launcher (`python -m infra.moto_server`).
+"""Speed-ups for moto 5.2 in server mode, applied by our launcher (`python -m infra.local.moto_server`).
 
 moto emulates AWS on the same two cores the workers need, so its cost per call is
 part of the local pipeline's cost. Measured with 100 messages in the request

@@ -1,6 +1,6 @@
 """Boot scripts (EC2 user data) and systemd units for the app-tier and web instances.
 
-Pure text generation from the settings and templates under ``infra/templates``, so
+Pure text generation from the settings and templates under ``infra/deploy/templates``, so
 tests can read exactly what an instance will run. Every process gets its settings
 through one EnvironmentFile written from ``Settings.to_env()``.
 """

@@ -10,7 +10,7 @@ from typing import NamedTuple
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
-from infra.iam import DeployError
+from infra.deploy.iam import DeployError
 from infra.observe import ROLE_TAG, STACK_TAG
 from infra.provision import Report
 
