@@ -13,11 +13,13 @@ import threading
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from infra.metrics import WORKER_COUNTS, WORKER_TIMINGS, instance_dimensions, stack_dimensions
+
 log = logging.getLogger(__name__)
 
 DEFAULT_FLUSH_S = 5.0
-COUNTS = ("ImagesProcessed", "ImageErrors")
-TIMINGS = ("InferenceMs", "EndToEndMs")
+COUNTS = WORKER_COUNTS
+TIMINGS = WORKER_TIMINGS
 
 
 @dataclass
@@ -46,15 +48,14 @@ class Snapshot:
 
 def metric_data(snap: Snapshot, stack: str, instance_id: str, now: datetime) -> list[dict]:
     """The put_metric_data entries for one flush (pure, so it can be checked without AWS)."""
-    dims = ([{"Name": "Stack", "Value": stack}],
-            [{"Name": "Stack", "Value": stack}, {"Name": "InstanceId", "Value": instance_id}])
+    dims = (stack_dimensions(stack), instance_dimensions(stack, instance_id))
     out = []
     for dim in dims:
         for name in COUNTS:
-            out.append({"MetricName": name, "Dimensions": dim, "Timestamp": now,
+            out.append({"MetricName": str(name), "Dimensions": dim, "Timestamp": now,
                         "Value": float(snap.counts.get(name, 0)), "Unit": "Count"})
         for name, st in snap.timings.items():
-            out.append({"MetricName": name, "Dimensions": dim, "Timestamp": now, "Unit": "Milliseconds",
+            out.append({"MetricName": str(name), "Dimensions": dim, "Timestamp": now, "Unit": "Milliseconds",
                         "StatisticValues": {"SampleCount": float(st.count), "Sum": st.total,
                                             "Minimum": st.low, "Maximum": st.high}})
     return out

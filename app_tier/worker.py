@@ -36,6 +36,7 @@ from app_tier.visibility import HeldMessages
 from infra.clients import Clients
 from infra.config import Settings
 from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, output_key
+from infra.metrics import Metric
 from infra.observe import queue_url
 
 log = logging.getLogger(__name__)
@@ -441,12 +442,12 @@ class Worker:
             else:
                 errors += 1
             if result.sent_at:
-                self.metrics.timing("EndToEndMs", max(0.0, (result.done_at - result.sent_at) * 1000))
-        self.metrics.count("ImagesProcessed", ok)
-        self.metrics.count("ImageErrors", errors)
+                self.metrics.timing(Metric.END_TO_END_MS, max(0.0, (result.done_at - result.sent_at) * 1000))
+        self.metrics.count(Metric.IMAGES_PROCESSED, ok)
+        self.metrics.count(Metric.IMAGE_ERRORS, errors)
         n_done = sum(1 for i in batch.items if i.state is ItemState.DONE)
         if n_done:
-            self.metrics.timing("InferenceMs", batch.infer_ms / n_done)
+            self.metrics.timing(Metric.INFERENCE_MS, batch.infer_ms / n_done)
         self._answered += ok + errors
         self._last_at = time.monotonic()
         retry = sum(1 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP))
@@ -458,8 +459,8 @@ class Worker:
         busy = (self._last_at - self._first_at) if self._first_at and self._last_at else 0.0
         rate = self._answered / busy if busy > 0 else 0.0
         log.info("worker %s done: answered %d requests in %.2f s (%.1f images/s), %d ok, %d errors",
-                 self.instance_id, self._answered, busy, rate, self.metrics.totals["ImagesProcessed"],
-                 self.metrics.totals["ImageErrors"])
+                 self.instance_id, self._answered, busy, rate, self.metrics.totals[Metric.IMAGES_PROCESSED],
+                 self.metrics.totals[Metric.IMAGE_ERRORS])
 
 
 def install_signal_handlers(worker: Worker) -> None:

@@ -19,15 +19,13 @@ from datetime import UTC, datetime, timedelta
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.observe import ROLE_TAG, STACK_TAG, FleetReader, Instance, InstanceState
+from infra.metrics import Metric, instance_dimensions
+from infra.observe import ACTIVE_STATES, LIVE_STATES, FleetReader, Instance, InstanceState
+from infra.tags import NAME_TAG, Role, stack_tags
 
 log = logging.getLogger(__name__)
 
-APP_ROLE = "app"
-IMAGES_PROCESSED = "ImagesProcessed"
 IDLE_LOOKBACK_S = 10  # a CloudWatch high-resolution period; on standard metrics it finds nothing -> "newest"
-LIVE_STATES = (InstanceState.PENDING, InstanceState.RUNNING, InstanceState.STOPPING,
-               InstanceState.STOPPED, InstanceState.SHUTTING_DOWN)
 
 
 def free_indices(instances: Iterable[Instance], settings: Settings, count: int) -> list[int]:
@@ -44,7 +42,7 @@ def free_indices(instances: Iterable[Instance], settings: Settings, count: int) 
 def choose_removals(instances: Iterable[Instance], count: int, activity: Mapping[str, float] | None = None) -> list[str]:
     """Ids of the ``count`` instances to remove: pending, then idle, then newest."""
     activity = activity or {}
-    candidates = [i for i in instances if i.state in (InstanceState.PENDING, InstanceState.RUNNING)]
+    candidates = [i for i in instances if i.state in ACTIVE_STATES]
 
     def rank(inst: Instance):
         busy = activity.get(inst.id, 0.0) > 0
@@ -78,9 +76,8 @@ def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],
     queries = [{
         "Id": f"m{i}",
         "MetricStat": {
-            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": IMAGES_PROCESSED,
-                       "Dimensions": [{"Name": "Stack", "Value": settings.prefix},
-                                      {"Name": "InstanceId", "Value": iid}]},
+            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(Metric.IMAGES_PROCESSED),
+                       "Dimensions": instance_dimensions(settings.prefix, iid)},
             "Period": lookback_s, "Stat": "Sum"},
         "ReturnData": True,
     } for i, iid in enumerate(instance_ids[:500])]
@@ -88,7 +85,7 @@ def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],
         resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=lookback_s),
                                           EndTime=end + timedelta(seconds=1))
     except (ClientError, BotoCoreError) as err:
-        log.warning("cannot read %s for idle check of %d instances: %s", IMAGES_PROCESSED, len(instance_ids), err)
+        log.warning("cannot read %s for idle check of %d instances: %s", Metric.IMAGES_PROCESSED, len(instance_ids), err)
         return {}
     out = {}
     for result in resp.get("MetricDataResults", []):
@@ -135,11 +132,7 @@ class Ec2Actuator:
         name = s.app_instance_name(k)
         kwargs = {
             "MinCount": 1, "MaxCount": 1,
-            "TagSpecifications": [{"ResourceType": "instance", "Tags": [
-                {"Key": "Name", "Value": name},
-                {"Key": STACK_TAG, "Value": s.prefix},
-                {"Key": ROLE_TAG, "Value": APP_ROLE},
-            ]}],
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": stack_tags(s.prefix, Role.APP, **{NAME_TAG: name})}],
         }
         if s.launch_template:
             kwargs["LaunchTemplate"] = {"LaunchTemplateName": s.launch_template}

@@ -19,7 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from controller.actuator import Ec2Actuator
 from controller.policy import Decision, Observation, PolicySettings, PolicyState, decide
 from infra.config import Settings
-from infra.observe import Instance, InstanceState, count_by_state, queue_depth, queue_url
+from infra.metrics import Metric, stack_dimensions
+from infra.observe import LEAVING_STATES, Instance, InstanceState, count_by_state, queue_depth, queue_url
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ class Controller:
             visible=depth.visible, in_flight=depth.in_flight,
             pending=counts[InstanceState.PENDING] + len(self._launched),
             running=counts[InstanceState.RUNNING],
-            stopping=counts[InstanceState.STOPPING] + counts[InstanceState.SHUTTING_DOWN],
+            stopping=sum(counts[s] for s in LEAVING_STATES),
             stopped=counts[InstanceState.STOPPED],
             now=now,
         )
@@ -135,16 +136,16 @@ class Controller:
         if not force and tick.at - self._last_metrics < self.metrics_interval_s:
             return
         self._last_metrics = tick.at
-        dims = [{"Name": "Stack", "Value": self.settings.prefix}]
+        dims = stack_dimensions(self.settings.prefix)
         per = tick.backlog / obs.running if obs.running else float(tick.backlog)
         data = [
-            ("Backlog", tick.backlog), ("BacklogPerInstance", per),
-            ("DesiredInstances", tick.desired), ("RunningInstances", obs.running),
+            (Metric.BACKLOG, tick.backlog), (Metric.BACKLOG_PER_INSTANCE, per),
+            (Metric.DESIRED_INSTANCES, tick.desired), (Metric.RUNNING_INSTANCES, obs.running),
         ]
         try:
             self.clients.cloudwatch.put_metric_data(
                 Namespace=self.settings.metrics_namespace,
-                MetricData=[{"MetricName": n, "Dimensions": dims, "Value": float(v), "Unit": "Count"} for n, v in data],
+                MetricData=[{"MetricName": str(n), "Dimensions": dims, "Value": float(v), "Unit": "Count"} for n, v in data],
             )
         except Exception as err:  # noqa: BLE001 - metrics are best effort; the loop must go on
             log.warning("put_metric_data to %s failed: %s", self.settings.metrics_namespace, err)

@@ -10,11 +10,10 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
+from infra.tags import ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
 
 log = logging.getLogger(__name__)
 
-STACK_TAG = "imgrec:stack"
-ROLE_TAG = "imgrec:role"
 
 
 class InstanceState(StrEnum):
@@ -24,6 +23,14 @@ class InstanceState(StrEnum):
     STOPPED = "stopped"
     SHUTTING_DOWN = "shutting-down"
     TERMINATED = "terminated"
+
+
+# The groupings every view uses, defined once. LIVE: anything but terminated (holds its Name; counts
+# against the account). ACTIVE: serving or about to (what the controller counts as capacity). LEAVING:
+# on its way out.
+ACTIVE_STATES = (InstanceState.PENDING, InstanceState.RUNNING)
+LEAVING_STATES = (InstanceState.STOPPING, InstanceState.SHUTTING_DOWN)
+LIVE_STATES = (*ACTIVE_STATES, *LEAVING_STATES, InstanceState.STOPPED)
 
 
 class IncompleteResponse(BotoCoreError):
@@ -96,7 +103,7 @@ def _instances(ec2, name_pattern: str, include_terminated: bool) -> list[Instanc
     filters = [{"Name": "tag:Name", "Values": [name_pattern]}]
     if not include_terminated:
         filters.append({"Name": "instance-state-name",
-                        "Values": ["pending", "running", "stopping", "stopped", "shutting-down"]})
+                        "Values": [str(s) for s in LIVE_STATES]})
     out = []
     try:
         for page in ec2.get_paginator("describe_instances").paginate(Filters=filters):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import ClientError
 
 from infra.config import MAX_QUEUE_MESSAGE_BYTES, Settings
-from infra.observe import STACK_TAG
+from infra.tags import STACK_TAG, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +228,7 @@ def teardown(settings: Settings, clients) -> Report:
             report.add(f"queue {name}", "absent")
             continue
         tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
-        if tags.get(STACK_TAG) != settings.prefix:
+        if not owned_by(tags, settings.prefix):
             report.add(f"queue {name}", "kept (not ours)")
             continue
         sqs.delete_queue(QueueUrl=url)
@@ -239,7 +239,7 @@ def teardown(settings: Settings, clients) -> Report:
         if tags is None:
             report.add(f"bucket {bucket}", "absent")
             continue
-        if tags.get(STACK_TAG) != settings.prefix:
+        if not owned_by(tags, settings.prefix):
             report.add(f"bucket {bucket}", "kept (not ours)")
             continue
         removed = empty_bucket(s3, bucket)

@@ -6,9 +6,10 @@ import base64
 import time
 from datetime import UTC, datetime
 
-from controller.actuator import IMAGES_PROCESSED, Ec2Actuator, choose_removals, recent_activity
+from controller.actuator import Ec2Actuator, choose_removals, recent_activity
 from controller.loop import Action, Controller
 from infra.messages import ImageRequest
+from infra.metrics import Metric
 from infra.observe import STACK_TAG, Instance, InstanceState, app_instances, queue_url
 
 
@@ -94,7 +95,7 @@ def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
     time.sleep(1.1)  # EC2 launch times have 1 s resolution: make `busy` the strictly newest
     busy = act.launch(1)[0]
     clients.cloudwatch.put_metric_data(Namespace=settings.metrics_namespace, MetricData=[{
-        "MetricName": IMAGES_PROCESSED, "Value": 10.0, "Unit": "Count", "Timestamp": datetime.now(UTC),
+        "MetricName": str(Metric.IMAGES_PROCESSED), "Value": 10.0, "Unit": "Count", "Timestamp": datetime.now(UTC),
         "Dimensions": [{"Name": "Stack", "Value": settings.prefix}, {"Name": "InstanceId", "Value": busy}]}])
     activity = recent_activity(clients.cloudwatch, settings, [busy, idle])
     assert activity.get(busy, 0) > 0 and activity.get(idle, 0) == 0

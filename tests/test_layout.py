@@ -76,3 +76,25 @@ def test_the_checker_sees_a_violation(tmp_path):
     bad.write_text("def f():\n    from infra.local.stack import main\n    import web_tier.jobs\n")
     assert imported_modules(bad) >= {"infra.local.stack", "web_tier.jobs"}
     assert violations([bad], ("infra.local",)) != []
+
+
+def string_literals(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+def product_sources() -> list[Path]:
+    return [p for folder in ("infra", *TIERS) for p in sources(folder)]
+
+
+@pytest.mark.parametrize(("contract", "names"), [
+    ("infra/metrics.py", {"ImagesProcessed", "ImageErrors", "InferenceMs", "EndToEndMs", "Backlog",
+                          "BacklogPerInstance", "DesiredInstances", "RunningInstances"}),
+    ("infra/tags.py", {"imgrec:stack", "imgrec:role", "baked-ami"}),
+])
+def test_each_contract_name_is_spelled_in_one_module(contract, names):
+    """Metric names and tag keys live in their contract module; everything else imports them."""
+    spelled = {str(p.relative_to(ROOT)): string_literals(p) & names for p in product_sources()}
+    elsewhere = {path: found for path, found in spelled.items() if found and path != contract}
+    assert spelled[contract] == names
+    assert elsewhere == {}

@@ -26,16 +26,15 @@ from datetime import UTC, datetime, timedelta
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.observe import Instance, InstanceState, app_instances, count_by_state, queue_depth, queue_url
+from infra.metrics import Metric, stack_dimensions
+from infra.observe import LEAVING_STATES, Instance, InstanceState, app_instances, count_by_state, queue_depth, queue_url
 
 log = logging.getLogger(__name__)
 
-# Metric names: workers publish the first four (with dimension sets [Stack] and
-# [Stack, InstanceId]); the controller publishes DesiredInstances.
-IMAGES_PROCESSED = "ImagesProcessed"
-IMAGE_ERRORS = "ImageErrors"
-END_TO_END_MS = "EndToEndMs"
-DESIRED_INSTANCES = "DesiredInstances"
+IMAGES_PROCESSED = Metric.IMAGES_PROCESSED
+IMAGE_ERRORS = Metric.IMAGE_ERRORS
+END_TO_END_MS = Metric.END_TO_END_MS
+DESIRED_INSTANCES = Metric.DESIRED_INSTANCES
 
 RATE_WINDOW_S = 10  # images/s and errors/s are averaged over this many seconds
 LATENCY_WINDOW_S = 30  # p50/p95 cover the samples of this many seconds
@@ -96,7 +95,7 @@ def state_counts(instances: list[Instance]) -> dict[str, int]:
     return {
         "inst_pending": c[InstanceState.PENDING],
         "inst_running": c[InstanceState.RUNNING],
-        "inst_stopping": c[InstanceState.STOPPING] + c[InstanceState.SHUTTING_DOWN],
+        "inst_stopping": sum(c[s] for s in LEAVING_STATES),
         "inst_stopped": c[InstanceState.STOPPED],
     }
 
@@ -110,10 +109,9 @@ def instance_rows(instances: list[Instance], done: dict[str, float], now: float)
 
 
 def metric_query(qid: str, settings: Settings, name: str, stat: str, period: int, **dims: str) -> dict:
-    dimensions = [{"Name": "Stack", "Value": settings.prefix}]
-    dimensions += [{"Name": k, "Value": v} for k, v in dims.items()]
+    dimensions = stack_dimensions(settings.prefix) + [{"Name": k, "Value": v} for k, v in dims.items()]
     return {"Id": qid, "ReturnData": True, "MetricStat": {
-        "Metric": {"Namespace": settings.metrics_namespace, "MetricName": name, "Dimensions": dimensions},
+        "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(name), "Dimensions": dimensions},
         "Period": period, "Stat": stat}}
 
 

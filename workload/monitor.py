@@ -15,13 +15,13 @@ from collections.abc import Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra import observe
-from infra.observe import InstanceState
+from infra.observe import ACTIVE_STATES, LEAVING_STATES, InstanceState
 from workload.model import FleetSummary, Sample, WorkloadError
 
 log = logging.getLogger(__name__)
 
-ACTIVE = (InstanceState.PENDING.value, InstanceState.RUNNING.value)
-LEAVING = (InstanceState.STOPPING.value, InstanceState.SHUTTING_DOWN.value)
+ACTIVE = tuple(s.value for s in ACTIVE_STATES)
+LEAVING = tuple(s.value for s in LEAVING_STATES)
 
 
 def at_rest(sample: Sample, min_instances: int) -> bool:

@@ -13,14 +13,15 @@ import logging
 
 from botocore.exceptions import ClientError
 
+from infra import metrics
 from infra.config import Settings
 from infra.provision import Report
 
 log = logging.getLogger(__name__)
 
 PERIOD_S = 60
-CONTROLLER_METRICS = ("Backlog", "BacklogPerInstance", "DesiredInstances", "RunningInstances")
-WORKER_METRICS = ("ImagesProcessed", "ImageErrors", "InferenceMs", "EndToEndMs")
+CONTROLLER_METRICS = tuple(str(m) for m in metrics.CONTROLLER_METRICS)
+WORKER_METRICS = tuple(str(m) for m in metrics.WORKER_METRICS)
 
 
 def dashboard_name(settings: Settings) -> str:
@@ -29,7 +30,7 @@ def dashboard_name(settings: Settings) -> str:
 
 def _custom(settings: Settings, metric: str, stat: str = "Average", **extra) -> list:
     options = {"stat": stat, **extra}
-    return [settings.metrics_namespace, metric, "Stack", settings.prefix, options]
+    return [settings.metrics_namespace, str(metric), metrics.STACK_DIMENSION, settings.prefix, options]
 
 
 def _widget(title: str, metrics: list, x: int, y: int, **props) -> dict:
@@ -46,29 +47,29 @@ def dashboard_body(settings: Settings) -> dict:
         _widget("Request queue depth", [
             ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", queue, {"stat": "Maximum"}],
             ["AWS/SQS", "ApproximateNumberOfMessagesNotVisible", "QueueName", queue, {"stat": "Maximum"}],
-            _custom(settings, "Backlog", "Maximum"),
+            _custom(settings, metrics.Metric.BACKLOG, "Maximum"),
             ["AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", settings.dlq,
              {"stat": "Maximum", "label": "dead letters"}],
         ], 0, 0, region=r),
         _widget("Backlog per instance", [
-            _custom(settings, "BacklogPerInstance", "Average"),
+            _custom(settings, metrics.Metric.BACKLOG_PER_INSTANCE, "Average"),
         ], 12, 0, region=r, annotations={"horizontal": [
             {"label": "target", "value": settings.target_backlog_per_instance}]}),
         _widget("App-tier instances", [
-            _custom(settings, "RunningInstances", "Maximum"),
-            _custom(settings, "DesiredInstances", "Maximum"),
+            _custom(settings, metrics.Metric.RUNNING_INSTANCES, "Maximum"),
+            _custom(settings, metrics.Metric.DESIRED_INSTANCES, "Maximum"),
         ], 0, 6, region=r, yAxis={"left": {"min": 0, "max": settings.max_instances + 1}}),
         _widget("Images per second", [
             [{"expression": f"m1/{PERIOD_S}", "label": "images/s", "id": "e1"}],
             [{"expression": f"m2/{PERIOD_S}", "label": "errors/s", "id": "e2"}],
-            _custom(settings, "ImagesProcessed", "Sum", id="m1", visible=False),
-            _custom(settings, "ImageErrors", "Sum", id="m2", visible=False),
+            _custom(settings, metrics.Metric.IMAGES_PROCESSED, "Sum", id="m1", visible=False),
+            _custom(settings, metrics.Metric.IMAGE_ERRORS, "Sum", id="m2", visible=False),
         ], 12, 6, region=r),
         _widget("Latency (ms)", [
-            _custom(settings, "InferenceMs", "Average", label="inference avg"),
-            _custom(settings, "InferenceMs", "p90", label="inference p90"),
-            _custom(settings, "EndToEndMs", "Average", label="end-to-end avg"),
-            _custom(settings, "EndToEndMs", "p90", label="end-to-end p90"),
+            _custom(settings, metrics.Metric.INFERENCE_MS, "Average", label="inference avg"),
+            _custom(settings, metrics.Metric.INFERENCE_MS, "p90", label="inference p90"),
+            _custom(settings, metrics.Metric.END_TO_END_MS, "Average", label="end-to-end avg"),
+            _custom(settings, metrics.Metric.END_TO_END_MS, "p90", label="end-to-end p90"),
         ], 0, 12, region=r),
     ]}
 

@@ -42,7 +42,7 @@ from infra.provision import Report, provision, teardown
 log = logging.getLogger(__name__)
 
 SPEC_TAG = "imgrec:spec"  # hash of what an instance or template version was made from
-BAKED_ROLE = "baked-ami"
+BAKED_ROLE = Role.BAKED_AMI
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 IAM_PROPAGATION_S = 90.0  # a fresh instance profile is not usable by EC2 for a few seconds
 

