@@ -230,13 +230,13 @@ class Worker:
         log.info("worker %s ready: model %s, runtime %s on %s, queue %s, batch %d, %d threads", self.instance_id,
                  self.classifier.name, self.classifier.runtime, self.classifier.device, self.settings.req_queue, n,
                  self.settings.torch_threads)
-        self._stages = [threading.Thread(target=self._stage, args=(name, fn), name=name, daemon=True)
-                        for name, fn in (("prefetch", self._prefetch_loop), ("post", self._post_loop))]
+        prefetch, post = (threading.Thread(target=self._stage, args=(name, fn), name=name, daemon=True)
+                          for name, fn in (("prefetch", self._prefetch_loop), ("post", self._post_loop)))
         try:
-            for thread in self._stages:
-                thread.start()
-            self._infer_loop()
-            for thread in self._stages:
+            prefetch.start()
+            post.start()
+            self._infer_loop(post)
+            for thread in (prefetch, post):
                 self._join(thread)
         finally:
             self._stopping.set()
@@ -270,9 +270,10 @@ class Worker:
             self._stopping.set()
         return self._stage_died is None
 
-    def _put(self, q: queue.Queue, item) -> bool:
-        """Hand ``item`` to the next stage; False if that stage died meanwhile (nobody would take it)."""
-        while self._healthy():
+    def _put(self, q: queue.Queue, item, consumer: threading.Thread) -> bool:
+        """Hand ``item`` to the next stage; False if that stage has ended (nobody would take it)."""
+        while consumer.is_alive():
+            self._check_signals()
             try:
                 q.put(item, timeout=0.5)
                 return True
@@ -403,7 +404,8 @@ class Worker:
             item.state, item.reason = after_failure(item.receive_count, self.settings.max_receive_count), got.reason
 
     # ------------------------------------------------------------ stage 2: inference (main thread)
-    def _infer_loop(self) -> None:
+    def _infer_loop(self, post: threading.Thread) -> None:
+        """Infer what prefetch hands on until it ends or any stage dies; post still gets what was inferred."""
         try:
             while self._healthy():
                 try:
@@ -422,10 +424,10 @@ class Worker:
                             item.reason = f"inference failed: {type(err).__name__}"
                 finally:
                     self._slots.release()  # the next batch may be received now
-                if not self._put(self._done, batch):
+                if not self._put(self._done, batch, post):
                     break
         finally:
-            self._put(self._done, None)
+            self._put(self._done, None, post)
 
     def _infer(self, batch: Batch) -> None:
         ready = [i for i in batch.items if i.state is ItemState.READY]
