@@ -181,9 +181,9 @@ class Worker:
         self._stopping.set()
 
     def on_signal(self, signum: int) -> None:
-        """Signal-handler side: only record it. ``_check_signals`` (main thread) drains or aborts."""
+        """Signal-handler side: only record it (a list append takes no lock that the interrupted code may
+        hold). The main thread's ``_check_signals``, at least every half second, drains or aborts."""
         self._signals.append(signum)
-        self._stopping.set()
 
     def _check_signals(self) -> None:
         while self._signals_seen < len(self._signals):
@@ -325,9 +325,12 @@ class Worker:
                 log.info("worker %s: request queue is empty", self.instance_id)
                 self.request_stop()
             return False
-        if self._stopping.is_set():  # the stop came during the long poll: hand these straight back
-            self.held.release(m["ReceiptHandle"] for m in messages)
-            return False
+        if self._stopping.is_set():
+            # The stop came during the long poll. Finish these rather than hand them back: each
+            # hand-back costs a receive, and during a scale-in many draining workers in long polls
+            # passed a new message round until maxReceiveCount sent it, never tried, to the DLQ.
+            log.info("worker %s: %d messages arrived while stopping; finishing them", self.instance_id,
+                     len(messages))
         self._received += len(messages)
         if self._first_at is None:
             self._first_at = time.monotonic()

@@ -129,3 +129,24 @@ def test_a_dead_stage_makes_the_worker_exit_non_zero_and_release_what_it_held(se
 def _answered(text: str) -> int:
     return sum(int(part.split("=")[1]) for line in text.splitlines() if " size=" in line
                for part in line.split() if part.startswith(("ok=", "errors=")))
+
+
+def test_a_message_arriving_during_a_drain_is_finished_not_passed_round(settings, tmp_path):
+    # Each hand-back costs a receive: in a scale-in, draining workers in long polls passed a new message
+    # between them until the redrive policy sent it to the DLQ untried.
+    settings, clients = fresh_stack(settings, receive_wait_s=20, max_receive_count=1)
+    proc = start_module("app_tier", settings, log_path=tmp_path / "w.log", IMGREC_INSTANCE_ID="drainer")
+    try:
+        wait_for(lambda: " ready: model" in log_text(proc), START_S, interval=0.1, what="worker ready")
+        proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: "draining" in log_text(proc), 10, interval=0.05, what="drain")
+        request = upload(clients, settings, "late.jpg", jpeg_bytes(3))
+        enqueue(clients, settings, [request])
+        assert proc.wait(30) == 0
+        resp = clients.sqs.receive_message(QueueUrl=queue_url(clients.sqs, settings.resp_queue), WaitTimeSeconds=2)
+        [result] = [ImageResult.from_json(m["Body"]) for m in resp["Messages"]]
+        assert result.request_id == request.request_id and result.ok
+        assert "arrived while stopping" in log_text(proc)
+        assert depth(clients, settings.dlq).visible == 0 and depth(clients, settings.req_queue).visible == 0
+    finally:
+        stop_process(proc, timeout=5, sig=signal.SIGKILL)
