@@ -11,6 +11,7 @@ $(STAMP): requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m app_tier.build_model
 	@rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP)

@@ -1,7 +1,8 @@
 """``python -m app_tier``: load the configured model and run one queue worker until stopped.
 
-Exit codes: 0 graceful stop, 2 queues missing, 3 model unavailable, 128+signal after a
-second SIGTERM/SIGINT.
+Exit codes: 0 graceful stop, 1 a stage thread died, 2 queues missing, 3 model
+unavailable (missing, corrupt or mismatched artifact), 128+signal after a second
+SIGTERM/SIGINT.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import os
 import sys
 import urllib.request
 
-from app_tier.models import ModelUnavailable, load_classifier
+from app_tier.classifier import ModelUnavailable
+from app_tier.runtime import load_worker_classifier
 from app_tier.worker import run_worker
 from infra.config import Settings
 from infra.process import settings_and_logging
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_and_logging()
     instance_id = resolve_instance_id(settings)
     try:
-        classifier = load_classifier(args.model or settings.model, threads=settings.torch_threads)
+        classifier = load_worker_classifier(settings, args.model)
     except ModelUnavailable as err:
         log.error("worker %s cannot load its model: %s", instance_id, err)
         return EXIT_NO_MODEL

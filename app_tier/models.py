@@ -27,16 +27,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from app_tier.classifier import Classifier
+from app_tier.classifier import ModelUnavailable
+from app_tier.preprocess import IMAGENET_MEAN, IMAGENET_STD, resize_crop
+from app_tier.torch_classifier import TorchClassifier
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "MODELS", "ModelUnavailable", "load_classifier", "make_transform", "weights_file"]
 
-
-class ModelUnavailable(RuntimeError):
-    """The model is unknown or its weights cannot be found or fetched; the message says which file."""
 
 
 @dataclass(frozen=True)
@@ -73,15 +71,7 @@ def make_transform(resize: int, crop: int) -> Callable[[Image.Image], torch.Tens
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
 
     def transform(img: Image.Image) -> torch.Tensor:
-        w, h = img.size
-        short, long = (w, h) if w <= h else (h, w)
-        new_short, new_long = resize, int(resize * long / short)
-        size = (new_short, new_long) if w <= h else (new_long, new_short)
-        if size != img.size:
-            img = img.resize(size, Image.BILINEAR)
-        w, h = img.size
-        left, top = int(round((w - crop) / 2.0)), int(round((h - crop) / 2.0))
-        img = img.crop((left, top, left + crop, top + crop))
+        img = resize_crop(img, resize, crop)
         pixels = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
         return (pixels.float().div_(255.0) - mean) / std
 
@@ -157,10 +147,10 @@ DEFAULT_MODEL = "efficientnet_lite0"
 
 
 def load_classifier(name: str, *, device: str | None = None, threads: int | None = None,
-                    download: bool = True, freeze: bool = True) -> Classifier:
+                    download: bool = True, freeze: bool = True) -> TorchClassifier:
     """Build ``name`` with its weights. ``threads`` sets torch's intra-op threads for this process.
 
-    On CPU the model is traced and frozen (``Classifier.freeze``: one single-threaded
+    On CPU the model is traced and frozen (``TorchClassifier.freeze``: one single-threaded
     forward pass, fork-safe); otherwise no inference runs here. ``download=False``
     never touches the network: a missing torchvision weights file is an immediate error.
     """
@@ -171,7 +161,7 @@ def load_classifier(name: str, *, device: str | None = None, threads: int | None
         torch.set_num_threads(threads)
     started = time.monotonic()
     model = spec.build(download)
-    clf = Classifier(name, model, make_transform(spec.resize, spec.crop), imagenet_categories(),
+    clf = TorchClassifier(name, model, make_transform(spec.resize, spec.crop), imagenet_categories(),
                      device=device, input_size=spec.crop)
     if freeze:
         clf.freeze()

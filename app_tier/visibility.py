@@ -2,13 +2,18 @@
 
 A batch can outlast the visibility timeout (a slow model, a busy host); if it did,
 another worker would take the same messages. A heartbeat thread extends every held
-message once it is a third of the timeout old. On a hard stop everything held is
-released (visibility 0) so another worker takes it at once.
+message once it is a third of the timeout old, but never past ``max_hold_s`` after
+its receive: a wedged worker's messages then become visible again and, after
+``maxReceiveCount`` receives, reach the dead-letter queue instead of staying hidden
+for up to SQS's 12 hours. On a hard stop everything held is released (visibility 0)
+so another worker takes it at once; a retryable failure hands a message back after a
+backoff (``retry_later``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -22,19 +27,36 @@ log = logging.getLogger(__name__)
 class _Entry:
     message_id: str
     extended_at: float
+    received_at: float = 0.0
+    over_hold: bool = False  # past max_hold_s: logged once, never extended again
 
 
-def due_for_extension(entries: dict[str, _Entry], now: float, after_s: float) -> list[str]:
-    """Receipt handles whose visibility was last set more than ``after_s`` ago (pure)."""
-    return [receipt for receipt, e in entries.items() if now - e.extended_at >= after_s]
+def due_for_extension(entries: dict[str, _Entry], now: float, after_s: float,
+                      timeout_s: int | None = None, max_hold_s: float = math.inf) -> list[tuple[str, int]]:
+    """(receipt, new visibility s) for messages whose visibility was last set ``after_s`` or more ago (pure).
+
+    The new visibility is ``timeout_s``, cut so that it ends ``max_hold_s`` after the
+    receive; a message with less than a second of hold time left gets no extension.
+    """
+    timeout_s = int(timeout_s if timeout_s is not None else after_s * 3)
+    due = []
+    for receipt, e in entries.items():
+        if now - e.extended_at < after_s:
+            continue
+        left = int(max_hold_s - (now - e.received_at)) if max_hold_s != math.inf else timeout_s
+        if left >= 1:
+            due.append((receipt, min(timeout_s, left)))
+    return due
 
 
 class HeldMessages:
     """Receipt handles this worker holds; the heartbeat extends them, ``release_all`` hands them back."""
 
-    def __init__(self, sqs, queue_url: str, visibility_timeout_s: int, *, instance_id: str = ""):
+    def __init__(self, sqs, queue_url: str, visibility_timeout_s: int, *, instance_id: str = "",
+                 max_hold_s: float = math.inf):
         self._sqs, self._url = sqs, queue_url
         self.timeout_s = visibility_timeout_s
+        self.max_hold_s = max_hold_s
         self.instance_id = instance_id
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
@@ -42,8 +64,9 @@ class HeldMessages:
         self._thread: threading.Thread | None = None
 
     def add(self, receipt: str, message_id: str, received_at: float | None = None) -> None:
+        at = received_at or time.monotonic()
         with self._lock:
-            self._entries[receipt] = _Entry(message_id, received_at or time.monotonic())
+            self._entries[receipt] = _Entry(message_id, at, at)
 
     def discard(self, receipts) -> None:
         with self._lock:
@@ -65,6 +88,11 @@ class HeldMessages:
         if self._thread is not None:
             self._thread.join(timeout=10)
 
+    @property
+    def alive(self) -> bool:
+        """False once the heartbeat thread has died (the worker then exits: nothing would extend its messages)."""
+        return self._thread is not None and self._thread.is_alive()
+
     def _loop(self) -> None:
         tick = max(0.2, min(5.0, self.timeout_s / 6))
         while not self._stop.wait(tick):
@@ -73,16 +101,35 @@ class HeldMessages:
     def extend_due(self) -> int:
         now = time.monotonic()
         with self._lock:
-            due = due_for_extension(self._entries, now, self.timeout_s / 3)
-        if due:
-            self._change(due, self.timeout_s)
-            with self._lock:
-                for r in due:
-                    if r in self._entries:
-                        self._entries[r].extended_at = now
-            log.info("extended visibility of %d messages by %d s (instance %s)", len(due), self.timeout_s,
+            due = due_for_extension(self._entries, now, self.timeout_s / 3, self.timeout_s, self.max_hold_s)
+            over = [(r, e) for r, e in self._entries.items()
+                    if not e.over_hold and now - e.received_at >= self.max_hold_s - 1]
+            for _, e in over:
+                e.over_hold = True
+        for _, e in over:
+            log.warning("message %s held %.0f s, over IMGREC_MAX_HOLD_S=%s: no longer extended, it becomes visible "
+                        "again (instance %s)", e.message_id, now - e.received_at, self.max_hold_s, self.instance_id)
+        by_timeout: dict[int, list[str]] = {}
+        for receipt, timeout in due:
+            by_timeout.setdefault(timeout, []).append(receipt)
+        for timeout, receipts in by_timeout.items():
+            self._change(receipts, timeout)
+            log.info("extended visibility of %d messages by %d s (instance %s)", len(receipts), timeout,
                      self.instance_id)
+        with self._lock:
+            for r, _ in due:
+                if r in self._entries:
+                    self._entries[r].extended_at = now
         return len(due)
+
+    def retry_later(self, delays: dict[str, int]) -> None:
+        """Stop holding these receipts and make each visible again after its delay (s): a retry's backoff."""
+        self.discard(delays)
+        by_delay: dict[int, list[str]] = {}
+        for receipt, delay in delays.items():
+            by_delay.setdefault(int(delay), []).append(receipt)
+        for delay, receipts in by_delay.items():
+            self._change(receipts, delay)
 
     def release(self, receipts) -> None:
         """Visibility 0: another worker may take these at once."""

@@ -8,8 +8,13 @@ most one batch waits between stages, so a worker holds at most about three batch
 Nothing is lost: a request message is deleted only after its output object and
 result message are written, so a crash repeats work (same key, same value) and
 never drops it. Bad input (not an image, missing object) gets an error result and
-is deleted at once; an unknown failure leaves the message to come back and, after
-``maxReceiveCount`` receives, to go to the dead-letter queue.
+is deleted at once; an unknown failure hands the message back after a backoff that
+grows with its receive count (``retry_visibility_s``) and, after ``maxReceiveCount``
+receives, the redrive policy moves it to the dead-letter queue.
+
+If any stage thread (or the visibility heartbeat) dies, the worker releases what it
+holds and exits non-zero, so systemd's ``Restart=on-failure`` or the local
+supervisor replaces it. Signal handlers only set flags; the main thread acts on them.
 """
 
 from __future__ import annotations
@@ -25,8 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
-import torch
 from botocore.exceptions import BotoCoreError, ClientError
 
 from app_tier.classifier import Classifier, Prediction
@@ -46,6 +51,12 @@ EXIT_NO_QUEUE = 2
 RECEIVE_BACKOFF_MAX_S = 20.0
 RECEIVE_BACKOFF_MIN_S = 0.5
 ABORT_RECEIVE_WAIT_S = 2.0
+EXIT_STAGE_DIED = 1
+STAGE_JOIN_S = 5.0  # after a stage died, how long to wait for the others before exiting anyway
+# A retryable failure comes back after 2, 4, 8 ... s (by receive count), at most this long
+# and never later than the visibility timeout would have let it.
+RETRY_BASE_S = 2
+RETRY_MAX_S = 120
 # Batches a worker holds before inference finishes with them: the one being inferred and one
 # prepared behind it. More would hide latency no better and hoard messages that newly
 # launched instances could be working on.
@@ -84,7 +95,7 @@ class Item:
     request: ImageRequest | None = None
     state: ItemState = ItemState.READY
     reason: str | None = None
-    tensor: torch.Tensor | None = None
+    tensor: Any = None  # one preprocessed image, in the classifier's runtime's array type
     prediction: Prediction | None = None
 
 
@@ -100,6 +111,12 @@ class Batch:
     @property
     def short_ids(self) -> str:
         return ",".join(i.message_id[:8] for i in self.items)
+
+
+def retry_visibility_s(receive_count: int, visibility_timeout_s: int) -> int:
+    """Seconds until a retryable message is visible again: doubling with its receive count, capped (pure)."""
+    exponent = max(0, min(receive_count, 30) - 1)
+    return int(min(RETRY_BASE_S * 2 ** exponent, RETRY_MAX_S, visibility_timeout_s))
 
 
 def after_failure(receive_count: int, max_receive_count: int) -> ItemState:
@@ -137,6 +154,9 @@ class Worker:
         self.max_messages = max_messages
         self.until_empty = until_empty
         self._stopping = threading.Event()
+        self._signals: list[int] = []  # appended by the signal handler, acted on by the main thread
+        self._signals_seen = 0
+        self._stage_died: str | None = None
         self._not_receiving = threading.Event()
         self._not_receiving.set()
         self._ready: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
@@ -161,8 +181,23 @@ class Worker:
                      len(self.held) if self.held else 0)
         self._stopping.set()
 
+    def on_signal(self, signum: int) -> None:
+        """Signal-handler side: only record it (a list append takes no lock that the interrupted code may
+        hold). The main thread's ``_check_signals``, at least every half second, drains or aborts."""
+        self._signals.append(signum)
+
+    def _check_signals(self) -> None:
+        while self._signals_seen < len(self._signals):
+            signum = self._signals[self._signals_seen]
+            self._signals_seen += 1
+            if self._signals_seen == 1:
+                log.info("worker %s got %s: draining", self.instance_id, signal.Signals(signum).name)
+                self.request_stop()
+            else:
+                self.abort(128 + signum)
+
     def abort(self, code: int = 1) -> None:
-        """Second stage: hand every held message back (visibility 0) and exit the process now."""
+        """Second stage: hand every held message back (visibility 0) and exit the process now (main thread)."""
         # A receive in progress may be returning messages right now: let it register them
         # (a non-empty queue answers at once; an empty one returns nothing worth waiting for).
         self._not_receiving.wait(ABORT_RECEIVE_WAIT_S)
@@ -177,7 +212,6 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped; returns the process exit code."""
-        torch.set_num_threads(self.settings.torch_threads)
         limit_malloc_arenas()
         sqs = self.clients.sqs
         try:
@@ -186,23 +220,25 @@ class Worker:
         except (ClientError, BotoCoreError) as err:
             log.error("worker %s cannot find its queues (%s); is the stack provisioned?", self.instance_id, err)
             return EXIT_NO_QUEUE
+        self.classifier.open(self.settings.torch_threads)  # after any fork: ORT sessions must not cross one
         self.held = HeldMessages(sqs, self._req_url, self.settings.visibility_timeout_s,
-                                 instance_id=self.instance_id).start()
+                                 instance_id=self.instance_id, max_hold_s=self.settings.max_hold_s).start()
         self.metrics = Metrics(self.clients.cloudwatch, self.settings.metrics_namespace, self.settings.prefix,
                                self.instance_id).start()
         n = self.settings.worker_batch_size
         self._fetch_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fetch")
         self._write_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="write")
-        log.info("worker %s ready: model %s on %s, queue %s, batch %d, %d torch threads", self.instance_id,
-                 self.classifier.name, self.classifier.device, self.settings.req_queue, n, torch.get_num_threads())
-        prefetch = threading.Thread(target=self._prefetch_loop, name="prefetch", daemon=True)
-        post = threading.Thread(target=self._post_loop, name="post", daemon=True)
+        log.info("worker %s ready: model %s, runtime %s on %s, queue %s, batch %d, %d threads", self.instance_id,
+                 self.classifier.name, self.classifier.runtime, self.classifier.device, self.settings.req_queue, n,
+                 self.settings.torch_threads)
+        prefetch, post = (threading.Thread(target=self._stage, args=(name, fn), name=name, daemon=True)
+                          for name, fn in (("prefetch", self._prefetch_loop), ("post", self._post_loop)))
         try:
             prefetch.start()
             post.start()
-            self._infer_loop()
-            prefetch.join()
-            post.join()
+            self._infer_loop(post)
+            for thread in (prefetch, post):
+                self._join(thread)
         finally:
             self._stopping.set()
             self.held.release_all()  # only non-empty if a stage died unexpectedly
@@ -211,7 +247,51 @@ class Worker:
             self._fetch_pool.shutdown(wait=False, cancel_futures=True)
             self._write_pool.shutdown(wait=False, cancel_futures=True)
         self._log_summary()
+        if self._stage_died:
+            log.error("worker %s exiting with %d: its %s stage died", self.instance_id, EXIT_STAGE_DIED,
+                      self._stage_died)
+            return EXIT_STAGE_DIED
         return EXIT_OK
+
+    def _stage(self, name: str, loop) -> None:
+        """Run a stage thread; its death (an unexpected exception) stops the worker with a non-zero code."""
+        try:
+            loop()
+        except BaseException:
+            log.exception("worker %s: %s stage died; releasing held messages and exiting", self.instance_id, name)
+            self._stage_died = self._stage_died or name
+            self._stopping.set()
+
+    def _healthy(self) -> bool:
+        """Main thread: act on signals; False once a stage or the heartbeat has died."""
+        self._check_signals()
+        if self._stage_died is None and self.held is not None and not self.held.alive:
+            log.error("worker %s: visibility heartbeat died; exiting", self.instance_id)
+            self._stage_died = "visibility"
+            self._stopping.set()
+        return self._stage_died is None
+
+    def _put(self, q: queue.Queue, item, consumer: threading.Thread) -> bool:
+        """Hand ``item`` to the next stage; False if that stage has ended (nobody would take it)."""
+        while consumer.is_alive():
+            self._check_signals()
+            try:
+                q.put(item, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _join(self, thread: threading.Thread) -> None:
+        deadline = None
+        while thread.is_alive():
+            thread.join(0.5)
+            if not self._healthy():
+                deadline = deadline or time.monotonic() + STAGE_JOIN_S
+                if time.monotonic() > deadline:
+                    log.error("worker %s: %s stage did not end in %.0f s; exiting without it", self.instance_id,
+                              thread.name, STAGE_JOIN_S)
+                    return
 
     # ------------------------------------------------------------ stage 1: receive, fetch, decode
     def _prefetch_loop(self) -> None:
@@ -222,7 +302,7 @@ class Worker:
                 if not self._receive_one_batch():
                     self._slots.release()
         finally:
-            self._ready.put(None)
+            self._hand_on(None)
 
     def _receive_one_batch(self) -> bool:
         """Receive, fetch and decode one batch and hand it to inference; False if none was handed on."""
@@ -246,9 +326,12 @@ class Worker:
                 log.info("worker %s: request queue is empty", self.instance_id)
                 self.request_stop()
             return False
-        if self._stopping.is_set():  # the stop came during the long poll: hand these straight back
-            self.held.release(m["ReceiptHandle"] for m in messages)
-            return False
+        if self._stopping.is_set():
+            # The stop came during the long poll. Finish these rather than hand them back: each
+            # hand-back costs a receive, and during a scale-in many draining workers in long polls
+            # passed a new message round until maxReceiveCount sent it, never tried, to the DLQ.
+            log.info("worker %s: %d messages arrived while stopping; finishing them", self.instance_id,
+                     len(messages))
         self._received += len(messages)
         if self._first_at is None:
             self._first_at = time.monotonic()
@@ -256,10 +339,21 @@ class Worker:
             batch = self._prepare(messages)
         except Exception:
             log.exception("preparing batch failed (instance %s); its messages will come back", self.instance_id)
-            self.held.discard(m["ReceiptHandle"] for m in messages)
+            self.held.retry_later({m["ReceiptHandle"]: retry_visibility_s(_receive_count(m),
+                                                                          self.settings.visibility_timeout_s)
+                                   for m in messages})
             return False
-        self._ready.put(batch)
-        return True
+        return self._hand_on(batch)
+
+    def _hand_on(self, batch: Batch | None) -> bool:
+        """Prefetch -> inference; gives up if the worker is exiting because a stage died."""
+        while not self._stage_died:
+            try:
+                self._ready.put(batch, timeout=0.5)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def _receive(self, limit: int) -> list[dict]:
         self._not_receiving.clear()
@@ -280,7 +374,7 @@ class Worker:
         started = time.monotonic()
         items = []
         for m in messages:
-            item = Item(m["MessageId"], m["ReceiptHandle"], int(m.get("Attributes", {}).get("ApproximateReceiveCount", 1)))
+            item = Item(m["MessageId"], m["ReceiptHandle"], _receive_count(m))
             try:
                 item.request = ImageRequest.from_json(m["Body"])
                 output_key(item.request.name)
@@ -314,11 +408,12 @@ class Worker:
             item.state, item.reason = after_failure(item.receive_count, self.settings.max_receive_count), got.reason
 
     # ------------------------------------------------------------ stage 2: inference (main thread)
-    def _infer_loop(self) -> None:
+    def _infer_loop(self, post: threading.Thread) -> None:
+        """Infer what prefetch hands on until it ends or any stage dies; post still gets what was inferred."""
         try:
-            while True:
+            while self._healthy():
                 try:
-                    batch = self._ready.get(timeout=1.0)
+                    batch = self._ready.get(timeout=0.5)
                 except queue.Empty:
                     continue
                 if batch is None:
@@ -333,15 +428,16 @@ class Worker:
                             item.reason = f"inference failed: {type(err).__name__}"
                 finally:
                     self._slots.release()  # the next batch may be received now
-                self._done.put(batch)
+                if not self._put(self._done, batch, post):
+                    break
         finally:
-            self._done.put(None)
+            self._put(self._done, None, post)
 
     def _infer(self, batch: Batch) -> None:
         ready = [i for i in batch.items if i.state is ItemState.READY]
         if not ready:
             return
-        inputs = torch.stack([i.tensor for i in ready])
+        inputs = self.classifier.stack([i.tensor for i in ready])
         with self._gate:
             started, cpu_started = time.monotonic(), time.thread_time()
             predictions = self.classifier.infer(inputs)
@@ -362,7 +458,17 @@ class Worker:
                 log.exception("posting batch %s failed (instance %s); its messages will come back",
                               batch.short_ids, self.instance_id)
             finally:
-                self.held.discard(i.receipt for i in batch.items)
+                self._let_go(batch)
+
+    def _let_go(self, batch: Batch) -> None:
+        """Stop holding the batch; retryable failures come back after their backoff, not the whole timeout."""
+        retry = {i.receipt: retry_visibility_s(i.receive_count, self.settings.visibility_timeout_s)
+                 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP)}
+        self.held.discard(i.receipt for i in batch.items if i.receipt not in retry)
+        if retry:
+            log.info("batch %s: %d messages retry later (%s s; instance %s)", batch.short_ids, len(retry),
+                     ",".join(str(s) for s in sorted(set(retry.values()))), self.instance_id)
+            self.held.retry_later(retry)
 
     def _post(self, batch: Batch) -> None:
         started = time.monotonic()
@@ -463,18 +569,19 @@ class Worker:
                  self.metrics.totals[Metric.IMAGE_ERRORS])
 
 
+def _receive_count(message: dict) -> int:
+    return int(message.get("Attributes", {}).get("ApproximateReceiveCount", 1))
+
+
 def install_signal_handlers(worker: Worker) -> None:
-    """First SIGTERM/SIGINT drains (``request_stop``); a second one releases what is held and exits now."""
-    seen = 0
+    """First SIGTERM/SIGINT drains; a second one releases what is held and exits now.
+
+    The handler only records the signal: the main thread, which checks at least every
+    half second, logs, drains or releases and exits (no locks taken inside a handler).
+    """
 
     def handle(signum, _frame):
-        nonlocal seen
-        seen += 1
-        if seen == 1:
-            log.info("worker %s got %s: draining", worker.instance_id, signal.Signals(signum).name)
-            worker.request_stop()
-        else:
-            worker.abort(128 + signum)
+        worker.on_signal(signum)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, handle)

@@ -22,6 +22,10 @@ DEFAULT_APP_INSTANCE_PREFIX = "app-tier-instance"
 DEFAULT_MIN_INSTANCES = 1
 DEFAULT_MAX_INSTANCES = 19
 DEFAULT_MODEL = "efficientnet_lite0"
+DEFAULT_RUNTIME = "onnx"  # onnxruntime: ~130 MB RSS per worker instead of ~915 MB with torch (README "Runtimes")
+RUNTIMES = ("onnx", "torch")
+DEFAULT_MODEL_DIR = ""  # empty: `<data dir>/models`
+DEFAULT_MAX_HOLD_S = 900  # 15 min: far above any real batch, far below SQS's 12 h visibility cap
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 60
 DEFAULT_RECEIVE_WAIT_S = 20
@@ -98,6 +102,15 @@ class Settings:
     min_instances: int = _env_field("IMGREC_MIN_INSTANCES", DEFAULT_MIN_INSTANCES, "fewest app-tier instances (0 allowed)")
     max_instances: int = _env_field("IMGREC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, "most app-tier instances")
     model: str = _env_field("IMGREC_MODEL", DEFAULT_MODEL, "classifier model name")
+    runtime: str = _env_field(
+        "IMGREC_RUNTIME", DEFAULT_RUNTIME, "worker inference runtime: `onnx` (no torch in the worker) or `torch` (reference, CUDA)"
+    )
+    model_dir: str = _env_field(
+        "IMGREC_MODEL_DIR", DEFAULT_MODEL_DIR, "ONNX artifacts, `<dir>/<model>/model.onnx` + `manifest.json` (default `<data dir>/models`)"
+    )
+    max_hold_s: int = _env_field(
+        "IMGREC_MAX_HOLD_S", DEFAULT_MAX_HOLD_S, "a worker stops extending a message's visibility after holding it this long (s)"
+    )
     request_timeout_s: float = _env_field(
         "IMGREC_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S, "seconds a synchronous `POST /` waits before 504"
     )
@@ -121,7 +134,9 @@ class Settings:
     scale_in_window_s: float = _env_field(
         "IMGREC_SCALE_IN_WINDOW", DEFAULT_SCALE_IN_WINDOW_S, "backlog must stay low this long before scale-in (s)"
     )
-    torch_threads: int = _env_field("IMGREC_TORCH_THREADS", DEFAULT_TORCH_THREADS, "torch threads per worker process")
+    torch_threads: int = _env_field(
+        "IMGREC_TORCH_THREADS", DEFAULT_TORCH_THREADS, "inference threads per worker process (torch or onnxruntime)"
+    )
     worker_batch_size: int = _env_field("IMGREC_BATCH_SIZE", DEFAULT_WORKER_BATCH_SIZE, "messages per receive (1-10)")
     web_host: str = _env_field("IMGREC_WEB_HOST", DEFAULT_WEB_HOST, "web tier bind address")
     web_port: int = _env_field("IMGREC_WEB_PORT", DEFAULT_WEB_PORT, "web tier port")
@@ -210,6 +225,10 @@ class Settings:
             fail("target_backlog_per_instance", "must be >= 1")
         if self.scale_in_window_s < 0:
             fail("scale_in_window_s", "must be >= 0")
+        if self.runtime not in RUNTIMES:
+            fail("runtime", f"must be one of {', '.join(RUNTIMES)}")
+        if not 1 <= self.max_hold_s <= 43200:
+            fail("max_hold_s", "must be between 1 and 43200 seconds")
         if self.torch_threads < 1:
             fail("torch_threads", "must be >= 1")
         if not 1 <= self.worker_batch_size <= 10:
@@ -272,6 +291,11 @@ class Settings:
 
     def app_instance_name(self, n: int) -> str:
         return f"{self.app_instance_prefix}-{n}"
+
+    @property
+    def models_dir(self) -> str:
+        """Where model artifacts live: ``IMGREC_MODEL_DIR`` or ``<data dir>/models``."""
+        return self.model_dir or os.path.join(self.data_dir, "models")
 
     @property
     def is_local(self) -> bool:

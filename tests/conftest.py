@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -27,8 +28,22 @@ def moto_server():
         yield server
 
 
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def model_dir() -> str:
+    """The default model's ONNX artifact, built once into the checkout's cache (what `make install` builds)."""
+    from app_tier import artifact
+    from infra.config import DEFAULT_MODEL
+
+    models = ROOT / ".data" / "models"
+    artifact.ensure(models, DEFAULT_MODEL)
+    return str(models)
+
+
 @pytest.fixture
-def settings(moto_server, tmp_path) -> Settings:
+def settings(moto_server, tmp_path, model_dir) -> Settings:
     """Settings with a per-test name prefix, so tests don't see each other's resources."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
     return Settings.from_env(
@@ -38,6 +53,7 @@ def settings(moto_server, tmp_path) -> Settings:
         app_instance_prefix=f"{prefix}-app",
         web_instance_name=f"{prefix}-web",
         data_dir=str(tmp_path / "data"),
+        model_dir=model_dir,
         receive_wait_s=1,
         max_attempts=3,
     )

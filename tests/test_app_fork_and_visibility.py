@@ -7,6 +7,8 @@ import sys
 import textwrap
 import time
 
+import pytest
+
 from app_tier.visibility import HeldMessages
 from infra.observe import queue_url
 from tests.conftest import child_env
@@ -16,12 +18,13 @@ from tests.test_worker import collect, enqueue, upload
 
 FORK_SCRIPT = textwrap.dedent("""
     import os, sys
-    from app_tier.models import load_classifier
+    from app_tier.runtime import load_worker_classifier
     from app_tier.worker import run_worker
     from infra.config import Settings
     settings = Settings.from_env()
-    clf = load_classifier(settings.model, threads=1)   # in the parent, before the fork
-    clf.warm_up()
+    clf = load_worker_classifier(settings)   # in the parent, before the fork
+    if settings.runtime == "torch":
+        clf.warm_up()   # single-threaded: fork-safe
     children = []
     for n in range(2):
         pid = os.fork()
@@ -30,17 +33,21 @@ FORK_SCRIPT = textwrap.dedent("""
         children.append(pid)
     codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
     print("child exit codes", codes)
+    print("parent session", getattr(clf, "_session", None), "torch" in sys.modules)
     sys.exit(max(codes))
 """)
 
 
-def test_forked_workers_share_one_loaded_classifier(stack, clients):
+@pytest.mark.parametrize("runtime", ["onnx", "torch"])
+def test_forked_workers_share_one_loaded_classifier(stack, clients, runtime):
     settings = stack
     requests = [upload(clients, settings, f"f{i:02d}.jpg", jpeg_bytes(200 + i)) for i in range(24)]
     enqueue(clients, settings, requests)
-    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], cwd=ROOT, env=child_env(settings),
+    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], cwd=ROOT, env=child_env(settings, IMGREC_RUNTIME=runtime),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    # onnx: each child made its own session after the fork; the parent has none and no torch.
+    assert ("parent session None False" in proc.stdout) == (runtime == "onnx"), proc.stdout
     results = collect(clients, settings, {r.request_id for r in requests}, 10)
     assert all(res.ok for rs in results.values() for res in rs)
     assert {res.worker for rs in results.values() for res in rs} <= {"forked-0", "forked-1"}

@@ -1,5 +1,7 @@
 """Configuration: defaults, derived names, and clear failures for bad values."""
 
+import os
+
 import pytest
 
 from infra.config import ConfigError, Settings, settings_table
@@ -48,6 +50,9 @@ def test_round_trip_through_environment():
         ({"IMGREC_MIN_INSTANCES": "-1"}, "IMGREC_MIN_INSTANCES"),
         ({"IMGREC_RECEIVE_WAIT": "30"}, "IMGREC_RECEIVE_WAIT"),
         ({"IMGREC_RETRY_MODE": "aggressive"}, "IMGREC_RETRY_MODE"),
+        ({"IMGREC_RUNTIME": "tensorflow"}, "IMGREC_RUNTIME"),
+        ({"IMGREC_MAX_HOLD_S": "0"}, "IMGREC_MAX_HOLD_S"),
+        ({"IMGREC_MAX_HOLD_S": "50000"}, "IMGREC_MAX_HOLD_S"),
         ({"IMGREC_PREFIX": "Has_Upper"}, "IMGREC_PREFIX"),
         ({"IMGREC_IN_BUCKET": "x"}, "IMGREC_IN_BUCKET"),
         ({"IMGREC_REQ_QUEUE": "bad name"}, "IMGREC_REQ_QUEUE"),
@@ -80,3 +85,9 @@ def test_cli_reports_bad_config(capsys, monkeypatch):
     monkeypatch.setenv("IMGREC_MAX_INSTANCES", "2")
     assert main(["status"]) == 2
     assert "IMGREC_MAX_INSTANCES=2:" in capsys.readouterr().err
+
+
+def test_runtime_and_model_dir_defaults():
+    s = Settings.from_env({})
+    assert s.runtime == "onnx" and s.models_dir == os.path.join(s.data_dir, "models")
+    assert Settings.from_env({"IMGREC_MODEL_DIR": "/opt/models", "IMGREC_RUNTIME": "torch"}).models_dir == "/opt/models"

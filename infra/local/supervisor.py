@@ -11,7 +11,9 @@ Scale-out must be cheap on a 2-core host, so the model is loaded once here and
 each worker is ``os.fork()``ed from this process: a new instance serves in tens of
 milliseconds instead of paying the import-torch-and-load-weights cost again, and
 the weights are shared copy-on-write. This process never runs multi-threaded
-torch (unsafe to fork after) and never starts threads of its own.
+torch (unsafe to fork after) and never starts threads of its own. With the onnx
+runtime the parent only verifies the artifact; each child creates its own ORT
+session after the fork (``Classifier.open`` in the worker).
 """
 
 from __future__ import annotations
@@ -222,10 +224,7 @@ def fork_worker(settings: Settings, classifier, instance_id: str, clients=None, 
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent decides
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: dump stacks of a stuck worker
-        import torch
-
-        torch.set_num_threads(settings.torch_threads)
-        from app_tier.worker import run_worker
+        from app_tier.worker import run_worker  # it opens the classifier in this process (threads, session)
 
         options = {"clients": clients} if clients is not None else {}
         if gate is not None:
@@ -263,12 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
 
     import app_tier.worker  # noqa: F401 - imported once here, not in every forked child
-    from app_tier.models import load_classifier
+    from app_tier.classifier import Runtime
+    from app_tier.runtime import load_worker_classifier
     from infra.clients import make_client
 
     started = time.monotonic()
-    classifier = load_classifier(settings.model, threads=1)
-    classifier.warm_up()
+    classifier = load_worker_classifier(settings.replace(torch_threads=1))  # onnx: builds the artifact if missing
+    if classifier.runtime == Runtime.TORCH:
+        classifier.warm_up()  # single-threaded, fork-safe; an ORT session must not exist before a fork
     log.info("model %s ready in %.1f s; supervising %s-* every %g s", settings.model, time.monotonic() - started,
              settings.app_instance_prefix, args.poll)
     ec2 = make_client("ec2", settings, pool=2)

@@ -1,6 +1,10 @@
 """One worker process fed from a pre-filled queue vs the bare model, on a local moto server.
 
     .venv/bin/python tests/bench/bench_worker.py [--images 200] [--dataset DIR] [--model efficientnet_lite0]
+        [--runtime torch|onnx]
+
+The bare rate is torch's; for the onnx worker against bare onnxruntime on one core see
+``bench_runtime.py``, which reuses this module's pieces.
 
 Prints the bare model's images/s (decode + preprocess + inference, one thread, same
 images, same run), the worker's images/s from its first receive to its last delete
@@ -17,6 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
@@ -69,11 +74,79 @@ def torch_floor() -> float:
     return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) / 2**20
 
 
+@dataclass
+class WorkerRun:
+    code: int
+    answered: int = 0
+    busy_s: float = 0.0
+    first_s: float | None = None  # process start -> first batch answered
+    peak_rss: int = 0
+    peak_uss: int = 0
+    peak_pss: int = 0
+    text: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.answered / self.busy_s if self.busy_s else 0.0
+
+
+def upload_images(settings: Settings, clients: Clients, images: list[tuple[str, bytes]]) -> list[ImageRequest]:
+    requests = []
+    for name, data in images:
+        key = f"uploads/{name}"
+        version = clients.s3.put_object(Bucket=settings.in_bucket, Key=key, Body=data)["VersionId"]
+        requests.append(ImageRequest.new(key, version, name))
+    return requests
+
+
+def fill_queue(settings: Settings, clients: Clients, requests: list[ImageRequest]) -> None:
+    url = queue_url(clients.sqs, settings.req_queue)
+    for start in range(0, len(requests), 10):
+        entries = [{"Id": str(n), "MessageBody": r.to_json()} for n, r in enumerate(requests[start:start + 10])]
+        clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+
+
+def run_worker(settings: Settings, count: int, log_path: Path, *, cpu: int | None = None,
+               **env: str) -> WorkerRun:
+    """``python -m app_tier --max-messages count`` (on core ``cpu`` if given): its rate, memory and first answer."""
+    prefix = ["taskset", "-c", str(cpu)] if cpu is not None else []
+    with log_path.open("wb") as log:
+        started = time.monotonic()
+        proc = subprocess.Popen([*prefix, sys.executable, "-m", "app_tier", "--max-messages", str(count)],
+                                cwd=ROOT, env=child_env(settings, **env), stdout=log, stderr=subprocess.STDOUT)
+    run = WorkerRun(code=-1)
+    ps = psutil.Process(proc.pid)
+    tick = 0
+    try:
+        while proc.poll() is None:
+            try:
+                run.peak_rss = max(run.peak_rss, ps.memory_info().rss)
+                if tick % 40 == 20:  # reading smaps costs CPU: only now and then
+                    mem = ps.memory_full_info()
+                    run.peak_uss, run.peak_pss = max(run.peak_uss, mem.uss), max(run.peak_pss, mem.pss)
+            except psutil.NoSuchProcess:
+                break
+            if run.first_s is None and tick % 2 == 0 and b" size=" in log_path.read_bytes():
+                run.first_s = time.monotonic() - started
+            tick += 1
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    run.code, run.text = proc.returncode, log_path.read_text()
+    found = SUMMARY.search(run.text)
+    if found:
+        run.answered, run.busy_s = int(found.group(1)), float(found.group(2))
+    return run
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
     parser.add_argument("--model", default="efficientnet_lite0")
+    parser.add_argument("--runtime", default="torch", choices=("torch", "onnx"))
     parser.add_argument("--log", type=Path, default=Path("/tmp/bench_worker.log"))
     args = parser.parse_args()
     images = load_images(args.dataset, args.images)
@@ -81,60 +154,29 @@ def main() -> int:
     with MotoServer(port=free_port()) as moto:
         prefix = f"bench{uuid.uuid4().hex[:8]}"
         settings = Settings.from_env({}, endpoint_url=moto.url, prefix=prefix, receive_wait_s=1, model=args.model,
-                                     torch_threads=1, instance_id="bench-worker", visibility_timeout_s=60)
+                                     torch_threads=1, instance_id="bench-worker", visibility_timeout_s=60,
+                                     runtime=args.runtime)
         clients = Clients(settings)
         provision(settings, clients)
-        url = queue_url(clients.sqs, settings.req_queue)
-        for start in range(0, len(images), 10):
-            entries = []
-            for n, (name, data) in enumerate(images[start:start + 10]):
-                key = f"uploads/{name}"
-                version = clients.s3.put_object(Bucket=settings.in_bucket, Key=key, Body=data)["VersionId"]
-                entries.append({"Id": str(n), "MessageBody": ImageRequest.new(key, version, name).to_json()})
-            clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        fill_queue(settings, clients, upload_images(settings, clients, images))
         print(f"queue pre-filled with {len(images)} requests ({sum(len(d) for _, d in images) / 1e6:.1f} MB of JPEG)")
 
         bare, infer_only = bare_rate(args.model, images, settings.worker_batch_size)
         print(f"bare model  {bare:6.1f} images/s (decode+preprocess+infer, 1 thread)   inference alone {infer_only:6.1f}")
-
-        with args.log.open("wb") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "app_tier", "--max-messages", str(len(images))],
-                                    cwd=ROOT, env=child_env(settings), stdout=log, stderr=subprocess.STDOUT)
-        peak = peak_uss = peak_pss = 0
-        ps = psutil.Process(proc.pid)
-        tick = 0
-        try:
-            while proc.poll() is None:
-                try:
-                    peak = max(peak, ps.memory_info().rss)
-                    if tick % 10 == 5:  # reading smaps costs CPU: only now and then
-                        mem = ps.memory_full_info()
-                        peak_uss, peak_pss = max(peak_uss, mem.uss), max(peak_pss, mem.pss)
-                except psutil.NoSuchProcess:
-                    break
-                tick += 1
-                time.sleep(0.2)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-    text = args.log.read_text()
-    found = SUMMARY.search(text)
-    if proc.returncode != 0 or not found:
-        print(f"worker failed (exit {proc.returncode}); see {args.log}")
+        run = run_worker(settings, len(images), args.log)
+    if run.code != 0 or not run.answered:
+        print(f"worker failed (exit {run.code}); see {args.log}")
         return 1
-    answered, busy = int(found.group(1)), float(found.group(2))
-    rate = answered / busy
-    stages = [tuple(map(int, m.groups())) for m in BATCH.finditer(text)]
+    stages = [tuple(map(int, m.groups())) for m in BATCH.finditer(run.text)]
     serial_s = sum(f + i + w for _, f, i, w in stages) / 1000
-    print(f"worker      {rate:6.1f} images/s ({answered} answered in {busy:.1f} s, {len(stages)} batches) "
-          f"= {rate / bare:.2f}x bare (target >= 0.9x)")
-    print(f"worker peak RSS {peak / 2**20:.0f} MB (target <= 600 MB); peak USS {peak_uss / 2**20:.0f} MB, "
-          f"PSS {peak_pss / 2**20:.0f} MB; `import torch` alone: RSS {torch_floor():.0f} MB")
+    print(f"worker      {run.rate:6.1f} images/s ({run.answered} answered in {run.busy_s:.1f} s, {len(stages)} "
+          f"batches) = {run.rate / bare:.2f}x bare (target >= 0.9x)")
+    print(f"worker peak RSS {run.peak_rss / 2**20:.0f} MB (target <= 600 MB); peak USS {run.peak_uss / 2**20:.0f} MB, "
+          f"PSS {run.peak_pss / 2**20:.0f} MB; `import torch` alone: RSS {torch_floor():.0f} MB")
     if stages:
         print(f"stages one after another would take {serial_s:.1f} s (fetch {sum(s[1] for s in stages) / 1000:.1f}"
               f" + infer {sum(s[2] for s in stages) / 1000:.1f} + write {sum(s[3] for s in stages) / 1000:.1f});"
-              f" pipelined {busy:.1f} s")
+              f" pipelined {run.busy_s:.1f} s")
     print(f"worker log: {args.log}")
     return 0
 
