@@ -140,7 +140,7 @@ def worker_race(args, models_dir: str) -> None:
     from bench_worker import fill_queue, run_worker, upload_images  # same folder
 
     from infra.clients import Clients
-    from infra.moto_server import MotoServer, free_port
+    from infra.local.moto_server import MotoServer, free_port
     from infra.provision import provision
 
     files, _ = dataset(args.dataset)
