@@ -25,7 +25,13 @@ from botocore.exceptions import ClientError
 
 from infra.clients import Clients, botocore_config, local_admin_credentials, make_client
 from infra.config import Settings
-from infra.local.account import LocalAccount, ensure_web_instance, open_account, terminate_web_instance
+from infra.local.account import (
+    LocalAccount,
+    ensure_web_instance,
+    open_account,
+    profile_role,
+    terminate_web_instance,
+)
 from infra.local.credentials import CredentialServer, without_credentials
 from infra.local.moto_iam import iam_action, principal_matches
 from infra.local.moto_server import MotoServer, free_port
@@ -247,6 +253,20 @@ def test_role_credentials_refresh_before_they_expire(enforced):
         assert sqs.get_queue_url(QueueName=s.resp_queue)["QueueUrl"]
 
 
+def test_a_credential_server_in_another_process_uses_the_keys_the_stack_wrote(enforced):
+    s = enforced.settings
+    assert (Path(s.data_dir) / "aws" / "ec2-service").stat().st_mode & 0o077 == 0
+    with CredentialServer.for_stack(s) as server:
+        creds = botocore.credentials.ContainerProvider(
+            environ=server.env_for_role(enforced.account.app_role, "runner")).load().get_frozen_credentials()
+    sqs = make_client("sqs", s, credentials={"aws_access_key_id": creds.access_key,
+                                              "aws_secret_access_key": creds.secret_key,
+                                              "aws_session_token": creds.token})
+    assert sqs.get_queue_url(QueueName=s.req_queue)["QueueUrl"]
+    with pytest.raises(RuntimeError, match="local stack running"):
+        CredentialServer.for_stack(s.replace(data_dir=s.data_dir + "-elsewhere"))
+
+
 def test_a_tier_process_gets_its_role_from_the_environment_and_nothing_else(enforced):
     e = enforced
     env = {**without_credentials(os.environ), **e.settings.to_env(),
@@ -271,6 +291,7 @@ def test_the_admin_credentials_file_works_for_infra_status_without_flags(enforce
     assert [i.id for i in running] == [first]
     desc = e.admin.ec2.describe_instances(InstanceIds=[first])["Reservations"][0]["Instances"][0]
     assert desc["IamInstanceProfile"]["Arn"] == e.account.web_profile_arn
+    assert profile_role(e.admin.iam, desc["IamInstanceProfile"]["Arn"]) == e.account.web_role
 
     cred_file = Path(s.data_dir) / "aws" / "credentials"
     assert cred_file.stat().st_mode & 0o077 == 0  # owner only

@@ -12,8 +12,10 @@ switches IAM enforcement on (``IMGREC_LOCAL_IAM``, default on). It creates:
   ``<data dir>/aws/config`` (region, endpoint_url) beside it;
 - ``<prefix>@ec2.amazonaws.com``, the stand-in for the EC2 service: the only
   principal the roles' trust policy (Service ec2.amazonaws.com) admits
-  (``infra.local.moto_iam``); its keys stay in the stack's process, with the
-  credential server.
+  (``infra.local.moto_iam``); the credential server signs its AssumeRole calls with
+  these keys, which are also written to ``<data dir>/aws/ec2-service`` (owner only)
+  so that a process other than the stack's (the instance runner) can run one
+  (``ec2_service_credentials``, ``CredentialServer.for_stack``).
 
 ``ensure_web_instance`` makes the web tier an EC2 instance record as on AWS: one
 running instance named ``IMGREC_WEB_INSTANCE_NAME`` with the web instance profile
@@ -22,11 +24,13 @@ running instance named ``IMGREC_WEB_INSTANCE_NAME`` with the web instance profil
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import json
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from botocore.exceptions import ClientError
 
@@ -114,7 +118,7 @@ def prepare_account(settings: Settings, *, credentials: dict | None = None) -> t
     assume = {"Version": POLICY_VERSION, "Statement": [{
         "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": [arns.role(app_role), arns.role(web_role)]}]}
     service = _ensure_user_with_key(iam, settings, service_user_name(settings.prefix), assume, report)
-    write_admin_credentials(settings, admin)
+    write_admin_credentials(settings, admin, service)
     return LocalAccount(account, admin, service, app_role, web_role, app_profile, web_profile), report
 
 
@@ -126,25 +130,59 @@ def open_account(settings: Settings) -> tuple[LocalAccount, Report]:
     return account, report
 
 
-def write_admin_credentials(settings: Settings, admin: dict) -> None:
-    """The admin's keys as the AWS CLI and boto3 read them (owner-only file)."""
-    cred_file, config_file = local_aws_files(settings)
-    cred_file.parent.mkdir(parents=True, exist_ok=True)
-    header = (f"# imgrec local stack: administrator {admin_user_name(settings)} of the moto at "
-              f"{settings.endpoint_url}; valid while that stack runs.\n")
-    creds = (f"{header}[default]\naws_access_key_id = {admin['aws_access_key_id']}\n"
-             f"aws_secret_access_key = {admin['aws_secret_access_key']}\n")
-    fd = os.open(cred_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def _service_file(settings: Settings) -> Path:
+    return local_aws_files(settings)[0].with_name("ec2-service")
+
+
+def _write_keys(path: Path, header: str, keys: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
-        f.write(creds)
-    config_file.write_text(f"{header}[default]\nregion = {settings.region}\nendpoint_url = {settings.endpoint_url}\n")
+        f.write(f"{header}[default]\naws_access_key_id = {keys['aws_access_key_id']}\n"
+                f"aws_secret_access_key = {keys['aws_secret_access_key']}\n")
+
+
+def write_admin_credentials(settings: Settings, admin: dict, ec2_service: dict | None = None) -> None:
+    """The admin's keys as the AWS CLI and boto3 read them (owner-only files)."""
+    cred_file, config_file = local_aws_files(settings)
+    header = (f"# imgrec local stack: {{who}} of the moto at {settings.endpoint_url}; valid while that stack runs.\n")
+    _write_keys(cred_file, header.format(who=f"administrator {admin_user_name(settings)}"), admin)
+    config_file.write_text(f"{header.format(who='settings')}[default]\nregion = {settings.region}\n"
+                           f"endpoint_url = {settings.endpoint_url}\n")
+    if ec2_service:
+        _write_keys(_service_file(settings), header.format(who="the EC2 service stand-in (credential server)"),
+                    ec2_service)
     log.info("administrator keys for %s written to %s", settings.endpoint_url, cred_file)
 
 
+def ec2_service_credentials(settings: Settings) -> dict | None:
+    """The EC2 stand-in's keys the running stack wrote (for a credential server in another process)."""
+    parser = configparser.ConfigParser()
+    try:
+        parser.read_string(_service_file(settings).read_text())
+        return {"aws_access_key_id": parser.get("default", "aws_access_key_id"),
+                "aws_secret_access_key": parser.get("default", "aws_secret_access_key")}
+    except (OSError, configparser.Error):
+        return None
+
+
 def remove_admin_credentials(settings: Settings) -> None:
-    for path in local_aws_files(settings):
+    for path in (*local_aws_files(settings), _service_file(settings)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
+
+
+def profile_role(iam, profile_arn: str) -> str:
+    """The role of instance profile ``profile_arn``: whose credentials an instance launched with it gets."""
+    name = profile_arn.rsplit("/", 1)[-1]
+    try:
+        roles = iam.get_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Roles"]
+    except ClientError:
+        log.error("get_instance_profile %s failed", name)
+        raise
+    if not roles:
+        raise LookupError(f"instance profile {name} has no role")
+    return roles[0]["RoleName"]
 
 
 def ensure_web_instance(ec2, settings: Settings, web_profile_arn: str, report: Report) -> str:

@@ -9,6 +9,8 @@ moto with the keys of the stack's EC2 stand-in user (``infra.local.moto_iam``).
 Interface (for the local stack and the instance runner)::
 
     server = CredentialServer(settings, sts).start()   # sts: a client with the EC2 stand-in's keys
+    server = CredentialServer.for_stack(settings).start()   # or: in another process, keys from <data>/aws
+    role = profile_role(admin_iam, instance["IamInstanceProfile"]["Arn"])   # infra.local.account
     env = server.env_for_role("imgrec-app-role", session_name="i-0abc")   # vars to add
     child_env = {**without_credentials(os.environ), **env}                # a process that has only that role
     ...
@@ -89,6 +91,17 @@ class CredentialServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.assumed = 0  # AssumeRole calls made
+
+    @classmethod
+    def for_stack(cls, settings: Settings, **options) -> CredentialServer:
+        """A server in any process, signing with the EC2 stand-in's keys the running local stack wrote."""
+        from infra.clients import make_client
+        from infra.local.account import ec2_service_credentials
+
+        keys = ec2_service_credentials(settings)
+        if keys is None:
+            raise RuntimeError(f"no EC2 stand-in keys under {settings.data_dir}/aws: is the local stack running?")
+        return cls(settings, make_client("sts", settings, credentials=keys), **options)
 
     @property
     def url(self) -> str:
