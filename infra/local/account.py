@@ -192,8 +192,15 @@ def ensure_web_instance(ec2, settings: Settings, web_profile_arn: str, report: R
     return deploy_web_instance(ec2, settings, run_args, report)["InstanceId"]
 
 
-def terminate_web_instance(ec2, settings: Settings) -> list[str]:
+def terminate_web_instance(ec2, settings: Settings, *, wait: bool = True) -> list[str]:
     """Terminate the web instance record(s) of this stack; returns their ids."""
     ids = [i["InstanceId"] for i in stack_instances(ec2, settings, role=Role.WEB)]
-    terminate_and_wait(ec2, ids, WEB_STOP_TIMEOUT_S, 0.2)
+    if wait:
+        terminate_and_wait(ec2, ids, WEB_STOP_TIMEOUT_S, 0.2)
+    elif ids:
+        try:
+            ec2.terminate_instances(InstanceIds=ids)
+        except ClientError:
+            log.error("terminate_instances %s (web instance record) failed", ids)
+            raise
     return ids

@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DURATION_S = 3600  # what EC2 hands out: about an hour
 DEFAULT_REFRESH_MARGIN_S = 20 * 60  # more than botocore's 15-minute advisory refresh, so it never refreshes in vain
 MIN_DURATION_S = 900  # STS's minimum
+SHUTDOWN_POLL_S = 0.05  # how soon stop() returns (http.server's default is 0.5 s)
 # Variables that would give a process credentials other than its role's.
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN",
                    "AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE",
@@ -126,7 +127,8 @@ class CredentialServer:
         self._httpd = ThreadingHTTPServer((self.host, self.port), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="credential-server", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(SHUTDOWN_POLL_S,),
+                                        name="credential-server", daemon=True)
         self._thread.start()
         log.info("credential server on %s", self.url)
         return self
