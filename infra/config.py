@@ -47,6 +47,8 @@ DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_METRICS_NAMESPACE = "ImgRec"
+DEFAULT_LOCAL_IAM = "on"  # the local stack's moto checks signatures and IAM policies
+LOCAL_IAM_MODES = ("on", "off")
 # Deployment to real AWS (`python -m infra deploy`); unused locally.
 DEFAULT_WEB_INSTANCE_TYPE = "t3.small"
 DEFAULT_ALLOWED_CIDR = "0.0.0.0/0"
@@ -154,6 +156,10 @@ class Settings:
         "IMGREC_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE, "CloudWatch namespace (dimension Stack=<prefix>)"
     )
     log_level: str = _env_field("IMGREC_LOG_LEVEL", DEFAULT_LOG_LEVEL, "logging level")
+    local_iam: str = _env_field(
+        "IMGREC_LOCAL_IAM", DEFAULT_LOCAL_IAM,
+        "local stack: `on` makes moto check signatures and each role's IAM policies; `off`: moto's permissive defaults"
+    )
     web_instance_type: str = _env_field(
         "IMGREC_WEB_INSTANCE_TYPE", DEFAULT_WEB_INSTANCE_TYPE, "deploy: EC2 type of the web/controller instance"
     )
@@ -237,6 +243,8 @@ class Settings:
             fail("web_port", "must be a TCP port (1-65535)")
         if self.web_threads < 1:
             fail("web_threads", "must be >= 1")
+        if self.local_iam not in LOCAL_IAM_MODES:
+            fail("local_iam", "must be on or off")
         self._validate_deploy(fail)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -296,6 +304,10 @@ class Settings:
     def models_dir(self) -> str:
         """Where model artifacts live: ``IMGREC_MODEL_DIR`` or ``<data dir>/models``."""
         return self.model_dir or os.path.join(self.data_dir, "models")
+
+    @property
+    def local_iam_enforced(self) -> bool:
+        return self.local_iam == "on"
 
     @property
     def is_local(self) -> bool:

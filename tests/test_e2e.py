@@ -1,8 +1,8 @@
 """End-to-end: `python -m infra up` (what `make run` starts) takes a 100-image burst.
 
-Real moto server, real web tier over HTTP, real controller, real supervisor and
-forked worker processes, the real workload generator; the only thing generated
-is the images.
+Real moto server (IAM enforced: each tier runs with its least-privilege role), real web
+tier over HTTP, real controller, real supervisor and forked worker processes, the real
+workload generator; the only thing generated is the images.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from app_tier.preprocess import decode_image
 from infra.clients import Clients
 from infra.local.moto_server import port_in_use
 from infra.local.stack import StackProcess
-from infra.observe import InstanceState, app_instances, bucket_object_count
+from infra.observe import InstanceState, app_instances, bucket_object_count, web_instances
 from tests.images import write_images
 from workload import WorkloadConfig, run_workload
 
@@ -71,6 +71,12 @@ def test_burst_of_100_through_the_whole_local_stack(stack, tmp_path):
     assert len(running) == settings.min_instances  # describe_instances tells the truth, as a grader sees it
     assert bucket_object_count(clients.s3, settings.out_bucket) == BURST
     assert result.png_path.stat().st_size > 10_000
+    # The account has the deployed shape: one running web instance beside the app tier.
+    assert [i.state for i in web_instances(clients.ec2, settings)] == [InstanceState.RUNNING]
+    # Every call the tiers made was within their roles (a denied call is logged with its ClientError).
+    logs = "".join(p.read_text(errors="replace") for p in (stack.data_dir / "logs").glob("*.log")
+                   if p.name != "moto.log")
+    assert "AccessDenied" not in logs and "not authorized" not in logs
 
 
 def test_ctrl_c_stops_everything_within_10_s(stack):

@@ -1,7 +1,8 @@
-"""Start and stop a moto server (S3, SQS, EC2, CloudWatch, IAM over real HTTP).
+"""Start and stop a moto server (S3, SQS, EC2, CloudWatch, IAM, STS over real HTTP).
 
 `python -m infra moto` runs one in the foreground on 127.0.0.1:4566; tests and
-`make run` use ``MotoServer`` to own one as a child process.
+`make run` use ``MotoServer`` to own one as a child process. It starts permissive
+(moto's default); ``infra.local.moto_iam.set_enforcement`` switches IAM checks on.
 """
 
 from __future__ import annotations
@@ -108,10 +109,11 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups
-    from infra.local.moto_speedups import apply
+if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and IAM corrections
+    from infra.local import moto_iam, moto_speedups
 
-    apply()
+    moto_speedups.apply()
+    moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
     from moto.server import main
 
     sys.exit(main(sys.argv[1:]))

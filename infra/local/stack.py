@@ -1,10 +1,13 @@
 """`make run`: the whole system on this machine, against a moto server.
 
-Starts, in order: moto (127.0.0.1:4566), provisioning, the local supervisor
-(moto EC2 instances -> worker processes), the controller, the web tier. Each runs
-as a child in its own session, so the terminal's Ctrl-C reaches only this
-process, which then stops the children in reverse order (web first, moto last)
-and leaves no process or port behind.
+Starts, in order: moto (127.0.0.1:4566); the account as deploy shapes it (roles and
+instance profiles, an administrator whose keys go to ``<data dir>/aws/credentials``,
+the web instance record; ``infra.local.account``) with IAM enforced unless
+``IMGREC_LOCAL_IAM=off``; provisioning; the credential server; the local supervisor
+(moto EC2 instances -> worker processes, with the app role's credentials), the
+controller and the web tier (the web role's). Each runs as a child in its own
+session, so the terminal's Ctrl-C reaches only this process, which then stops the
+children in reverse order (web first, moto last) and leaves no process or port behind.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
@@ -72,8 +77,11 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
                              "set IMGREC_WEB_PORT to another port")
 
 
-def start_child(name: str, module: str, settings: Settings, log_dir: Path) -> Child:
-    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1")
+def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_env: dict[str, str]) -> Child:
+    """``role_env`` (``CredentialServer.env_for_role``) is the child's only source of AWS credentials."""
+    from infra.local.credentials import without_credentials
+
+    env = dict(without_credentials(os.environ), **settings.to_env(), **role_env, PYTHONUNBUFFERED="1")
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,7 +117,9 @@ def status_line(settings: Settings, clients) -> str:
 
 
 def run(settings: Settings) -> int:
-    from infra.clients import Clients
+    from infra.clients import Clients, local_aws_files, make_client
+    from infra.local.account import ensure_web_instance, open_account, remove_admin_credentials, terminate_web_instance
+    from infra.local.credentials import CredentialServer
     from infra.provision import provision
 
     data_dir = Path(settings.data_dir)
@@ -127,18 +137,27 @@ def run(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, on_term)
     children: list[Child] = []
     moto = MotoServer(port=endpoint_port, log_file=open(log_dir / "moto.log", "ab"))  # noqa: SIM115
+    credential_server = clients = None
     try:
         moto.start()
         children.append(Child("moto", moto.proc))
-        clients = Clients(settings)
-        print(provision(settings, clients), flush=True)
+        account, report = open_account(settings)
+        clients = Clients(settings, credentials=account.admin)
+        web_id = ensure_web_instance(clients.ec2, settings, account.web_profile_arn, report)
+        print(report, provision(settings, clients), sep="\n", flush=True)
+        credential_server = CredentialServer(
+            settings, make_client("sts", settings, credentials=account.ec2_service)).start()
+        roles = {"supervisor": (account.app_role, f"{settings.app_instance_prefix}-local"),
+                 "controller": (account.web_role, web_id), "web": (account.web_role, web_id)}
         for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller"),
                              ("web", "web_tier")):
-            children.append(start_child(name, module, settings, log_dir))
+            children.append(start_child(name, module, settings, log_dir, credential_server.env_for_role(*roles[name])))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
+        iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
-              f"  AWS endpoint {settings.endpoint_url} (moto)\n  logs         {log_dir}/\nCtrl-C stops everything.\n",
-              flush=True)
+              f"  AWS endpoint {settings.endpoint_url} (moto; IAM {iam})\n"
+              f"  AWS keys     {local_aws_files(settings)[0]} (administrator, profile default; config beside it)\n"
+              f"  logs         {log_dir}/\nCtrl-C stops everything.\n", flush=True)
         next_status = time.monotonic() + 2
         while True:
             for child in children:
@@ -157,7 +176,16 @@ def run(settings: Settings) -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
-        stop_children(children)
+        if clients is not None:
+            try:  # the account as a grader sees it: no web instance once the stack has stopped
+                terminate_web_instance(clients.ec2, settings, wait=False)
+            except (ClientError, BotoCoreError) as err:
+                log.warning("could not terminate the web instance record: %s", err)
+        stop_children(children[1:])
+        if credential_server is not None:
+            credential_server.stop()
+        stop_children(children[:1])
+        remove_admin_credentials(settings)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         print("local stack stopped", flush=True)

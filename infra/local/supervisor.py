@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     import app_tier.worker  # noqa: F401 - imported once here, not in every forked child
     from app_tier.classifier import Runtime
     from app_tier.runtime import load_worker_classifier
-    from infra.clients import make_client
+    from infra.clients import local_admin_credentials, make_client
 
     started = time.monotonic()
     classifier = load_worker_classifier(settings.replace(torch_threads=1))  # onnx: builds the artifact if missing
@@ -272,7 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         classifier.warm_up()  # single-threaded, fork-safe; an ORT session must not exist before a fork
     log.info("model %s ready in %.1f s; supervising %s-* every %g s", settings.model, time.monotonic() - started,
              settings.app_instance_prefix, args.poll)
-    ec2 = make_client("ec2", settings, pool=2)
+    # This process plays EC2 itself, so it reads the fleet as the stack's administrator; its workers
+    # make their clients with the environment's credentials: the app role's, from the credential server.
+    ec2 = make_client("ec2", settings, pool=2, credentials=local_admin_credentials(settings))
     spares = [ready_clients(settings) for _ in range(args.spares)]
 
     gate = None
