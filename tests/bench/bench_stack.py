@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -27,30 +28,33 @@ RATIO_GOAL = 0.8
 OVERHEAD_GOAL_MS = 30.0
 
 
-def bare_model(folder: Path, model: str, batch: int) -> dict:
-    """Images/s of the model alone, all cores, plus the single-image time a 1-thread worker sees."""
-    import torch
-
-    from app_tier.models import load_classifier
+def bare_model(folder: Path, settings, batch: int) -> dict:
+    """Images/s of the model alone in the workers' runtime (IMGREC_RUNTIME), all cores, plus the
+    single-image time a 1-thread worker sees."""
     from app_tier.preprocess import decode_image
+    from app_tier.runtime import load_worker_classifier
 
     blobs = [p.read_bytes() for p in sorted(folder.glob("*.JPEG"))]
-    classifier = load_classifier(model)  # torch's default threads: every core
+    threads = len(os.sched_getaffinity(0))
+    classifier = load_worker_classifier(settings)
+    classifier.open(threads)
     classifier.classify([decode_image(blobs[0])])  # first-call allocations
     started = time.perf_counter()
     for i in range(0, len(blobs), batch):
         classifier.classify([decode_image(b) for b in blobs[i : i + batch]])
     all_cores = len(blobs) / (time.perf_counter() - started)
-    threads = torch.get_num_threads()
 
-    torch.set_num_threads(1)  # what each worker process runs with
+    # What each worker process runs with: one thread (an ORT session's threads are fixed: a new one).
+    single = classifier if classifier.runtime == "torch" else load_worker_classifier(settings)
+    single.open(1)
+    single.classify([decode_image(blobs[0])])
     singles = []
     for blob in blobs[:40]:
         t0 = time.perf_counter()
-        classifier.classify([decode_image(blob)])
+        single.classify([decode_image(blob)])
         singles.append((time.perf_counter() - t0) * 1000)
     return {"images_per_s": all_cores, "threads": threads, "single_ms_median": statistics.median(singles),
-            "count": len(blobs)}
+            "count": len(blobs), "runtime": str(classifier.runtime)}
 
 
 class MemorySampler(threading.Thread):
@@ -97,9 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     from infra.local.stack import StackProcess
     from workload import WorkloadConfig, run_workload, summary_text
 
-    model = Settings.from_env().model
-    print(f"1/3 bare model ({model}) on {args.dataset.name} …", flush=True)
-    bare = bare_model(args.dataset, model, batch=10)
+    settings = Settings.from_env()
+    print(f"1/3 bare model ({settings.model}, {settings.runtime}) on {args.dataset.name} …", flush=True)
+    bare = bare_model(args.dataset, settings, batch=10)
 
     print("2/3 starting the local stack …", flush=True)
     with tempfile.TemporaryDirectory(prefix="imgrec-bench-") as tmp, StackProcess(Path(tmp)) as stack:
@@ -131,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "==== imgrec bench (one run, this machine) ====",
         f"bare model                 {bare['images_per_s']:.1f} images/s ({bare['count']} images, "
-        f"{bare['threads']} threads, decode+preprocess+inference)",
+        f"{bare['threads']} threads, {bare['runtime']}, decode+preprocess+inference)",
         f"pipeline, {args.burst}-image burst  {pipeline:.1f} images/s end to end "
         f"({burst.succeeded}/{burst.total} ok, {burst.correct} correct)",
         f"ratio                      {ratio:.2f}  (goal >= {RATIO_GOAL}: {verdict(ratio >= RATIO_GOAL)})",

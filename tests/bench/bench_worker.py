@@ -83,11 +83,17 @@ class WorkerRun:
     peak_rss: int = 0
     peak_uss: int = 0
     peak_pss: int = 0
+    cpu_s: float = 0.0  # the worker's own CPU seconds from "ready" to its exit: other load on the core adds none
     text: str = ""
 
     @property
     def rate(self) -> float:
         return self.answered / self.busy_s if self.busy_s else 0.0
+
+    @property
+    def cpu_rate(self) -> float:
+        """Images per CPU second of the worker process (imports and model load excluded)."""
+        return self.answered / self.cpu_s if self.cpu_s else 0.0
 
 
 def upload_images(settings: Settings, clients: Clients, images: list[tuple[str, bytes]]) -> list[ImageRequest]:
@@ -117,9 +123,14 @@ def run_worker(settings: Settings, count: int, log_path: Path, *, cpu: int | Non
     run = WorkerRun(code=-1)
     ps = psutil.Process(proc.pid)
     tick = 0
+    cpu_ready = cpu_last = None
     try:
         while proc.poll() is None:
             try:
+                times = ps.cpu_times()
+                cpu_last = times.user + times.system
+                if cpu_ready is None and tick % 2 == 0 and b" ready: model" in log_path.read_bytes():
+                    cpu_ready = cpu_last
                 run.peak_rss = max(run.peak_rss, ps.memory_info().rss)
                 if tick % 40 == 20:  # reading smaps costs CPU: only now and then
                     mem = ps.memory_full_info()
@@ -135,6 +146,8 @@ def run_worker(settings: Settings, count: int, log_path: Path, *, cpu: int | Non
             proc.kill()
         proc.wait()
     run.code, run.text = proc.returncode, log_path.read_text()
+    if cpu_ready is not None and cpu_last is not None:
+        run.cpu_s = cpu_last - cpu_ready
     found = SUMMARY.search(run.text)
     if found:
         run.answered, run.busy_s = int(found.group(1)), float(found.group(2))
