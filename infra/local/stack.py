@@ -1,10 +1,12 @@
 """`make run`: the whole system on this machine, against a moto server.
 
-Starts, in order: moto (127.0.0.1:4566), provisioning, the local supervisor
-(moto EC2 instances -> worker processes), the controller, the web tier. Each runs
-as a child in its own session, so the terminal's Ctrl-C reaches only this
-process, which then stops the children in reverse order (web first, moto last)
-and leaves no process or port behind.
+Starts, in order: moto (127.0.0.1:4566), provisioning, the app tier's launch
+template (the deploy's boot script as user data), the local instance runner
+(each running moto instance boots from that user data: ``infra.local.runner``), the
+controller, the web tier. Each runs as a child in its own session, so the
+terminal's Ctrl-C reaches only this process, which then stops the children in
+reverse order (web first, moto last; the runner stops every instance through its
+units) and leaves no process, mount or cgroup behind.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
+from infra.local.ami import ensure_launch_template
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 STOP_GRACE_S = 8.0
+# The runner gives units 4 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
+STOP_GRACE_RUNNER_S = 6.0
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -73,7 +78,9 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
 
 
 def start_child(name: str, module: str, settings: Settings, log_dir: Path) -> Child:
-    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1")
+    """``python -m module`` with ``settings`` as its whole IMGREC_* environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGREC_")}
+    env.update(settings.to_env(), PYTHONUNBUFFERED="1")
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -83,14 +90,22 @@ def start_child(name: str, module: str, settings: Settings, log_dir: Path) -> Ch
 
 
 def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM in reverse start order, wait, then SIGKILL the process groups that remain."""
-    for child in reversed(children):
+    """SIGTERM every tier at once (moto stays up while they drain), wait, SIGKILL the process groups
+    that remain; moto last."""
+    tiers = [c for c in children if c.name != "moto"]
+    started = time.monotonic()
+    for child in tiers:
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
-            try:
-                child.proc.wait(grace / 2)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s; killing it", child.name, grace / 2)
+    for child in [*tiers, *(c for c in children if c.name == "moto")]:
+        if child.name == "moto" and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+        wait_s = STOP_GRACE_RUNNER_S if child.name == "runner" else grace / 2
+        try:
+            child.proc.wait(max(0.0, started + wait_s - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", child.name, wait_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
@@ -132,12 +147,14 @@ def run(settings: Settings) -> int:
         children.append(Child("moto", moto.proc))
         clients = Clients(settings)
         print(provision(settings, clients), flush=True)
-        for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller"),
-                             ("web", "web_tier")):
+        settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+        for name, module in (("runner", "infra.local.runner"), ("controller", "controller"), ("web", "web_tier")):
             children.append(start_child(name, module, settings, log_dir))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
-              f"  AWS endpoint {settings.endpoint_url} (moto)\n  logs         {log_dir}/\nCtrl-C stops everything.\n",
+              f"  AWS endpoint {settings.endpoint_url} (moto)\n  logs         {log_dir}/\n"
+              f"  instances    {data_dir / 'instances'}/<id>/console.log (each boots from its user data;"
+              f" isolation: see {log_dir}/runner.log)\nCtrl-C stops everything.\n",
               flush=True)
         next_status = time.monotonic() + 2
         while True:
@@ -236,10 +253,10 @@ class StackProcess:
         raise TimeoutError(f"local stack not ready within {timeout:.0f} s; see {self.log_path}")
 
     def workers_ready(self) -> bool:
-        """At least min_instances workers have logged that they are ready."""
-        log_file = self.data_dir / "logs" / "supervisor.log"
-        text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        return text.count(" ready: ") >= self.settings.min_instances
+        """At least min_instances workers have logged that they are ready (on their instances' consoles)."""
+        from infra.local.runner import consoles_text
+
+        return consoles_text(self.data_dir).count(" ready: ") >= self.settings.min_instances
 
     def processes(self):
         """The stack's processes (orchestrator and every descendant)."""
