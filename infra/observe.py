@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 STACK_TAG = "imgrec:stack"
 ROLE_TAG = "imgrec:role"
+# Set on an instance by the local runner when it failed to boot or had a process OOM-killed.
+HEALTH_TAG = "imgrec:health"
 
 
 class InstanceState(StrEnum):
@@ -51,6 +53,7 @@ class Instance:
     name: str
     state: InstanceState
     launch_time: float  # epoch seconds
+    health: str = ""  # the HEALTH_TAG, when something went wrong on the instance
 
 
 def queue_url(sqs, name: str) -> str:
@@ -110,6 +113,7 @@ def _instances(ec2, name_pattern: str, include_terminated: bool) -> list[Instanc
                         name=tags.get("Name", ""),
                         state=InstanceState(inst["State"]["Name"]),
                         launch_time=inst["LaunchTime"].timestamp(),
+                        health=tags.get(HEALTH_TAG, ""),
                     ))
     except ClientError:
         log.error("describe_instances failed for Name=%s", name_pattern)

@@ -117,3 +117,55 @@ class InitUnderTest:
                     p.kill()
             except psutil.Error:
                 pass
+
+
+# ---------------------------------------------------------------- work through a local instance
+
+def send_images(clients, settings, count: int, start: int = 0) -> set[str]:
+    """Upload ``count`` generated JPEGs and queue a request for each; returns the request ids."""
+    from infra.messages import ImageRequest
+    from infra.observe import queue_url
+    from tests.images import jpeg_bytes
+
+    url = queue_url(clients.sqs, settings.req_queue)
+    ids = set()
+    for i in range(start, start + count):
+        key = f"uploads/{time.time_ns()}-img{i}.jpg"
+        version = clients.s3.put_object(Bucket=settings.in_bucket, Key=key, Body=jpeg_bytes(i))["VersionId"]
+        request = ImageRequest.new(key, version, f"img{i}.jpg")
+        clients.sqs.send_message(QueueUrl=url, MessageBody=request.to_json())
+        ids.add(request.request_id)
+    return ids
+
+
+def collect_results(clients, settings, want: set[str], timeout: float) -> dict:
+    """Drain the response queue until every id in ``want`` has a result; request id -> result."""
+    from infra.messages import ImageResult
+    from infra.observe import queue_url
+
+    url = queue_url(clients.sqs, settings.resp_queue)
+    got: dict = {}
+    deadline = time.monotonic() + timeout
+    while not want <= set(got) and time.monotonic() < deadline:
+        for m in clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get(
+                "Messages", []):
+            result = ImageResult.from_json(m["Body"])
+            got[result.request_id] = result
+            clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return got
+
+
+def local_processes(marker: str) -> list[psutil.Process]:
+    """Live processes whose environment carries an init socket name containing ``marker``."""
+    out = []
+    for p in psutil.process_iter(["environ"]):
+        try:
+            if marker in (p.info["environ"] or {}).get("IMGREC_INIT_SOCKET", "") and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out
+
+
+def host_mounts_mentioning(text: str) -> list[str]:
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]

@@ -38,6 +38,8 @@ from infra.local import isolation
 from infra.local.units import CLEAN_SIGNALS, Unit, UnitError, parse_env_file, parse_unit, should_restart, start_allowed
 
 UNIT_DIR = "/etc/systemd/system"
+WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
+FIRST_BOOT_DONE = "first-boot-done"  # in the instance folder: cloud-init runs user data once per instance
 TICK_S = 0.1
 BOOT_KILL_S = 2.0  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
 
@@ -157,6 +159,14 @@ class Init:
     # ------------------------------------------------------------ processes
 
     def start_boot(self) -> None:
+        if (self.dir / FIRST_BOOT_DONE).exists():  # a stopped instance started again: units, not user data
+            self.boot, self.boot_exit = Boot.OK, 0
+            self.say("user data already ran on this instance's first boot; starting enabled units")
+            self.daemon_reload()
+            for link in sorted(Path(self.path(WANTS_DIR)).glob("*.service")):
+                self.enabled.add(link.name)
+                self.start(link.name)
+            return
         text = self.user_data.read_bytes() if self.user_data.exists() else b""
         if not text.strip():
             self.boot, self.boot_exit = Boot.OK, 0
@@ -273,6 +283,8 @@ class Init:
             self.boot_pid = 0
             self.boot_exit = code if code is not None else 128 + (sig or 0)
             self.boot = Boot.OK if code == 0 else Boot.FAILED
+            if code == 0:
+                (self.dir / FIRST_BOOT_DONE).touch()
             self.say(f"user data finished: {words}" + ("" if code == 0 else " - BOOT FAILED"))
             return
         svc = next((s for s in self.services.values() if s.pid == pid and s.state in
@@ -351,7 +363,7 @@ class Init:
             if verb in ("enable", "disable"):
                 for n in names:
                     self.service(n)
-                    (self.enabled.add if verb == "enable" else self.enabled.discard)(n)
+                    self._wants(n, verb == "enable")
                     self.say(f"{verb}d {n}")
                 if "--now" in flags and verb == "enable":
                     return self._start_all(names, conn)
@@ -388,6 +400,20 @@ class Init:
         except (OSError, UnitError) as err:
             return _reply(conn, 5, f"Failed: {err}")
         return _reply(conn, 1, f"systemctl (local init): unknown command {verb!r}")
+
+    def _wants(self, name: str, enable: bool) -> None:
+        """systemctl enable's symlink in multi-user.target.wants, which the next boot starts."""
+        wants = Path(self.path(WANTS_DIR))
+        link = wants / name
+        if enable:
+            self.enabled.add(name)
+            wants.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(f"{UNIT_DIR}/{name}")
+        else:
+            self.enabled.discard(name)
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
 
     def _start_all(self, names: list[str], conn: socket.socket) -> None:
         errors = [e for e in (self.start(n) for n in names) if e]

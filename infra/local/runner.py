@@ -42,14 +42,13 @@ from infra.config import Settings
 from infra.local import cgroups, isolation
 from infra.local.ami import ROOT, LocalAmi, write_shims
 from infra.local.imds import Metadata, MetadataServer
-from infra.observe import FleetReader, InstanceState
+from infra.observe import HEALTH_TAG, FleetReader, InstanceState
 from infra.process import settings_and_logging
 
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 0.25
 DEFAULT_HALT_S = 4.0  # at runner shutdown: units get this long (not their TimeoutStopSec), then SIGKILL
-HEALTH_TAG = "imgrec:health"
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
