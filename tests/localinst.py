@@ -169,3 +169,19 @@ def local_processes(marker: str) -> list[psutil.Process]:
 
 def host_mounts_mentioning(text: str) -> list[str]:
     return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if text in line]
+
+
+def worker_processes(runner_pid: int) -> list[psutil.Process]:
+    """The app-tier worker processes (``python -m app_tier``) on the instances of the runner ``runner_pid``."""
+    try:
+        family = psutil.Process(runner_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in family:
+        try:
+            if "app_tier" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.Error:
+            continue
+    return out

@@ -22,7 +22,7 @@ from infra.local import cgroups
 from infra.local.ami import ROOT, LocalAmi, ensure_launch_template
 from infra.local.imds import MetadataServer
 from infra.local.runner import Runner, consoles_text, detect_features
-from infra.observe import HEALTH_TAG, InstanceState, app_instances
+from infra.observe import InstanceState, app_instances
 from tests.conftest import child_env
 from tests.localinst import collect_results, host_mounts_mentioning, local_processes, send_images
 from tests.procs import log_text, stop_process, wait_for

@@ -203,7 +203,8 @@ class StackProcess:
     """`python -m infra up` in a child process, for tests and `make bench`.
 
     Picks free ports unless given, waits until the web tier answers /healthz and
-    the fleet is at min, and stops it the way a person does (SIGINT = Ctrl-C).
+    the fleet is at min, and stops it the way a person does: SIGINT to its process
+    group (its own session, as ``setsid`` makes it), which is what Ctrl-C sends.
     """
 
     def __init__(self, data_dir: Path, *, endpoint_port: int | None = None, web_port: int | None = None,
@@ -274,7 +275,7 @@ class StackProcess:
             return 0.0
         family = self.processes()
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGINT)
+        os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
