@@ -223,3 +223,47 @@ def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_not
         assert "halted" in log_text(proc)
     finally:
         stop_process(proc)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path, caplog):
+    """git fetch from a file:// clone of this checkout's committed HEAD, pip from the package registry."""
+    caplog.set_level(logging.INFO, logger="infra.local.runner")
+    repo = tmp_path / "repo.git"
+    subprocess.run(["git", "clone", "--bare", "--quiet", str(ROOT), str(repo)], check=True)
+    branch = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--abbrev-ref", "HEAD"], check=True,
+                            capture_output=True, text=True).stdout.strip()
+    head = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    # pip and the preload need more than a t3.micro's 1 GiB; on AWS the install adds swap there.
+    settings = stack.replace(repo_url=f"file://{repo}", repo_ref=branch, instance_type="t3.medium",
+                             launch_template=f"{stack.prefix}-lt")
+    ensure_launch_template(clients.ec2, settings)
+    imds = MetadataServer().start()
+    runner = Runner(settings, clients.ec2, FEATURES, ami=LocalAmi.this_checkout(baked=False), hierarchy=HIERARCHY,
+                    imds=imds)
+    try:
+        (iid,) = Ec2Actuator(clients.ec2, settings).launch(1)
+        ids = send_images(clients, settings, 2)
+        settle(runner, lambda: runner.instances[iid].phase.value != "booting", timeout=1200, what="the install")
+        console = (runner.base / iid / "console.log").read_text()
+        assert runner.instances[iid].phase.value == "up", console[-4000:]
+        results = {}
+        deadline = time.monotonic() + 180
+        while set(results) != ids and time.monotonic() < deadline:
+            runner.tick()
+            results.update(collect_results(clients, settings, ids, 2))
+        assert set(results) == ids and {r.worker for r in results.values()} == {iid}
+        src = host_file(runner, iid, "/opt/imgrec/src")
+        assert not host_file(runner, iid, "/opt/imgrec/.baked").exists()
+        assert subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
+                              text=True).stdout.strip() == head
+        assert host_file(runner, iid, "/opt/imgrec/venv/bin/python").exists()
+        assert "model weights ready" in console and "local image: python3 python3-venv python3-pip git present" \
+            in console
+    finally:
+        runner.stop_all(timeout=10)
+        imds.stop()
+        if HIERARCHY is not None:
+            cgroups.remove_runner_group(HIERARCHY, os.getpid())
