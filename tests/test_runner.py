@@ -267,3 +267,31 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
         imds.stop()
         if HIERARCHY is not None:
             cgroups.remove_runner_group(HIERARCHY, os.getpid())
+
+
+@pytest.mark.slow
+def test_a_failed_boot_is_replaced_by_the_controller_and_no_work_is_lost(stack, clients, tmp_path):
+    from infra.local.ami import local_boot_script
+    from tests.procs import start_module
+
+    marker = tmp_path / "first-boot-failed"  # the host's /tmp: shared by every instance of this test
+    script = local_boot_script(stack).replace(
+        "#!/bin/bash\n", f"#!/bin/bash\nif mkdir {marker} 2>/dev/null; then echo 'simulated failure'; exit 1; fi\n", 1)
+    settings = stack.replace(launch_template=f"{stack.prefix}-lt")
+    ensure_launch_template(clients.ec2, settings, user_data=script)
+    ids = send_images(clients, settings, 5)  # waiting while the first instance fails
+    runner = start_runner(settings, tmp_path / "runner.log")
+    ctl = start_module("controller", settings, log_path=tmp_path / "controller.log")
+    try:
+        results = collect_results(clients, settings, ids, 180)
+        assert set(results) == ids and all(r.ok for r in results.values()), log_text(runner)[-3000:]
+        fleet = app_instances(clients.ec2, settings, include_terminated=True)
+        failed = [i for i in fleet if i.health == "boot failed: user data exited with 1"]
+        assert len(failed) == 1 and failed[0].state in (InstanceState.SHUTTING_DOWN, InstanceState.TERMINATED)
+        assert {r.worker for r in results.values()} <= {i.id for i in fleet} - {failed[0].id}
+        assert f"instance {failed[0].id} FAILED: boot failed" in log_text(runner)
+        assert log_text(ctl).count("action=launch") >= 2  # the replacement
+    finally:
+        stop_process(ctl)
+        os.killpg(runner.pid, signal.SIGINT)
+        stop_process(runner, timeout=15)
