@@ -271,3 +271,18 @@ def _alive(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+@pytest.mark.parametrize("mode", PARAMS)
+def test_a_unit_that_cannot_start_fails_as_systemd_says(instances, mode):
+    nouser = "[Service]\nUser=nosuchuser\nExecStart=/bin/sleep 60\nRestart=on-failure\nRestartSec=0.1\n"
+    noenv = "[Service]\nEnvironmentFile=/etc/imgrec/absent.env\nExecStart=/bin/sleep 60\nRestart=on-failure\n"
+    extra = f"cat > /etc/systemd/system/noenv.service <<'EOF'\n{noenv}EOF\nsystemctl start noenv || echo noenv refused"
+    inst = instances(boot_with("nouser.service", nouser, extra), mode=mode, run_as_user=True)
+    inst.booted()
+    # User= unknown: the process fails before exec (217/USER), which Restart=on-failure retries up to the limit
+    inst.wait(lambda: inst.unit("nouser.service").get("result") == "start-limit-hit", what="the start limit")
+    assert inst.console().count("nouser.service: Main process exited, code=exited, status=217/USER") == 5
+    # a missing EnvironmentFile: no process at all, result 'resources', no restart
+    assert inst.unit("noenv.service") == {"state": "failed", "pid": 0, "restarts": 0, "result": "resources"}
+    assert "noenv refused" in inst.console()

@@ -195,8 +195,11 @@ def test_runner_process_says_once_which_isolation_is_off(stack, tmp_path):
 
 
 @pytest.mark.slow
-def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_nothing(stack, clients, tmp_path):
-    settings = stack.replace(launch_template=ensure_launch_template(clients.ec2, stack))
+@pytest.mark.parametrize("isolation", ["auto", "off"])
+def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_nothing(stack, clients, tmp_path,
+                                                                                     isolation):
+    settings = stack.replace(local_isolation=isolation)
+    settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
     proc = start_runner(settings, tmp_path / "runner.log")
     try:
         wait_for(lambda: "runner ready" in log_text(proc) or proc.poll() is not None, 30, what="runner start")

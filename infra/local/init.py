@@ -27,7 +27,6 @@ import pwd
 import selectors
 import signal
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,7 +40,11 @@ UNIT_DIR = "/etc/systemd/system"
 WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 FIRST_BOOT_DONE = "first-boot-done"  # in the instance folder: cloud-init runs user data once per instance
 TICK_S = 0.1
-BOOT_KILL_S = 2.0  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
+BOOT_KILL_S = 2.0
+# systemd's exit statuses for a unit that fails before exec (systemd.exec(5), "Process exit codes").
+EXIT_CHDIR, EXIT_EXEC, EXIT_GROUP, EXIT_USER = 200, 203, 216, 217
+EXIT_NAMES = {EXIT_CHDIR: "CHDIR", EXIT_EXEC: "EXEC", EXIT_GROUP: "GROUP", EXIT_USER: "USER"}
+MAX_FD = 4096  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
 
 
 class Boot(StrEnum):
@@ -80,7 +83,7 @@ def describe_exit(status: int) -> tuple[int | None, int | None, str]:
         sig = os.WTERMSIG(status)
         return None, sig, f"code=killed, status={sig}/{signal.Signals(sig).name.removeprefix('SIG')}"
     code = os.WEXITSTATUS(status)
-    return code, None, f"code=exited, status={code}/{'SUCCESS' if code == 0 else 'FAILURE'}"
+    return code, None, f"code=exited, status={code}/{'SUCCESS' if code == 0 else EXIT_NAMES.get(code, 'FAILURE')}"
 
 
 class Init:
@@ -180,17 +183,37 @@ class Init:
         self.say(f"running user data (bash, pid {self.boot_pid})")
 
     def _spawn(self, argv: list[str], env: dict[str, str], *, cwd: str, user: pwd.struct_passwd | None) -> int:
-        def child_setup():
+        """fork + exec, as systemd does; a failure between them exits with systemd's status for that step
+        (200/CHDIR, 203/EXEC, 216/GROUP, 217/USER), which the init then sees like any exit.
+
+        Not subprocess.Popen: it reaps finished children of its own behind a waitpid(-1) loop.
+        """
+        pid = os.fork()
+        if pid:
+            return pid
+        step = EXIT_EXEC
+        try:
             os.setsid()  # its own process group: KillMode=control-group reaches what it forks
             isolation.set_parent_death_signal()  # the instance's init gone means the instance is gone
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(self.console, 1)
+            os.dup2(self.console, 2)
+            os.closerange(3, MAX_FD)
+            step = EXIT_CHDIR
+            os.chdir(cwd)
             if user is not None:
+                step = EXIT_GROUP
                 os.setgroups([])
                 os.setgid(user.pw_gid)
+                step = EXIT_USER
                 os.setuid(user.pw_uid)
-
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=self.console,
-                                stderr=self.console, preexec_fn=child_setup, close_fds=True)
-        return proc.pid
+            step = EXIT_EXEC
+            os.execvpe(argv[0], argv, env)
+        except BaseException as err:  # noqa: BLE001 - the child must never return into the init's loop
+            with contextlib.suppress(OSError):
+                os.write(2, f"init: {argv[0]}: failed at step {EXIT_NAMES.get(step, step)}: {err}\n".encode())
+        os._exit(step)
 
     def start(self, name: str) -> str | None:
         """Start a unit; an error text (systemctl prints it) or None."""
@@ -212,29 +235,45 @@ class Init:
             except (OSError, UnitError) as err:
                 if optional and isinstance(err, FileNotFoundError):
                     continue
-                svc.state, svc.result = State.FAILED, "resources"
+                svc.state, svc.result = State.FAILED, "resources"  # systemd: no process, no restart
                 self.say(f"{unit.name}: Failed to load environment files: {err}")
+                self.say(f"{unit.name}: Failed with result 'resources'.")
                 return f"Job for {unit.name} failed: environment file {path}"
         user = None
-        if unit.user and unit.user != "root":
-            try:
-                entry = pwd.getpwnam(unit.user)
-            except KeyError:
-                svc.state, svc.result = State.FAILED, "resources"
-                self.say(f"{unit.name}: Failed to determine user credentials: No such process ({unit.user})")
-                return f"Job for {unit.name} failed: no user {unit.user}"
-            if self.run_as_user:
-                user = entry
-                env.update(HOME=entry.pw_dir, USER=entry.pw_name, LOGNAME=entry.pw_name)
-        try:
-            svc.pid = self._spawn(list(unit.exec_start), env, cwd=unit.working_directory or "/", user=user)
-        except OSError as err:
-            svc.state, svc.result = State.FAILED, "exit-code"
-            self.say(f"{unit.name}: Failed to execute {unit.exec_start[0]}: {err.strerror}")
-            return f"Job for {unit.name} failed: {err.strerror}"
+        if unit.user and unit.user != "root" and self.run_as_user:  # off: the runner said so at start
+            user = self.lookup_user(unit.user)
+            if user is None:
+                return self._start_failed(svc, EXIT_USER,
+                                          f"Failed to determine user credentials: No such process ({unit.user})")
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        svc.pid = self._spawn(list(unit.exec_start), env, cwd=unit.working_directory or "/", user=user)
         svc.state, svc.result, svc.killed = State.ACTIVE, "", False
         self.say(f"Started {unit.name} (pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
         return None
+
+    def _start_failed(self, svc: Service, code: int, why: str) -> None:
+        """As systemd: the unit's process fails before exec with its own exit status (217/USER,
+        203/EXEC), which Restart=on-failure and the start limit treat like any failure. The start
+        job itself succeeded (Type=simple: systemctl start returns once the process is forked)."""
+        self.say(f"{svc.unit.name}: {why}")
+        svc.state, svc.pid = State.ACTIVE, 0
+        self._ended(svc, code, None, f"code=exited, status={code}/{EXIT_NAMES.get(code, 'FAILURE')}")
+
+    def lookup_user(self, name: str) -> pwd.struct_passwd | None:
+        """The user from the instance's own /etc/passwd (read from its folder: a bind mount of a
+        single file follows the host's file if the host replaces it), else the host's."""
+        own = self.dir / "passwd"
+        if own.exists():
+            for line in own.read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) == 7 and fields[0] == name:
+                    return pwd.struct_passwd((fields[0], fields[1], int(fields[2]), int(fields[3]), fields[4],
+                                              fields[5], fields[6]))
+            return None
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            return None
 
     def stop(self, name: str, waiter: socket.socket | None = None) -> None:
         svc = self.service(name)
@@ -304,6 +343,11 @@ class Init:
             svc.waiters.clear()
             return
         svc.pid = 0
+        self._ended(svc, code, sig, words)
+
+    def _ended(self, svc: Service, code: int | None, sig: int | None, words: str) -> None:
+        """A unit's main process ended by itself: restart it or mark it inactive/failed, as systemd does."""
+        unit = svc.unit
         self.say(f"{unit.name}: Main process exited, {words}")
         if should_restart(unit.restart, code, sig) and not self.shutting_down:
             svc.state, svc.restart_at, svc.result = State.AUTO_RESTART, self.clock() + unit.restart_s, "exit-code"

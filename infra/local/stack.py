@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
-from infra.local.ami import ensure_launch_template
+from infra.local.ami import LocalAmi, ensure_launch_template
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
@@ -125,6 +125,7 @@ def status_line(settings: Settings, clients) -> str:
 
 def run(settings: Settings) -> int:
     from infra.clients import Clients
+    from infra.local.runner import detect_features
     from infra.provision import provision
 
     data_dir = Path(settings.data_dir)
@@ -148,6 +149,7 @@ def run(settings: Settings) -> int:
         clients = Clients(settings)
         print(provision(settings, clients), flush=True)
         settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+        print(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary(), flush=True)
         for name, module in (("runner", "infra.local.runner"), ("controller", "controller"), ("web", "web_tier")):
             children.append(start_child(name, module, settings, log_dir))
         web_url = f"http://{settings.web_host}:{settings.web_port}"

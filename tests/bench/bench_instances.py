@@ -21,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -84,19 +85,53 @@ def launch_latency(launches: int, tmp: Path) -> list[dict]:
     return out
 
 
+class RoleMemory(threading.Thread):
+    """Sums PSS over the stack's processes every second, by role; keeps the breakdown at the peak."""
+
+    def __init__(self, processes_fn):
+        super().__init__(daemon=True)
+        self._fn, self._halt = processes_fn, threading.Event()
+        self.peak_mb, self.peak_by_role, self.peak_count = 0.0, {}, 0
+
+    def run(self) -> None:
+        from tests.reliability.memwatch import role, rollup
+
+        while not self._halt.wait(1.0):
+            by_role: dict[str, list[float]] = {}
+            for proc in self._fn():
+                try:
+                    name = role(proc)
+                except Exception:  # noqa: BLE001 - a process that just exited
+                    continue
+                mem = rollup(proc.pid)
+                if mem is not None:
+                    by_role.setdefault(name, []).append(mem[1])
+            total = sum(sum(v) for v in by_role.values())
+            if total > self.peak_mb:
+                self.peak_mb, self.peak_by_role = total, by_role
+                self.peak_count = sum(len(v) for v in by_role.values())
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join()
+
+    def breakdown(self) -> str:
+        return "; ".join(f"{name} {len(v)} x {sum(v) / len(v):.0f} = {sum(v):.0f}"
+                         for name, v in sorted(self.peak_by_role.items(), key=lambda kv: -sum(kv[1])))
+
+
 def burst(dataset: Path, count: int, tmp: Path) -> dict:
     from infra.clients import Clients
     from infra.local import cgroups
     from infra.local.runner import consoles_text
     from infra.local.stack import StackProcess
     from infra.observe import app_instances
-    from tests.bench.bench_stack import MemorySampler
     from tests.localinst import host_mounts_mentioning
     from workload import WorkloadConfig, run_workload, summary_text
 
     stack = StackProcess(tmp / "stack").start(timeout=180)
     try:
-        memory = MemorySampler(stack.processes)
+        memory = RoleMemory(stack.processes)
         memory.start()
         result = run_workload(WorkloadConfig(
             url=stack.url, image_folder=dataset, prediction_file=dataset / "labels.csv", num_request=count,
@@ -112,6 +147,7 @@ def burst(dataset: Path, count: int, tmp: Path) -> dict:
     hierarchy, _ = cgroups.Hierarchy.detect()
     return {
         "summary": summary_text(result), "result": result, "peak_pss_mb": memory.peak_mb,
+        "breakdown": memory.breakdown(),
         "peak_processes": memory.peak_count, "launched": len(launched), "booted": booted, "ctrl_c_s": elapsed,
         "leftovers": stack.leftovers, "mounts": host_mounts_mentioning(str(stack.data_dir.resolve())),
         "cgroup_left": bool(hierarchy and hierarchy.runner_group(runner.pid).exists()),
@@ -158,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"user data",
                 f"peak memory, all procs   {b['peak_pss_mb']:.0f} MB PSS ({b['peak_processes']} processes); goal <= "
                 f"{PSS_GOAL_MB} MB: {verdict(b['peak_pss_mb'] <= PSS_GOAL_MB)}",
+                f"  at the peak (MB PSS)   {b['breakdown']}",
                 f"Ctrl-C                   {b['ctrl_c_s']:.1f} s; left behind: {len(b['leftovers'])} processes, "
                 f"{len(b['mounts'])} mounts, {'a' if b['cgroup_left'] else 'no'} memory cgroup; goal <= "
                 f"{CTRL_C_GOAL_S:.0f} s: {verdict(b['ctrl_c_s'] <= CTRL_C_GOAL_S and not b['leftovers'])}",
