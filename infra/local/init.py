@@ -110,7 +110,8 @@ class Init:
     # ------------------------------------------------------------ output
 
     def say(self, message: str) -> None:
-        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S')} init: {message}\n"
+        now = time.time()
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} init: {message}\n"
         with contextlib.suppress(OSError):
             os.write(self.console, line.encode())
         self._status_dirty = True

@@ -48,7 +48,7 @@ from infra.process import settings_and_logging
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 0.25
-DEFAULT_HALT_S = 4.0  # at runner shutdown: units get this long (not their TimeoutStopSec), then SIGKILL
+DEFAULT_HALT_S = 3.0  # at runner shutdown: units get this long (not their TimeoutStopSec), then SIGKILL
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -265,18 +265,21 @@ class Runner:
                  self.clock() - inst.halted_at)
 
     def stop_all(self, timeout: float = DEFAULT_HALT_S) -> None:
-        """The host is going down: every instance's units get ``timeout`` s, then SIGKILL."""
+        """The host is going down: every instance's units get ``timeout`` s, then SIGKILL, all at once."""
         for iid in list(self.instances):
             self.halt(iid, keep_disk=False)
         deadline = self.clock() + timeout
         while self.instances and self.clock() < deadline:
             self.watch()
             time.sleep(0.05)
-        for inst in list(self.instances.values()):
+        left = list(self.instances.values())
+        for inst in left:
             log.error("instance %s did not halt in %.0f s: SIGKILL", inst.id, timeout)
             with contextlib.suppress(ProcessLookupError):
-                inst.proc.kill()
+                inst.proc.kill()  # its init: with a PID namespace the kernel ends every process in it
+        for inst in left:
             inst.proc.wait()
+        for inst in left:
             self.finish(inst, inst.proc.returncode)
 
     # ------------------------------------------------------------ reporting
@@ -304,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Boot every running moto app-tier instance from its user data.")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between fleet reads (0.25)")
     parser.add_argument("--halt", type=float, default=DEFAULT_HALT_S,
-                        help="at shutdown, seconds units get before SIGKILL (4)")
+                        help="at shutdown, seconds units get before SIGKILL (3)")
     parser.add_argument("--unbaked", action="store_true", help="boot instances from an empty /opt/imgrec "
                         "(runs the install path; needs IMGREC_REPO_URL)")
     args = parser.parse_args(argv)

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 STOP_GRACE_S = 8.0
-# The runner gives units 4 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
+# The runner gives units 3 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
 STOP_GRACE_RUNNER_S = 6.0
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,6 +112,16 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
             child.proc.wait(2)
 
 
+def sweep_instance_cgroups() -> None:
+    """A runner killed before it could clean up leaves its instances' memory cgroups: remove them."""
+    from infra.local.cgroups import Hierarchy
+
+    hierarchy, _ = Hierarchy.detect()
+    if hierarchy is not None:
+        for name in hierarchy.sweep_stale():
+            log.warning("removed memory cgroup %s left by a runner that was killed", name)
+
+
 def status_line(settings: Settings, clients) -> str:
     from infra.observe import app_instances, bucket_object_count, count_by_state, queue_depth, queue_url
 
@@ -177,6 +187,7 @@ def run(settings: Settings) -> int:
         return 0
     finally:
         stop_children(children)
+        sweep_instance_cgroups()
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
         print("local stack stopped", flush=True)
