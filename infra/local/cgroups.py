@@ -182,8 +182,9 @@ class InstanceGroup:
             except FileNotFoundError:
                 return True
             except OSError as err:
-                if time.monotonic() > deadline:
-                    log.error("cannot remove memory cgroup %s (%s); processes left: %s", self.path, err, left)
+                if time.monotonic() >= deadline:
+                    if wait_s > 0:
+                        log.error("cannot remove memory cgroup %s (%s); processes left: %s", self.path, err, left)
                     return False
             time.sleep(0.02)
 

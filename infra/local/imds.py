@@ -95,5 +95,5 @@ class MetadataServer:
         self._server.instances.pop(instance_id, None)
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Close the socket; the serving thread is a daemon (shutdown() would wait up to its 0.5 s poll)."""
         self._server.server_close()

@@ -48,7 +48,7 @@ from infra.process import settings_and_logging
 log = logging.getLogger(__name__)
 
 DEFAULT_POLL_S = 0.25
-DEFAULT_HALT_S = 3.0  # at runner shutdown: units get this long (not their TimeoutStopSec), then SIGKILL
+DEFAULT_HALT_S = 2.5  # at runner shutdown: units get this long (not their TimeoutStopSec), then SIGKILL
 BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
@@ -252,9 +252,9 @@ class Runner:
         with contextlib.suppress(ProcessLookupError):
             inst.proc.send_signal(signal.SIGTERM)
 
-    def finish(self, inst: LocalInstance, code: int) -> None:
+    def finish(self, inst: LocalInstance, code: int, *, remove_group: bool = True) -> None:
         self.check_oom(inst)
-        if inst.group is not None:
+        if inst.group is not None and remove_group:
             inst.group.remove()
         if self.imds is not None:
             self.imds.forget(inst.id)
@@ -274,13 +274,20 @@ class Runner:
             time.sleep(0.05)
         left = list(self.instances.values())
         for inst in left:
-            log.error("instance %s did not halt in %.0f s: SIGKILL", inst.id, timeout)
+            log.error("instance %s did not halt in %.1f s: SIGKILL", inst.id, timeout)
             with contextlib.suppress(ProcessLookupError):
                 inst.proc.kill()  # its init: with a PID namespace the kernel ends every process in it
         for inst in left:
             inst.proc.wait()
-        for inst in left:
-            self.finish(inst, inst.proc.returncode)
+            self.finish(inst, inst.proc.returncode, remove_group=False)
+        groups = [inst.group for inst in left if inst.group is not None]
+        deadline = self.clock() + cgroups.EMPTY_WAIT_S
+        while groups and self.clock() < deadline:  # the killed processes' memory is freed in parallel
+            groups = [g for g in groups if not g.remove(wait_s=0)]
+            if groups:
+                time.sleep(0.02)
+        for group in groups:
+            log.error("memory cgroup %s still busy; processes left: %s", group.path, group.pids())
 
     # ------------------------------------------------------------ reporting
 
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="Boot every running moto app-tier instance from its user data.")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL_S, help="seconds between fleet reads (0.25)")
     parser.add_argument("--halt", type=float, default=DEFAULT_HALT_S,
-                        help="at shutdown, seconds units get before SIGKILL (3)")
+                        help="at shutdown, seconds units get before SIGKILL (2.5)")
     parser.add_argument("--unbaked", action="store_true", help="boot instances from an empty /opt/imgrec "
                         "(runs the install path; needs IMGREC_REPO_URL)")
     args = parser.parse_args(argv)

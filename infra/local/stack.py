@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 STOP_GRACE_S = 8.0
-# The runner gives units 3 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
+# The runner gives units 2.5 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
 STOP_GRACE_RUNNER_S = 6.0
+STOP_GRACE_MOTO_S = 1.5  # moto keeps nothing worth a longer wait: everything is in its memory
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -101,9 +102,10 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
         if child.name == "moto" and child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
-        wait_s = STOP_GRACE_RUNNER_S if child.name == "runner" else grace / 2
+        wait_s = {"runner": STOP_GRACE_RUNNER_S, "moto": STOP_GRACE_MOTO_S}.get(child.name, grace / 2)
         try:
             child.proc.wait(max(0.0, started + wait_s - time.monotonic()))
+            print(f"  {child.name} stopped ({time.monotonic() - started:.1f} s after SIGTERM)", flush=True)
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0f s; killing it", child.name, wait_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -186,11 +188,12 @@ def run(settings: Settings) -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
+        stopping = time.monotonic()
         stop_children(children)
         sweep_instance_cgroups()
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
-        print("local stack stopped", flush=True)
+        print(f"local stack stopped ({time.monotonic() - stopping:.1f} s)", flush=True)
 
 
 def main() -> int:
