@@ -21,18 +21,19 @@ from infra.process import settings_and_logging
 
 log = logging.getLogger("app_tier")
 
-IMDS = "http://169.254.169.254/latest"
+IMDS = "http://169.254.169.254"
 EXIT_NO_MODEL = 3
 
 
-def imds_instance_id(timeout: float = 1.0) -> str | None:
+def imds_instance_id(endpoint: str = IMDS, timeout: float = 1.0) -> str | None:
     """This EC2 instance's id through IMDSv2 (token first), or None off EC2."""
+    base = f"{endpoint.rstrip('/')}/latest"
     try:
-        token_req = urllib.request.Request(f"{IMDS}/api/token", method="PUT",
+        token_req = urllib.request.Request(f"{base}/api/token", method="PUT",
                                            headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
         with urllib.request.urlopen(token_req, timeout=timeout) as resp:
             token = resp.read().decode()
-        id_req = urllib.request.Request(f"{IMDS}/meta-data/instance-id",
+        id_req = urllib.request.Request(f"{base}/meta-data/instance-id",
                                         headers={"X-aws-ec2-metadata-token": token})
         with urllib.request.urlopen(id_req, timeout=timeout) as resp:
             return resp.read().decode().strip() or None
@@ -43,8 +44,8 @@ def imds_instance_id(timeout: float = 1.0) -> str | None:
 def resolve_instance_id(settings: Settings) -> str:
     if settings.instance_id:
         return settings.instance_id
-    if settings.endpoint_url is None:
-        found = imds_instance_id()
+    if settings.endpoint_url is None or settings.imds_endpoint:  # on EC2, or a local instance's metadata
+        found = imds_instance_id(settings.imds_endpoint or IMDS)
         if found:
             return found
         log.warning("instance metadata not reachable; using a local instance id")

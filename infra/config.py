@@ -46,6 +46,8 @@ DEFAULT_DATA_DIR = ".data"
 DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
 DEFAULT_LOG_LEVEL = "INFO"
+DEFAULT_LOCAL_ISOLATION = "auto"
+LOCAL_ISOLATION_MODES = ("auto", "off")
 DEFAULT_METRICS_NAMESPACE = "ImgRec"
 DEFAULT_LOCAL_IAM = "on"  # the local stack's moto checks signatures and IAM policies
 LOCAL_IAM_MODES = ("on", "off")
@@ -66,7 +68,7 @@ REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # These values are written into a shell script (user data): no quotes, spaces or `$`.
-REPO_URL_RE = re.compile(r"^(https://|ssh://|git@)[A-Za-z0-9._~:/@%+=-]+$")
+REPO_URL_RE = re.compile(r"^(https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+$")
 REPO_REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
 KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -144,6 +146,10 @@ class Settings:
     web_port: int = _env_field("IMGREC_WEB_PORT", DEFAULT_WEB_PORT, "web tier port")
     web_threads: int = _env_field("IMGREC_WEB_THREADS", DEFAULT_WEB_THREADS, "web tier worker threads")
     data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (job store, pid files)")
+    local_isolation: str = _env_field(
+        "IMGREC_LOCAL_ISOLATION", DEFAULT_LOCAL_ISOLATION,
+        "local instances: `auto` uses namespaces and memory cgroups where allowed, `off` none (said at start)"
+    )
     instance_type: str = _env_field("IMGREC_INSTANCE_TYPE", DEFAULT_INSTANCE_TYPE, "app-tier EC2 instance type")
     ami_id: str = _env_field("IMGREC_AMI_ID", DEFAULT_AMI_ID, "app-tier AMI (local: any moto AMI)")
     launch_template: str = _env_field(
@@ -151,6 +157,10 @@ class Settings:
     )
     instance_id: str = _env_field(
         "IMGREC_INSTANCE_ID", "", "this worker's instance id; empty: instance metadata on AWS, `local-<pid>` locally"
+    )
+    imds_endpoint: str | None = _env_field(
+        "AWS_EC2_METADATA_SERVICE_ENDPOINT", None,
+        "instance metadata endpoint (botocore's variable); unset: 169.254.169.254 on AWS, per instance locally"
     )
     metrics_namespace: str = _env_field(
         "IMGREC_METRICS_NAMESPACE", DEFAULT_METRICS_NAMESPACE, "CloudWatch namespace (dimension Stack=<prefix>)"
@@ -245,6 +255,10 @@ class Settings:
             fail("web_threads", "must be >= 1")
         if self.local_iam not in LOCAL_IAM_MODES:
             fail("local_iam", "must be on or off")
+        if self.local_isolation not in LOCAL_ISOLATION_MODES:
+            fail("local_isolation", f"must be one of {', '.join(LOCAL_ISOLATION_MODES)}")
+        if self.imds_endpoint is not None and not re.match(r"^https?://[^\s/]+", self.imds_endpoint):
+            fail("imds_endpoint", "must be an http(s) URL")
         self._validate_deploy(fail)
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
@@ -261,7 +275,7 @@ class Settings:
             except ValueError as err:
                 fail(attr, f"not a CIDR block like 203.0.113.0/24 ({err})")
         if self.repo_url and not REPO_URL_RE.match(self.repo_url):
-            fail("repo_url", "use an https://, ssh:// or git@ URL without spaces or quotes")
+            fail("repo_url", "use an https://, ssh://, git@ or file:/// URL without spaces or quotes")
         if not REPO_REF_RE.match(self.repo_ref):
             fail("repo_ref", "use a branch, tag or commit (letters, digits, . _ / -)")
         if not KEY_NAME_RE.match(self.key_name):

@@ -10,7 +10,7 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.tags import ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
+from infra.tags import HEALTH_TAG, ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Instance:
     name: str
     state: InstanceState
     launch_time: float  # epoch seconds
+    health: str = ""  # the HEALTH_TAG, when something went wrong on the instance
 
 
 def queue_url(sqs, name: str) -> str:
@@ -117,6 +118,7 @@ def _instances(ec2, name_pattern: str, include_terminated: bool) -> list[Instanc
                         name=tags.get("Name", ""),
                         state=InstanceState(inst["State"]["Name"]),
                         launch_time=inst["LaunchTime"].timestamp(),
+                        health=tags.get(HEALTH_TAG, ""),
                     ))
     except ClientError:
         log.error("describe_instances failed for Name=%s", name_pattern)

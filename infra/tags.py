@@ -12,6 +12,8 @@ from enum import StrEnum
 STACK_TAG = "imgrec:stack"
 ROLE_TAG = "imgrec:role"
 NAME_TAG = "Name"
+# Set on an instance by the local runner when it failed to boot or had a process OOM-killed.
+HEALTH_TAG = "imgrec:health"
 
 
 class Role(StrEnum):

@@ -1,56 +1,18 @@
-"""The supervisor's pattern (load once, fork a worker per instance), the visibility heartbeat, and metrics."""
+"""The visibility heartbeat and the worker's metrics (the forked-worker case went with the supervisor:
+local instances now run the worker as its own process, tests/test_runner.py)."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 import time
-
-import pytest
 
 from app_tier.visibility import HeldMessages
 from infra.observe import queue_url
 from tests.conftest import child_env
 from tests.images import jpeg_bytes
 from tests.procs import ROOT
-from tests.test_worker import collect, enqueue, upload
-
-FORK_SCRIPT = textwrap.dedent("""
-    import os, sys
-    from app_tier.runtime import load_worker_classifier
-    from app_tier.worker import run_worker
-    from infra.config import Settings
-    settings = Settings.from_env()
-    clf = load_worker_classifier(settings)   # in the parent, before the fork
-    if settings.runtime == "torch":
-        clf.warm_up()   # single-threaded: fork-safe
-    children = []
-    for n in range(2):
-        pid = os.fork()
-        if pid == 0:
-            os._exit(run_worker(settings, clf, f"forked-{n}", until_empty=True))
-        children.append(pid)
-    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
-    print("child exit codes", codes)
-    print("parent session", getattr(clf, "_session", None), "torch" in sys.modules)
-    sys.exit(max(codes))
-""")
-
-
-@pytest.mark.parametrize("runtime", ["onnx", "torch"])
-def test_forked_workers_share_one_loaded_classifier(stack, clients, runtime):
-    settings = stack
-    requests = [upload(clients, settings, f"f{i:02d}.jpg", jpeg_bytes(200 + i)) for i in range(24)]
-    enqueue(clients, settings, requests)
-    proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], cwd=ROOT, env=child_env(settings, IMGREC_RUNTIME=runtime),
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    # onnx: each child made its own session after the fork; the parent has none and no torch.
-    assert ("parent session None False" in proc.stdout) == (runtime == "onnx"), proc.stdout
-    results = collect(clients, settings, {r.request_id for r in requests}, 10)
-    assert all(res.ok for rs in results.values() for res in rs)
-    assert {res.worker for rs in results.values() for res in rs} <= {"forked-0", "forked-1"}
+from tests.test_worker import enqueue, upload
 
 
 def test_heartbeat_keeps_a_slow_batch_invisible_and_release_hands_it_back(stack, clients):

@@ -1,9 +1,10 @@
-"""The controller and the local supervisor as real processes on a moto server.
+"""The controller and the local instance runner as real processes on a moto server.
 
 A burst of real images goes straight into the input bucket and request queue; the
 test samples ``describe_instances`` every 0.2 s (as a grader would) and checks the
 app tier scaled out to the policy's count, never above max, answered everything,
-and came back to min. Killing a worker process must make the supervisor replace it.
+and came back to min. Every instance boots from the launch template's user data;
+killing a worker process must make its instance's init restart it (Restart=on-failure).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-import psutil
 import pytest
 
 from infra.config import Settings
+from infra.local.ami import ensure_launch_template
+from infra.local.runner import consoles_text
 from infra.messages import ImageRequest, ImageResult
 from infra.observe import InstanceState, app_instances, queue_url
 from tests.images import jpeg_bytes
+from tests.localinst import worker_processes
 from tests.procs import log_text, start_module, stop_process, wait_for
 
 pytestmark = pytest.mark.slow
@@ -106,21 +109,21 @@ def collect_results(sqs, settings: Settings, want: set[str], timeout: float) -> 
     return got
 
 
-def worker_pids(supervisor) -> list[int]:
-    try:
-        return sorted(p.pid for p in psutil.Process(supervisor.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return []
+def worker_pids(runner) -> list[int]:
+    return sorted(p.pid for p in worker_processes(runner.pid))
 
 
 @contextmanager
 def scaling_stack(settings: Settings, tmp_path):
-    """``python -m infra.local.supervisor`` and ``python -m controller``, stopped (with stragglers) at the end."""
+    """``python -m infra.local.runner`` and ``python -m controller``, stopped (with stragglers) at the end."""
     procs = []
     try:
-        sup = start_module("infra.local.supervisor", settings, log_path=tmp_path / "supervisor.log")
+        from infra.clients import Clients
+
+        settings = settings.replace(launch_template=ensure_launch_template(Clients(settings).ec2, settings))
+        sup = start_module("infra.local.runner", settings, log_path=tmp_path / "runner.log")
         procs.append(sup)
-        wait_for(lambda: "ready in" in log_text(sup) or sup.poll() is not None, 90, what="supervisor model load")
+        wait_for(lambda: "runner ready" in log_text(sup) or sup.poll() is not None, 60, what="runner start")
         assert sup.poll() is None, log_text(sup)
         ctl = start_module("controller", settings, log_path=tmp_path / "controller.log")
         procs.append(ctl)
@@ -158,13 +161,15 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
         out = clients.s3.list_objects_v2(Bucket=settings.out_bucket)
         assert out.get("KeyCount") == 50
 
-        # the supervisor keeps one worker per running instance: kill it and it comes back
+        # the instance's init restarts a killed worker (Restart=on-failure, RestartSec=5)
         wait_for(lambda: len(worker_pids(sup)) == 1, 40, what="surplus workers to drain")
         (victim,) = worker_pids(sup)
         os.kill(victim, signal.SIGKILL)
-        wait_for(lambda: len(worker_pids(sup)) == 1 and worker_pids(sup) != [victim], 15,
+        wait_for(lambda: len(worker_pids(sup)) == 1 and worker_pids(sup) != [victim], 20,
                  what="a replacement worker")
-        assert f"worker pid {victim} for running instance" in log_text(sup)
+        consoles = consoles_text(settings.data_dir)
+        assert "imgrec-worker.service: Main process exited, code=killed, status=9/KILL" in consoles
+        assert "imgrec-worker.service: Scheduled restart job, restart counter is at 1." in consoles
         # The killed worker's last long poll may still be open on the server and would swallow messages
         # sent now until their visibility timeout (SQS semantics, same on AWS): let it lapse first.
         time.sleep(settings.receive_wait_s + 1)

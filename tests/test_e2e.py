@@ -1,8 +1,9 @@
 """End-to-end: `python -m infra up` (what `make run` starts) takes a 100-image burst.
 
-Real moto server (IAM enforced: each tier runs with its least-privilege role), real web
-tier over HTTP, real controller, real supervisor and forked worker processes, the real
-workload generator; the only thing generated is the images.
+Real moto server (IAM enforced: each tier runs with its least-privilege role), real web tier
+over HTTP, real controller, the local instance runner (every app-tier instance boots from
+the launch template's user data and runs the worker under its init), the real workload
+generator; the only thing generated is the images.
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ import pytest
 from app_tier.models import load_classifier
 from app_tier.preprocess import decode_image
 from infra.clients import Clients
+from infra.local import cgroups
 from infra.local.moto_server import port_in_use
 from infra.local.stack import StackProcess
 from infra.observe import InstanceState, app_instances, bucket_object_count, web_instances
 from tests.images import write_images
+from tests.localinst import host_mounts_mentioning
 from workload import WorkloadConfig, run_workload
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -81,10 +84,14 @@ def test_burst_of_100_through_the_whole_local_stack(stack, tmp_path):
 
 def test_ctrl_c_stops_everything_within_10_s(stack):
     family = stack.processes()
-    assert len(family) >= 5  # orchestrator, moto, supervisor (+ workers), controller, web
-    elapsed = stack.stop()
+    assert len(family) >= 7  # orchestrator, moto, runner, instance init (+ worker), controller, web
+    runner = next(p for p in family if "infra.local.runner" in " ".join(p.cmdline()))
+    elapsed = stack.stop()  # SIGINT to the stack's process group, as Ctrl-C does
     assert elapsed < 10, f"stopping took {elapsed:.1f} s"
     assert stack.leftovers == [], f"processes left behind: {stack.leftovers}"
+    assert not host_mounts_mentioning(str(stack.data_dir.resolve())), "an instance mount is left on the host"
+    hierarchy, _ = cgroups.Hierarchy.detect()  # the runner's cgroups nest under ours (it is our descendant)
+    assert hierarchy is None or not hierarchy.runner_group(runner.pid).exists(), "a memory cgroup is left"
     time.sleep(0.5)
     assert not port_in_use("127.0.0.1", stack.web_port)
     assert not port_in_use("127.0.0.1", stack.endpoint_port)

@@ -103,7 +103,7 @@ def state_counts(instances: list[Instance]) -> dict[str, int]:
 def instance_rows(instances: list[Instance], done: dict[str, float], now: float) -> list[dict]:
     return [
         {"id": i.id, "name": i.name, "state": i.state.value, "uptime_s": max(0, round(now - i.launch_time)),
-         "images_done": int(done[i.id]) if i.id in done else None}
+         "images_done": int(done[i.id]) if i.id in done else None, "health": i.health}
         for i in instances
     ]
 

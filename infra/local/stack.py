@@ -3,11 +3,15 @@
 Starts, in order: moto (127.0.0.1:4566); the account as deploy shapes it (roles and
 instance profiles, an administrator whose keys go to ``<data dir>/aws/credentials``,
 the web instance record; ``infra.local.account``) with IAM enforced unless
-``IMGREC_LOCAL_IAM=off``; provisioning; the credential server; the local supervisor
-(moto EC2 instances -> worker processes, with the app role's credentials), the
-controller and the web tier (the web role's). Each runs as a child in its own
-session, so the terminal's Ctrl-C reaches only this process, which then stops the
-children in reverse order (web first, moto last) and leaves no process or port behind.
+``IMGREC_LOCAL_IAM=off``; provisioning; the credential server; the app tier's launch
+template (the deploy's boot script as user data, the app role's instance profile),
+the local instance runner
+(each running moto instance boots from that user data: ``infra.local.runner``), the
+controller and the web tier (with the web role's credentials; an instance's processes get
+its profile's role from the runner). Each runs as a child in its own session, so the
+terminal's Ctrl-C reaches only this process, which then stops the children in
+reverse order (web first, moto last; the runner stops every instance through its
+units) and leaves no process, mount or cgroup behind.
 """
 
 from __future__ import annotations
@@ -25,12 +29,16 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
+from infra.local.ami import LocalAmi, ensure_launch_template
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
 
 STATUS_EVERY_S = 5.0
 STOP_GRACE_S = 8.0
+# The runner gives units 2.5 s at shutdown (runner --halt) before SIGKILL; it needs a little more than that.
+STOP_GRACE_RUNNER_S = 6.0
+STOP_GRACE_MOTO_S = 1.5  # moto keeps nothing worth a longer wait: everything is in its memory
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -78,10 +86,12 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
 
 
 def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_env: dict[str, str]) -> Child:
-    """``role_env`` (``CredentialServer.env_for_role``) is the child's only source of AWS credentials."""
+    """``python -m module`` with ``settings`` as its whole IMGREC_* environment and ``role_env``
+    (``CredentialServer.env_for_role``; empty: the administrator's keys file) as its only AWS credentials."""
     from infra.local.credentials import without_credentials
 
-    env = dict(without_credentials(os.environ), **settings.to_env(), **role_env, PYTHONUNBUFFERED="1")
+    env = {k: v for k, v in without_credentials(os.environ).items() if not k.startswith("IMGREC_")}
+    env.update(settings.to_env(), **role_env, PYTHONUNBUFFERED="1")
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -91,18 +101,37 @@ def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_
 
 
 def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM in reverse start order, wait, then SIGKILL the process groups that remain."""
-    for child in reversed(children):
+    """SIGTERM every tier at once (moto stays up while they drain), wait, SIGKILL the process groups
+    that remain; moto last."""
+    tiers = [c for c in children if c.name != "moto"]
+    started = time.monotonic()
+    for child in tiers:
         if child.proc.poll() is None:
             child.proc.send_signal(signal.SIGTERM)
-            try:
-                child.proc.wait(grace / 2)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop in %.0f s; killing it", child.name, grace / 2)
+    for child in [*tiers, *(c for c in children if c.name == "moto")]:
+        if child.name == "moto" and child.proc.poll() is None:
+            child.proc.send_signal(signal.SIGTERM)
+            started = time.monotonic()
+        wait_s = {"runner": STOP_GRACE_RUNNER_S, "moto": STOP_GRACE_MOTO_S}.get(child.name, grace / 2)
+        try:
+            child.proc.wait(max(0.0, started + wait_s - time.monotonic()))
+            print(f"  {child.name} stopped ({time.monotonic() - started:.1f} s after SIGTERM)", flush=True)
+        except subprocess.TimeoutExpired:
+            log.warning("%s did not stop in %.0f s; killing it", child.name, wait_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(2)
+
+
+def sweep_instance_cgroups() -> None:
+    """A runner killed before it could clean up leaves its instances' memory cgroups: remove them."""
+    from infra.local.cgroups import Hierarchy
+
+    hierarchy, _ = Hierarchy.detect()
+    if hierarchy is not None:
+        for name in hierarchy.sweep_stale():
+            log.warning("removed memory cgroup %s left by a runner that was killed", name)
 
 
 def status_line(settings: Settings, clients) -> str:
@@ -120,6 +149,7 @@ def run(settings: Settings) -> int:
     from infra.clients import Clients, local_aws_files, make_client
     from infra.local.account import ensure_web_instance, open_account, remove_admin_credentials, terminate_web_instance
     from infra.local.credentials import CredentialServer
+    from infra.local.runner import detect_features
     from infra.provision import provision
 
     data_dir = Path(settings.data_dir)
@@ -136,8 +166,8 @@ def run(settings: Settings) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     children: list[Child] = []
-    moto = MotoServer(port=endpoint_port, log_file=open(log_dir / "moto.log", "ab"))  # noqa: SIM115
     credential_server = clients = None
+    moto = MotoServer(port=endpoint_port, log_file=open(log_dir / "moto.log", "ab"))  # noqa: SIM115
     try:
         moto.start()
         children.append(Child("moto", moto.proc))
@@ -147,17 +177,24 @@ def run(settings: Settings) -> int:
         print(report, provision(settings, clients), sep="\n", flush=True)
         credential_server = CredentialServer(
             settings, make_client("sts", settings, credentials=account.ec2_service)).start()
-        roles = {"supervisor": (account.app_role, f"{settings.app_instance_prefix}-local"),
-                 "controller": (account.web_role, web_id), "web": (account.web_role, web_id)}
-        for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller"),
-                             ("web", "web_tier")):
-            children.append(start_child(name, module, settings, log_dir, credential_server.env_for_role(*roles[name])))
+        settings = settings.replace(launch_template=ensure_launch_template(
+            clients.ec2, settings, profile_arn=account.app_profile_arn))
+        print(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary(), flush=True)
+        # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
+        # file) and hands each instance its own profile's role. The tiers run as the web role.
+        roles = {"runner": {}, "controller": credential_server.env_for_role(account.web_role, web_id),
+                 "web": credential_server.env_for_role(account.web_role, web_id)}
+        for name, module in (("runner", "infra.local.runner"), ("controller", "controller"), ("web", "web_tier")):
+            children.append(start_child(name, module, settings, log_dir, roles[name]))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
               f"  AWS endpoint {settings.endpoint_url} (moto; IAM {iam})\n"
               f"  AWS keys     {local_aws_files(settings)[0]} (administrator, profile default; config beside it)\n"
-              f"  logs         {log_dir}/\nCtrl-C stops everything.\n", flush=True)
+              f"  logs         {log_dir}/\n"
+              f"  instances    {data_dir / 'instances'}/<id>/console.log (each boots from its user data;"
+              f" isolation: see {log_dir}/runner.log)\nCtrl-C stops everything.\n",
+              flush=True)
         next_status = time.monotonic() + 2
         while True:
             for child in children:
@@ -176,19 +213,20 @@ def run(settings: Settings) -> int:
         print("\nstopping…", flush=True)
         return 0
     finally:
+        stopping = time.monotonic()
         if clients is not None:
             try:  # the account as a grader sees it: no web instance once the stack has stopped
                 terminate_web_instance(clients.ec2, settings, wait=False)
             except (ClientError, BotoCoreError) as err:
                 log.warning("could not terminate the web instance record: %s", err)
-        stop_children(children[1:])
+        stop_children(children)
         if credential_server is not None:
             credential_server.stop()
-        stop_children(children[:1])
+        sweep_instance_cgroups()
         remove_admin_credentials(settings)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
-        print("local stack stopped", flush=True)
+        print(f"local stack stopped ({time.monotonic() - stopping:.1f} s)", flush=True)
 
 
 def main() -> int:
@@ -214,7 +252,8 @@ class StackProcess:
     """`python -m infra up` in a child process, for tests and `make bench`.
 
     Picks free ports unless given, waits until the web tier answers /healthz and
-    the fleet is at min, and stops it the way a person does (SIGINT = Ctrl-C).
+    the fleet is at min, and stops it the way a person does: SIGINT to its process
+    group (its own session, as ``setsid`` makes it), which is what Ctrl-C sends.
     """
 
     def __init__(self, data_dir: Path, *, endpoint_port: int | None = None, web_port: int | None = None,
@@ -264,10 +303,10 @@ class StackProcess:
         raise TimeoutError(f"local stack not ready within {timeout:.0f} s; see {self.log_path}")
 
     def workers_ready(self) -> bool:
-        """At least min_instances workers have logged that they are ready."""
-        log_file = self.data_dir / "logs" / "supervisor.log"
-        text = log_file.read_text(errors="replace") if log_file.exists() else ""
-        return text.count(" ready: ") >= self.settings.min_instances
+        """At least min_instances workers have logged that they are ready (on their instances' consoles)."""
+        from infra.local.runner import consoles_text
+
+        return consoles_text(self.data_dir).count(" ready: ") >= self.settings.min_instances
 
     def processes(self):
         """The stack's processes (orchestrator and every descendant)."""
@@ -285,7 +324,7 @@ class StackProcess:
             return 0.0
         family = self.processes()
         started = time.monotonic()
-        self.proc.send_signal(signal.SIGINT)
+        os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

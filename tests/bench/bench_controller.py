@@ -1,16 +1,17 @@
 """Controller benchmark: the scaling timeline and the costs that shape it.
 
-Runs its own moto server, `python -m controller` and `python -m infra.local.supervisor`
+Runs its own moto server, `python -m controller` and `python -m infra.local.runner`
 (min 0 / max 15 by default, the course grader's profile) and prints:
 
-1. idle CPU of the controller (and the supervisor) over ``--idle`` s, empty queue;
+1. idle CPU of the controller (and the runner) over ``--idle`` s, empty queue;
    target: controller < 5 % of one core;
 2. wake-up: first message into an empty queue -> the controller's run_instances
    call (from its log); target <= 1 poll interval; and -> the answer;
 3. a burst of ``--burst`` real images: a timeline (queue backlog, running,
    pending every 0.5 s), the peak, and the fleet back at min after the last answer;
-4. run_instances -> that new local instance's first classified image (forked from
-   the supervisor's preloaded model), against a cold ``python -m app_tier`` start.
+4. run_instances -> that new local instance's first classified image (booted from
+   its user data; tests/bench/bench_instances.py has more), against a cold
+   ``python -m app_tier`` start.
 
     .venv/bin/python -m tests.bench.bench_controller [--burst 100] [--min 0] [--max 15] [--idle 30]
 """
@@ -33,6 +34,7 @@ import psutil
 from controller.actuator import Ec2Actuator
 from infra.clients import Clients
 from infra.config import Settings
+from infra.local.ami import ensure_launch_template
 from infra.local.moto_server import MotoServer, free_port
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
@@ -121,7 +123,7 @@ def new_instance_latency(clients, settings, sup, repeat: int) -> None:
         act.remove([iid])
         wait_for(lambda: queue_depth(clients.sqs, url).backlog == 0 and worker_pids(sup) == [], 60,
                  what="the worker to drain")
-    print(f"\nrun_instances -> first classified image, forked worker ({repeat} runs): median "
+    print(f"\nrun_instances -> first classified image, booted from user data ({repeat} runs): median "
           f"{statistics.median(figures):.2f} s, min {min(figures):.2f}, max {max(figures):.2f}")
 
 
@@ -155,18 +157,19 @@ def main() -> int:
                                      min_instances=args.min, max_instances=args.max, data_dir=str(tmp / "data"))
         clients = Clients(settings)
         provision(settings, clients)
-        sup = start_module("infra.local.supervisor", settings, log_path=tmp / "supervisor.log")
+        settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+        sup = start_module("infra.local.runner", settings, log_path=tmp / "runner.log")
         ctl = None
         try:
-            wait_for(lambda: "ready in" in log_text(sup), 120, what="supervisor")
+            wait_for(lambda: "runner ready" in log_text(sup), 120, what="runner")
             ctl = start_module("controller", settings, log_path=tmp / "controller.log")
             wait_for(lambda: "controller for" in log_text(ctl), 30, what="controller")
             wait_for(lambda: active(clients, settings) == settings.min_instances
                      and len(worker_pids(sup)) == settings.min_instances, 30, what="fleet at min")
             time.sleep(2)
-            cpu = idle_cpu({"controller": psutil.Process(ctl.pid), "supervisor": psutil.Process(sup.pid)}, args.idle)
+            cpu = idle_cpu({"controller": psutil.Process(ctl.pid), "runner": psutil.Process(sup.pid)}, args.idle)
             print(f"idle CPU over {args.idle:g} s (% of one core): controller {cpu['controller']:.2f} %, "
-                  f"supervisor {cpu['supervisor']:.2f} % (polls every 0.25 s)")
+                  f"runner {cpu['runner']:.2f} % (polls every 0.25 s)")
             if settings.min_instances == 0:
                 wake_up(clients, settings, ctl)
                 wait_for(lambda: active(clients, settings) == 0, 30, what="back to 0")

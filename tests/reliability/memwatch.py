@@ -24,10 +24,12 @@ def role(p: psutil.Process) -> str:
         return "moto"
     if "-m infra up" in cmd:
         return "orchestrator (infra up)"
-    if "infra.local.supervisor" in cmd:
-        parent = p.parent()
-        return "worker" if parent is not None and "infra.local.supervisor" in " ".join(parent.cmdline()) \
-            else "supervisor"
+    if "-m app_tier" in cmd:
+        return "worker"
+    if "infra.local.runner" in cmd:
+        return "runner"
+    if "infra.local.init" in cmd:
+        return "instance init"
     if "-m controller" in cmd:
         return "controller"
     if "-m web_tier" in cmd:

@@ -27,9 +27,12 @@ import requests
 
 from infra.clients import Clients
 from infra.config import Settings
+from infra.local.ami import ensure_launch_template
 from infra.local.moto_server import free_port
+from infra.local.runner import consoles_text
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
+from tests.localinst import worker_processes
 from tests.procs import start_module, stop_process, wait_for, wait_http
 from tests.reliability.faultproxy import FaultProxy
 
@@ -43,7 +46,7 @@ FAULT_MAX_RECEIVES = 6
 
 
 class ProcStack:
-    """moto (shared) <- fault proxy <- supervisor + controller + web tier, each its own process."""
+    """moto (shared) <- fault proxy <- runner (instances) + controller + web tier, each its own process."""
 
     def __init__(self, moto_url: str, data_dir: Path, **overrides):
         prefix = f"r{uuid.uuid4().hex[:8]}"
@@ -63,7 +66,8 @@ class ProcStack:
     def start(self) -> ProcStack:
         self.logs.mkdir(parents=True, exist_ok=True)
         provision(self.direct, self.clients)
-        self.start_tier("supervisor")
+        self.settings = self.settings.replace(launch_template=ensure_launch_template(self.clients.ec2, self.settings))
+        self.start_tier("runner")
         self.start_tier("controller")
         self.start_tier("web")
         wait_http(f"{self.url}/healthz", timeout=60)
@@ -71,7 +75,7 @@ class ProcStack:
         return self
 
     def start_tier(self, name: str) -> subprocess.Popen:
-        module = {"supervisor": "infra.local.supervisor", "controller": "controller", "web": "web_tier"}[name]
+        module = {"runner": "infra.local.runner", "controller": "controller", "web": "web_tier"}[name]
         self.procs[name] = start_module(module, self.settings, log_path=self.logs / f"{name}.log")
         return self.procs[name]
 
@@ -90,16 +94,15 @@ class ProcStack:
         return proc.pid
 
     def workers(self) -> list[psutil.Process]:
-        """The supervisor's forked worker processes that are alive."""
-        try:
-            kids = psutil.Process(self.procs["supervisor"].pid).children()
-        except psutil.NoSuchProcess:
-            return []
-        return [p for p in kids if _alive(p)]
+        """The worker processes alive on the runner's instances."""
+        return worker_processes(self.procs["runner"].pid) if "runner" in self.procs else []
 
     def workers_ready(self) -> int:
-        path = self.logs / "supervisor.log"
-        return path.read_text(errors="replace").count(" ready: ") if path.exists() else 0
+        return consoles_text(self.direct.data_dir).count(" ready: ")
+
+    def consoles(self) -> str:
+        """Every instance's console output (boot script, init, worker)."""
+        return consoles_text(self.direct.data_dir)
 
     def running_instances(self) -> int:
         return sum(i.state == InstanceState.RUNNING for i in app_instances(self.clients.ec2, self.direct))
@@ -114,7 +117,7 @@ class ProcStack:
         return out
 
     def stop(self) -> None:
-        for name in ("web", "controller", "supervisor"):
+        for name in ("web", "controller", "runner"):
             if name in self.procs:
                 stop_process(self.procs[name], timeout=15)
         self.proxy.stop()

@@ -3,7 +3,7 @@
 Zero lost, zero mismatched (each answer names its own image and carries the model's
 own label for that image's content), and memory bounded:
 
-- long-lived processes (orchestrator, moto, supervisor, controller, web tier): private
+- long-lived processes (orchestrator, moto, runner, instance inits, controller, web tier): private
   memory (USS) grows by at most max(15 %, 100 MB) from the second quarter of the run to
   its last quarter;
 - workers: each one's USS stays under 600 MB. A worker's working set is not flat over

@@ -148,6 +148,12 @@
           s.className = `state state-${r.state}`;
           s.textContent = r.state;
           td.appendChild(s);
+          if (r.health) {  // e.g. an OOM kill or a failed boot, reported by the local runner
+            const h = document.createElement("span");
+            h.className = "health";
+            h.textContent = ` ${r.health}`;
+            td.appendChild(h);
+          }
         } else td.textContent = c;
         if (i >= 3) td.className = "num";
         tr.appendChild(td);

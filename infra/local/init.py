@@ -1,0 +1,657 @@
+"""The init of one local instance: runs its user data once, then stands in for systemd.
+
+``python -S -m infra.local.init --instance-dir DIR ...`` is started by the runner
+(``infra.local.runner``) when a moto instance enters ``running``. It joins the
+instance's memory cgroup, enters its namespaces (``infra.local.isolation``), runs the
+user data with bash as cloud-init would, and serves ``systemctl`` (the shim in the
+instance's PATH, ``infra/local/systemctl.py``) over a unix socket: ``daemon-reload``,
+``enable [--now]``, ``start``, ``stop``, ``restart``, ``is-active``, ``status``. Units
+are honoured as systemd does (``infra.local.units``): Restart=on-failure within
+StartLimitIntervalSec/StartLimitBurst, KillSignal then SIGKILL after TimeoutStopSec,
+KillMode, User, WorkingDirectory, EnvironmentFile. SIGTERM to the init is the
+instance shutting down (EC2 stop or terminate): every unit is stopped that way.
+
+The runner learns what happened from ``status.json`` (boot result, unit states),
+written on every change; everything the instance prints goes to ``console.log``.
+Standard library only and one thread, so an instance costs a few MB beside its units.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import os
+import pwd
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+from infra.local import isolation
+from infra.local.units import CLEAN_SIGNALS, Unit, UnitError, parse_env_file, parse_unit, should_restart, start_allowed
+
+UNIT_DIR = "/etc/systemd/system"
+WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
+FIRST_BOOT_DONE = "first-boot-done"  # in the instance folder: cloud-init runs user data once per instance
+TICK_S = 0.1
+BOOT_KILL_S = 2.0
+# systemd's exit statuses for a unit that fails before exec (systemd.exec(5), "Process exit codes").
+EXIT_CHDIR, EXIT_EXEC, EXIT_GROUP, EXIT_USER = 200, 203, 216, 217
+EXIT_NAMES = {EXIT_CHDIR: "CHDIR", EXIT_EXEC: "EXEC", EXIT_GROUP: "GROUP", EXIT_USER: "USER"}
+MAX_FD = 4096  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
+
+
+class Boot(StrEnum):
+    RUNNING = "running"
+    OK = "ok"
+    FAILED = "failed"
+
+
+class State(StrEnum):
+    """systemd's ActiveState, with the sub-state that matters here."""
+
+    INACTIVE = "inactive"
+    ACTIVE = "active"
+    DEACTIVATING = "deactivating"
+    AUTO_RESTART = "auto-restart"  # activating (auto-restart) in systemd's terms
+    FAILED = "failed"
+
+
+@dataclass
+class Service:
+    unit: Unit
+    state: State = State.INACTIVE
+    pid: int = 0
+    starts: list[float] = field(default_factory=list)
+    restarts: int = 0
+    restart_at: float = 0.0
+    stop_deadline: float = 0.0
+    killed: bool = False  # SIGKILL sent after TimeoutStopSec
+    waiters: list[socket.socket] = field(default_factory=list)  # systemctl calls waiting for this stop
+    result: str = ""
+
+
+def describe_exit(status: int) -> tuple[int | None, int | None, str]:
+    """(exit code, killing signal, systemd's wording) for a waitpid status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return None, sig, f"code=killed, status={sig}/{signal.Signals(sig).name.removeprefix('SIG')}"
+    code = os.WEXITSTATUS(status)
+    return code, None, f"code=exited, status={code}/{'SUCCESS' if code == 0 else EXIT_NAMES.get(code, 'FAILURE')}"
+
+
+class Init:
+    def __init__(self, instance_dir: Path, user_data: Path, console: int, *, root_prefix: Path | None,
+                 run_as_user: bool, clock=time.monotonic):
+        self.dir = instance_dir
+        self.user_data = user_data
+        self.console = console
+        self.root_prefix = root_prefix  # set when paths are rewritten (no mount namespace)
+        self.run_as_user = run_as_user
+        self.clock = clock
+        self.units: dict[str, Unit] = {}
+        self.services: dict[str, Service] = {}
+        self.enabled: set[str] = set()
+        self.boot = Boot.RUNNING
+        self.boot_exit: int | None = None
+        self.boot_pid = 0
+        self.boot_killed_at = 0.0
+        self.shutting_down = False
+        self.env = dict(os.environ)
+        self._status_dirty = True
+        self._deferred: list[tuple[list[str], list[str], socket.socket, bool]] = []
+
+    # ------------------------------------------------------------ output
+
+    def say(self, message: str) -> None:
+        now = time.time()
+        line = f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))}.{int(now % 1 * 1000):03d} init: {message}\n"
+        with contextlib.suppress(OSError):
+            os.write(self.console, line.encode())
+        self._status_dirty = True
+
+    def write_status(self) -> None:
+        if not self._status_dirty:
+            return
+        self._status_dirty = False
+        data = {"boot": self.boot.value, "boot_exit": self.boot_exit, "shutting_down": self.shutting_down,
+                "units": {n: {"state": s.state.value, "pid": s.pid, "restarts": s.restarts, "result": s.result}
+                          for n, s in self.services.items()}}
+        tmp = self.dir / "status.json.tmp"
+        tmp.write_text(json.dumps(data))
+        tmp.replace(self.dir / "status.json")
+
+    # ------------------------------------------------------------ paths and units
+
+    def path(self, p: str) -> str:
+        """Where an instance path is on this host (moved under the instance root without namespaces)."""
+        return isolation.rewrite_paths(p, self.root_prefix) if self.root_prefix else p
+
+    def load(self, name: str) -> Unit:
+        name = name if "." in name else f"{name}.service"
+        text = Path(self.path(f"{UNIT_DIR}/{name}")).read_text()
+        if self.root_prefix:
+            text = isolation.rewrite_paths(text, self.root_prefix)
+        unit = parse_unit(name, text)
+        self.units[name] = unit
+        if name in self.services:
+            self.services[name].unit = unit
+        return unit
+
+    def daemon_reload(self) -> None:
+        for path in sorted(Path(self.path(UNIT_DIR)).glob("*.service")):
+            try:
+                self.load(path.name)
+            except (OSError, UnitError) as err:
+                self.say(f"{path.name}: cannot load: {err}")
+        self.say(f"Reloading: {len(self.units)} units")
+
+    def service(self, name: str) -> Service:
+        name = name if "." in name else f"{name}.service"
+        if name not in self.units:
+            self.load(name)  # systemd loads a unit on first reference too
+        if name not in self.services:
+            self.services[name] = Service(self.units[name])
+        return self.services[name]
+
+    # ------------------------------------------------------------ processes
+
+    def start_boot(self) -> None:
+        if (self.dir / FIRST_BOOT_DONE).exists():  # a stopped instance started again: units, not user data
+            self.boot, self.boot_exit = Boot.OK, 0
+            self.say("user data already ran on this instance's first boot; starting enabled units")
+            self.daemon_reload()
+            for link in sorted(Path(self.path(WANTS_DIR)).glob("*.service")):
+                self.enabled.add(link.name)
+                self.start(link.name)
+            return
+        text = self.user_data.read_bytes() if self.user_data.exists() else b""
+        if not text.strip():
+            self.boot, self.boot_exit = Boot.OK, 0
+            self.say("no user data: nothing to run")
+            return
+        if not text.startswith(b"#!"):
+            self.boot, self.boot_exit = Boot.FAILED, None
+            self.say("user data is not a shell script (#!); cloud-init would not run it as one")
+            return
+        self.boot_pid = self._spawn(["/bin/bash", str(self.user_data)], self.env, cwd="/", user=None)
+        self.say(f"running user data (bash, pid {self.boot_pid})")
+
+    def _spawn(self, argv: list[str], env: dict[str, str], *, cwd: str, user: pwd.struct_passwd | None) -> int:
+        """fork + exec, as systemd does; a failure between them exits with systemd's status for that step
+        (200/CHDIR, 203/EXEC, 216/GROUP, 217/USER), which the init then sees like any exit.
+
+        Not subprocess.Popen: it reaps finished children of its own behind a waitpid(-1) loop.
+        """
+        pid = os.fork()
+        if pid:
+            return pid
+        step = EXIT_EXEC
+        try:
+            os.setsid()  # its own process group: KillMode=control-group reaches what it forks
+            isolation.set_parent_death_signal()  # the instance's init gone means the instance is gone
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(self.console, 1)
+            os.dup2(self.console, 2)
+            os.closerange(3, MAX_FD)
+            step = EXIT_CHDIR
+            os.chdir(cwd)
+            if user is not None:
+                step = EXIT_GROUP
+                os.setgroups([])
+                os.setgid(user.pw_gid)
+                step = EXIT_USER
+                os.setuid(user.pw_uid)
+            step = EXIT_EXEC
+            os.execvpe(argv[0], argv, env)
+        except BaseException as err:  # noqa: BLE001 - the child must never return into the init's loop
+            with contextlib.suppress(OSError):
+                os.write(2, f"init: {argv[0]}: failed at step {EXIT_NAMES.get(step, step)}: {err}\n".encode())
+        os._exit(step)
+
+    def start(self, name: str) -> str | None:
+        """Start a unit; an error text (systemctl prints it) or None."""
+        svc = self.service(name)
+        if svc.state in (State.ACTIVE, State.DEACTIVATING):
+            return None
+        unit, now = svc.unit, self.clock()
+        if not start_allowed(svc.starts, now, unit.start_limit_interval_s, unit.start_limit_burst):
+            svc.state, svc.result = State.FAILED, "start-limit-hit"
+            self.say(f"{unit.name}: Start request repeated too quickly.")
+            self.say(f"{unit.name}: Failed with result 'start-limit-hit'.")
+            return f"Job for {unit.name} failed: start request repeated too quickly"
+        svc.starts = [t for t in svc.starts if now - t < unit.start_limit_interval_s] + [now]
+        env = dict(self.env)
+        env.update(unit.environment)
+        for path, optional in unit.environment_files:
+            try:
+                env.update(parse_env_file(Path(path).read_text()))
+            except (OSError, UnitError) as err:
+                if optional and isinstance(err, FileNotFoundError):
+                    continue
+                svc.state, svc.result = State.FAILED, "resources"  # systemd: no process, no restart
+                self.say(f"{unit.name}: Failed to load environment files: {err}")
+                self.say(f"{unit.name}: Failed with result 'resources'.")
+                return f"Job for {unit.name} failed: environment file {path}"
+        user = None
+        if unit.user and unit.user != "root" and self.run_as_user:  # off: the runner said so at start
+            user = self.lookup_user(unit.user)
+            if user is None:
+                return self._start_failed(svc, EXIT_USER,
+                                          f"Failed to determine user credentials: No such process ({unit.user})")
+            env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        svc.pid = self._spawn(list(unit.exec_start), env, cwd=unit.working_directory or "/", user=user)
+        svc.state, svc.result, svc.killed = State.ACTIVE, "", False
+        self.say(f"Started {unit.name} (pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
+        return None
+
+    def _start_failed(self, svc: Service, code: int, why: str) -> None:
+        """As systemd: the unit's process fails before exec with its own exit status (217/USER,
+        203/EXEC), which Restart=on-failure and the start limit treat like any failure. The start
+        job itself succeeded (Type=simple: systemctl start returns once the process is forked)."""
+        self.say(f"{svc.unit.name}: {why}")
+        svc.state, svc.pid = State.ACTIVE, 0
+        self._ended(svc, code, None, f"code=exited, status={code}/{EXIT_NAMES.get(code, 'FAILURE')}")
+
+    def lookup_user(self, name: str) -> pwd.struct_passwd | None:
+        """The user from the instance's own /etc/passwd (read from its folder: a bind mount of a
+        single file follows the host's file if the host replaces it), else the host's."""
+        own = self.dir / "passwd"
+        if own.exists():
+            for line in own.read_text().splitlines():
+                fields = line.split(":")
+                if len(fields) == 7 and fields[0] == name:
+                    return pwd.struct_passwd((fields[0], fields[1], int(fields[2]), int(fields[3]), fields[4],
+                                              fields[5], fields[6]))
+            return None
+        try:
+            return pwd.getpwnam(name)
+        except KeyError:
+            return None
+
+    def stop(self, name: str, waiter: socket.socket | None = None) -> None:
+        svc = self.service(name)
+        if svc.state == State.AUTO_RESTART:
+            svc.state = State.INACTIVE
+            self.say(f"{svc.unit.name}: pending restart cancelled by stop")
+        if svc.state not in (State.ACTIVE, State.DEACTIVATING):
+            if waiter is not None:
+                _reply(waiter, 0, "")
+            return
+        if waiter is not None:
+            svc.waiters.append(waiter)
+        if svc.state == State.DEACTIVATING:
+            return
+        unit = svc.unit
+        svc.state, svc.stop_deadline = State.DEACTIVATING, self.clock() + unit.timeout_stop_s
+        self.say(f"Stopping {unit.name}: {signal.Signals(unit.kill_signal).name} to "
+                 f"{'pid ' + str(svc.pid) if unit.kill_mode in ('mixed', 'process') else 'its process group'}, "
+                 f"SIGKILL after {unit.timeout_stop_s:g} s")
+        self._kill(svc, unit.kill_signal, whole_group=unit.kill_mode not in ("mixed", "process"))
+
+    @staticmethod
+    def _kill(svc: Service, sig: int, *, whole_group: bool) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            if whole_group:
+                os.killpg(svc.pid, sig)
+            else:
+                os.kill(svc.pid, sig)
+        if sig != signal.SIGKILL:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(svc.pid, signal.SIGCONT)  # as systemd does, so a stopped process sees the signal
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            self.exited(pid, status)
+
+    def exited(self, pid: int, status: int) -> None:
+        code, sig, words = describe_exit(status)
+        if pid == self.boot_pid:
+            self.boot_pid = 0
+            self.boot_exit = code if code is not None else 128 + (sig or 0)
+            self.boot = Boot.OK if code == 0 else Boot.FAILED
+            if code == 0:
+                (self.dir / FIRST_BOOT_DONE).touch()
+            self.say(f"user data finished: {words}" + ("" if code == 0 else " - BOOT FAILED"))
+            return
+        svc = next((s for s in self.services.values() if s.pid == pid and s.state in
+                    (State.ACTIVE, State.DEACTIVATING)), None)
+        if svc is None:
+            return  # an orphan reparented to us; reaped
+        unit = svc.unit
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)  # what is left of the unit's processes goes with it
+        if svc.state == State.DEACTIVATING:
+            svc.state, svc.pid = State.INACTIVE, 0
+            svc.result = "timeout" if svc.killed else "success"
+            self.say(f"{unit.name}: Main process exited, {words}")
+            self.say(f"Stopped {unit.name}." + (" (killed after TimeoutStopSec)" if svc.killed else ""))
+            for w in svc.waiters:
+                _reply(w, 0, "")
+            svc.waiters.clear()
+            return
+        svc.pid = 0
+        self._ended(svc, code, sig, words)
+
+    def _ended(self, svc: Service, code: int | None, sig: int | None, words: str) -> None:
+        """A unit's main process ended by itself: restart it or mark it inactive/failed, as systemd does."""
+        unit = svc.unit
+        self.say(f"{unit.name}: Main process exited, {words}")
+        if should_restart(unit.restart, code, sig) and not self.shutting_down:
+            svc.state, svc.restart_at, svc.result = State.AUTO_RESTART, self.clock() + unit.restart_s, "exit-code"
+            self.say(f"{unit.name}: Failed with result '{'signal' if sig else 'exit-code'}'; "
+                     f"restart in {unit.restart_s:g} s (Restart={unit.restart})")
+        else:
+            clean = code == 0 or sig in CLEAN_SIGNALS
+            svc.state = State.INACTIVE if clean else State.FAILED
+            svc.result = "success" if clean else ("signal" if sig else "exit-code")
+            if not clean:
+                self.say(f"{unit.name}: Failed with result '{svc.result}'.")
+
+    def tick(self) -> None:
+        now = self.clock()
+        for svc in self.services.values():
+            if svc.state == State.AUTO_RESTART and now >= svc.restart_at:
+                svc.restarts += 1
+                self.say(f"{svc.unit.name}: Scheduled restart job, restart counter is at {svc.restarts}.")
+                self.start(svc.unit.name)
+            elif svc.state == State.DEACTIVATING and not svc.killed and now >= svc.stop_deadline:
+                self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
+                svc.killed = True
+                self._kill(svc, signal.SIGKILL, whole_group=True)
+        if self.shutting_down and self.boot_pid and now - self.boot_killed_at > BOOT_KILL_S:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.boot_pid, signal.SIGKILL)
+
+    def shutdown(self) -> None:
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        self.say("shutdown: stopping all units")
+        if self.boot_pid:
+            self.boot_killed_at = self.clock()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.boot_pid, signal.SIGTERM)
+        for name in list(self.services):
+            self.stop(name)
+
+    def done(self) -> bool:
+        return self.shutting_down and not self.boot_pid and all(
+            s.state not in (State.ACTIVE, State.DEACTIVATING) for s in self.services.values())
+
+    # ------------------------------------------------------------ systemctl
+
+    def command(self, args: list[str], conn: socket.socket) -> None:
+        """One systemctl call; replies at once except for stop/restart, which answer when stopped."""
+        flags = {a for a in args if a.startswith("-")}
+        words = [a for a in args if not a.startswith("-")]
+        if not words:
+            return _reply(conn, 1, "systemctl: no command")
+        verb, names = words[0], [n if "." in n else f"{n}.service" for n in words[1:]]
+        try:
+            if verb == "daemon-reload":
+                self.daemon_reload()
+                return _reply(conn, 0, "")
+            if verb in ("enable", "disable"):
+                for n in names:
+                    self.service(n)
+                    self._wants(n, verb == "enable")
+                    self.say(f"{verb}d {n}")
+                if "--now" in flags and verb == "enable":
+                    return self._start_all(names, conn)
+                if "--now" in flags:
+                    return self._stop_all(names, conn)
+                return _reply(conn, 0, "")
+            if verb == "start":
+                return self._start_all(names, conn)
+            if verb == "stop":
+                return self._stop_all(names, conn)
+            if verb == "restart":
+                for n in names:
+                    self.stop(n)
+                return self._after_stop(names, conn, then_start=True)
+            if verb in ("is-active", "is-failed", "is-enabled", "status"):
+                states = [self.service(n).state for n in names]
+                if verb == "is-enabled":
+                    out = ["enabled" if n in self.enabled else "disabled" for n in names]
+                    return _reply(conn, 0 if all(n in self.enabled for n in names) else 1, "\n".join(out))
+                out = [s.value if s != State.AUTO_RESTART else "activating" for s in states]
+                ok = {"is-failed": all(s == State.FAILED for s in states)}.get(verb, all(s == State.ACTIVE
+                                                                                         for s in states))
+                if verb == "status":
+                    out = [f"{n}: {s.value} (pid {self.services[n].pid}, restarts {self.services[n].restarts})"
+                           for n, s in zip(names, states, strict=True)]
+                return _reply(conn, 0 if ok else 3, "\n".join(out))
+            if verb == "reset-failed":
+                for n in names:
+                    svc = self.service(n)
+                    svc.starts.clear()
+                    if svc.state == State.FAILED:
+                        svc.state = State.INACTIVE
+                return _reply(conn, 0, "")
+        except (OSError, UnitError) as err:
+            return _reply(conn, 5, f"Failed: {err}")
+        return _reply(conn, 1, f"systemctl (local init): unknown command {verb!r}")
+
+    def _wants(self, name: str, enable: bool) -> None:
+        """systemctl enable's symlink in multi-user.target.wants, which the next boot starts."""
+        wants = Path(self.path(WANTS_DIR))
+        link = wants / name
+        if enable:
+            self.enabled.add(name)
+            wants.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(f"{UNIT_DIR}/{name}")
+        else:
+            self.enabled.discard(name)
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
+
+    def _start_all(self, names: list[str], conn: socket.socket) -> None:
+        errors = [e for e in (self.start(n) for n in names) if e]
+        _reply(conn, 1 if errors else 0, "\n".join(errors))
+
+    def _stop_all(self, names: list[str], conn: socket.socket) -> None:
+        for n in names:
+            self.stop(n)
+        self._after_stop(names, conn, then_start=False)
+
+    def _after_stop(self, names: list[str], conn: socket.socket, *, then_start: bool) -> None:
+        pending = [n for n in names if self.services[n].state == State.DEACTIVATING]
+        if not pending:
+            return self._start_all(names, conn) if then_start else _reply(conn, 0, "")
+        self._deferred.append((pending, names, conn, then_start))
+        return None
+
+    def run_deferred(self) -> None:
+        keep = []
+        for pending, names, conn, then_start in self._deferred:
+            if all(self.services[n].state != State.DEACTIVATING for n in pending):
+                if then_start:
+                    self._start_all(names, conn)
+                else:
+                    _reply(conn, 0, "")
+            else:
+                keep.append((pending, names, conn, then_start))
+        self._deferred = keep
+
+
+def _reply(conn: socket.socket, code: int, out: str) -> None:
+    with contextlib.suppress(OSError):
+        conn.setblocking(True)
+        conn.sendall(json.dumps({"code": code, "out": out}).encode() + b"\n")
+    with contextlib.suppress(OSError):
+        conn.close()
+
+
+def serve(init: Init, sock_name: str) -> int:
+    """The event loop: systemctl requests, child exits (SIGCHLD), SIGTERM = shutdown."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind("\0" + sock_name)  # abstract: no file, no path-length limit, gone with the process
+    server.listen(64)
+    server.setblocking(False)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    flags = {"term": False}
+
+    def on_term(_signum, _frame):
+        flags["term"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_term)
+    signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes the selector through the wakeup fd
+    sel = selectors.DefaultSelector()
+    sel.register(server, selectors.EVENT_READ, "accept")
+    sel.register(wake_r, selectors.EVENT_READ, "wake")
+    buffers: dict[socket.socket, bytes] = {}
+    init.start_boot()
+    while not init.done():
+        if flags["term"]:
+            init.shutdown()
+        for key, _ in sel.select(TICK_S):
+            if key.data == "accept":
+                with contextlib.suppress(BlockingIOError):
+                    conn, _ = server.accept()
+                    conn.setblocking(False)
+                    buffers[conn] = b""
+                    sel.register(conn, selectors.EVENT_READ, "conn")
+            elif key.data == "wake":
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+            else:
+                conn = key.fileobj
+                try:
+                    chunk = conn.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    chunk = b""
+                buffers[conn] += chunk
+                if chunk and b"\n" not in buffers[conn]:
+                    continue
+                sel.unregister(conn)
+                data = buffers.pop(conn)
+                try:
+                    args = json.loads(data.split(b"\n", 1)[0] or b"{}").get("args", [])
+                except ValueError:
+                    args = []
+                if init.shutting_down and args[:1] not in (["stop"], ["is-active"], ["status"]):
+                    _reply(conn, 1, "instance is shutting down")
+                else:
+                    init.command([str(a) for a in args], conn)
+        init.reap()
+        init.tick()
+        init.run_deferred()
+        init.write_status()
+    init.say("all units stopped; instance halted")
+    init.write_status()
+    return 0
+
+
+def _children_of(ppid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(entry.name))
+    return out
+
+
+def _finish_children() -> None:
+    """Without a PID namespace: SIGKILL what is left below us (we are its subreaper), as the kernel
+    does for a PID namespace whose init exits."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        kids = _children_of(os.getpid())
+        if not kids:
+            return
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        time.sleep(0.02)
+
+
+def _wrapper(child: int) -> int:
+    """The parent outside the PID namespace: relays SIGTERM/SIGINT to the init (PID 1 inside)."""
+    def relay(signum, _frame):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, relay)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            return os.waitstatus_to_exitcode(status)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m infra.local.init", description=__doc__.splitlines()[0])
+    parser.add_argument("--instance-dir", type=Path, required=True)
+    parser.add_argument("--socket", required=True, help="abstract unix socket name for systemctl")
+    parser.add_argument("--cgroup-procs", type=Path, default=None, help="join this cgroup before anything runs")
+    parser.add_argument("--namespaces", action="store_true", help="private mount + PID namespace")
+    parser.add_argument("--run-as-user", action="store_true", help="honour User= in units")
+    parser.add_argument("--src", type=Path, default=None, help="baked AMI: the checkout for /opt/imgrec/src")
+    parser.add_argument("--venv", type=Path, default=None, help="baked AMI: the venv for /opt/imgrec/venv")
+    parser.add_argument("--hide", type=Path, default=None, help="a folder inside --src to hide (the data dir)")
+    args = parser.parse_args(argv)
+    instance_dir = args.instance_dir.resolve()
+    console = os.open(instance_dir / "console.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    if args.cgroup_procs is not None:
+        args.cgroup_procs.write_text(str(os.getpid()))
+    isolation.set_parent_death_signal()  # the runner gone: this instance goes too
+    if args.namespaces:
+        isolation.unshare(isolation.CLONE_NEWNS | isolation.CLONE_NEWPID)
+        isolation.enter_private_mounts(instance_dir, src=args.src, venv=args.venv, hide=args.hide)
+        child = os.fork()
+        if child:
+            return _wrapper(child)
+        isolation.set_parent_death_signal()
+        try:
+            isolation.mount_proc()
+        except OSError as err:
+            os.write(console, f"init: /proc of the PID namespace not mounted: {err}\n".encode())
+        root_prefix = None
+    else:
+        isolation.become_subreaper()
+        root_prefix = isolation.instance_root(instance_dir)
+    init = Init(instance_dir, instance_dir / "user-data", console, root_prefix=root_prefix,
+                run_as_user=args.run_as_user)
+    try:
+        return serve(init, args.socket)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            init.say(f"socket {args.socket} in use: another init for this instance?")
+            return 1
+        raise
+    finally:
+        if not args.namespaces:
+            _finish_children()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,190 @@
+"""systemd unit files and EnvironmentFiles as plain data, and the rules systemd applies to them.
+
+Pure functions only (standard library, no I/O), so the local init (``infra.local.init``)
+and its tests share one reading of the fields our units use: ExecStart, User, Group,
+WorkingDirectory, Environment, EnvironmentFile, Restart, RestartSec, KillSignal,
+KillMode, TimeoutStopSec, StartLimitIntervalSec and StartLimitBurst. Defaults are
+systemd's own (systemd.service(5), systemd.kill(5), systemd.unit(5)).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+from dataclasses import dataclass, field
+
+# systemd's defaults (DefaultTimeoutStopSec, DefaultStartLimitIntervalSec, DefaultStartLimitBurst, RestartSec).
+DEFAULT_TIMEOUT_STOP_S = 90.0
+DEFAULT_START_LIMIT_INTERVAL_S = 10.0
+DEFAULT_START_LIMIT_BURST = 5
+DEFAULT_RESTART_S = 0.1
+# Exits systemd counts as clean for Restart=on-failure: code 0, or one of these signals.
+CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
+RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-abort", "always")
+_TIME_UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
+               "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
+               "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
+
+
+class UnitError(ValueError):
+    """A unit file or EnvironmentFile we cannot honour; the message names the unit and the field."""
+
+
+@dataclass(frozen=True)
+class Unit:
+    name: str
+    exec_start: tuple[str, ...]
+    user: str = ""
+    group: str = ""
+    working_directory: str = ""
+    environment: dict[str, str] = field(default_factory=dict)
+    environment_files: tuple[tuple[str, bool], ...] = ()  # (path, optional)
+    restart: str = "no"
+    restart_s: float = DEFAULT_RESTART_S
+    kill_signal: int = signal.SIGTERM
+    kill_mode: str = "control-group"
+    timeout_stop_s: float = DEFAULT_TIMEOUT_STOP_S
+    start_limit_interval_s: float = DEFAULT_START_LIMIT_INTERVAL_S
+    start_limit_burst: int = DEFAULT_START_LIMIT_BURST
+    wanted_by: tuple[str, ...] = ()
+
+
+def parse_timespan(text: str) -> float:
+    """systemd time span: ``90``, ``5s``, ``1min 30s``, ``500ms``, ``infinity`` -> seconds."""
+    text = text.strip()
+    if text == "infinity":
+        return float("inf")
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    total, pos = 0.0, 0
+    for m in re.finditer(r"\s*(\d+(?:\.\d+)?)\s*([a-z]+)", text):
+        if m.start() != pos or m.group(2) not in _TIME_UNITS:
+            raise UnitError(f"not a time span: {text!r}")
+        total += float(m.group(1)) * _TIME_UNITS[m.group(2)]
+        pos = m.end()
+    if pos != len(text) or pos == 0:
+        raise UnitError(f"not a time span: {text!r}")
+    return total
+
+
+def parse_signal(text: str) -> int:
+    name = text.strip().upper()
+    if name.isdigit():
+        return int(name)
+    name = name if name.startswith("SIG") else f"SIG{name}"
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise UnitError(f"unknown signal {text!r}") from None
+
+
+def _sections(text: str) -> dict[str, list[tuple[str, str]]]:
+    sections: dict[str, list[tuple[str, str]]] = {}
+    current = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i].strip()
+        while line.endswith("\\") and i + 1 < len(lines):  # continuation lines
+            i += 1
+            line = line[:-1] + " " + lines[i].strip()
+        i += 1
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], [])
+            continue
+        if current is None or "=" not in line:
+            raise UnitError(f"line outside a section or without '=': {line!r}")
+        key, value = line.split("=", 1)
+        current.append((key.strip(), value.strip()))
+    return sections
+
+
+def parse_unit(name: str, text: str) -> Unit:
+    """The fields of ``name`` (e.g. ``imgrec-worker.service``); an unknown Restart= or a missing ExecStart fails."""
+    sec = _sections(text)
+    unit_sec = dict(sec.get("Unit", []))
+    service = sec.get("Service", [])
+    values: dict[str, str] = {}
+    env: dict[str, str] = {}
+    env_files: list[tuple[str, bool]] = []
+    for key, value in service:
+        if key == "Environment":
+            for word in shlex.split(value):
+                k, _, v = word.partition("=")
+                env[k] = v
+        elif key == "EnvironmentFile":
+            env_files.append((value[1:], True) if value.startswith("-") else (value, False))
+        else:
+            values[key] = value  # later assignments win, as in systemd
+    exec_start = values.get("ExecStart", "").lstrip("-@+!:")
+    if not exec_start:
+        raise UnitError(f"{name}: no ExecStart")
+    restart = values.get("Restart", "no")
+    if restart not in RESTART_POLICIES:
+        raise UnitError(f"{name}: Restart={restart} is not one of {', '.join(RESTART_POLICIES)}")
+    try:
+        return Unit(
+            name=name, exec_start=tuple(shlex.split(exec_start)), user=values.get("User", ""),
+            group=values.get("Group", ""), working_directory=values.get("WorkingDirectory", "").lstrip("-"),
+            environment=env, environment_files=tuple(env_files), restart=restart,
+            restart_s=parse_timespan(values.get("RestartSec", str(DEFAULT_RESTART_S))),
+            kill_signal=parse_signal(values.get("KillSignal", "SIGTERM")),
+            kill_mode=values.get("KillMode", "control-group"),
+            timeout_stop_s=parse_timespan(values.get("TimeoutStopSec", values.get("TimeoutSec",
+                                                                                  str(DEFAULT_TIMEOUT_STOP_S)))),
+            start_limit_interval_s=parse_timespan(unit_sec.get("StartLimitIntervalSec",
+                                                               str(DEFAULT_START_LIMIT_INTERVAL_S))),
+            start_limit_burst=int(unit_sec.get("StartLimitBurst", DEFAULT_START_LIMIT_BURST)),
+            wanted_by=tuple(dict(sec.get("Install", [])).get("WantedBy", "").split()),
+        )
+    except (UnitError, ValueError) as err:
+        raise UnitError(f"{name}: {err}") from None
+
+
+def parse_env_file(text: str) -> dict[str, str]:
+    """KEY=value lines as systemd reads an EnvironmentFile: comments, double or single quotes, backslashes."""
+    out: dict[str, str] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise UnitError(f"EnvironmentFile line is not KEY=value: {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] == '"':
+            value = re.sub(r'\\(["\\$`])', r"\1", value[1:-1])
+        elif len(value) >= 2 and value[0] == value[-1] == "'":
+            value = value[1:-1]
+        out[key] = value
+    return out
+
+
+def should_restart(policy: str, exit_code: int | None, killed_by: int | None) -> bool:
+    """Whether systemd restarts a service that ended by itself (not by ``systemctl stop``).
+
+    ``exit_code`` is set for a normal exit, ``killed_by`` for death by a signal.
+    """
+    clean = exit_code == 0 or (killed_by is not None and killed_by in CLEAN_SIGNALS)
+    if policy == "always":
+        return True
+    if policy == "on-success":
+        return clean
+    if policy == "on-failure":
+        return not clean
+    if policy == "on-abnormal":
+        return killed_by is not None and killed_by not in CLEAN_SIGNALS
+    if policy == "on-abort":
+        return killed_by is not None and killed_by not in CLEAN_SIGNALS
+    return False
+
+
+def start_allowed(recent_starts: list[float], now: float, interval_s: float, burst: int) -> bool:
+    """systemd's start rate limit: at most ``burst`` starts within ``interval_s``; 0 turns it off."""
+    if interval_s <= 0 or burst <= 0:
+        return True
+    return sum(1 for t in recent_starts if now - t < interval_s) < burst
