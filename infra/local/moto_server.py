@@ -110,9 +110,10 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
 
 
 if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and IAM corrections
-    from infra.local import moto_iam, moto_speedups
+    from infra.local import moto_fixes, moto_iam, moto_speedups
 
     moto_speedups.apply()
+    moto_fixes.apply()
     moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
     from moto.server import main
 

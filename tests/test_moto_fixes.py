@@ -1,0 +1,46 @@
+"""Our launcher's EC2 corrections (infra/local/moto_fixes.py), against the suite's moto server."""
+
+from __future__ import annotations
+
+import json
+
+
+def _profile(clients, settings, name: str) -> str:
+    clients.iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
+                                                                                "Statement": []}))
+    arn = clients.iam.create_instance_profile(InstanceProfileName=name)["InstanceProfile"]["Arn"]
+    clients.iam.add_role_to_instance_profile(InstanceProfileName=name, RoleName=name)
+    return arn
+
+
+def _described_profile(clients, instance_id: str) -> str | None:
+    found = clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    return found.get("IamInstanceProfile", {}).get("Arn")
+
+
+def test_an_instance_launched_from_a_template_gets_the_templates_instance_profile(clients, settings):
+    arn = _profile(clients, settings, f"{settings.prefix}-lt-role")
+    name = f"{settings.prefix}-lt"
+    clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": settings.ami_id, "InstanceType": "t3.micro", "IamInstanceProfile": {"Arn": arn}})
+    launched = clients.ec2.run_instances(MinCount=2, MaxCount=2, LaunchTemplate={"LaunchTemplateName": name})
+    ids = [i["InstanceId"] for i in launched["Instances"]]
+    assert [_described_profile(clients, i) for i in ids] == [arn, arn]
+
+
+def test_the_requests_own_profile_wins_over_the_templates(clients, settings):
+    template_arn = _profile(clients, settings, f"{settings.prefix}-lt-a")
+    own_arn = _profile(clients, settings, f"{settings.prefix}-lt-b")
+    name = f"{settings.prefix}-lt2"
+    clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
+        "ImageId": settings.ami_id, "IamInstanceProfile": {"Arn": template_arn}})
+    launched = clients.ec2.run_instances(MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateName": name},
+                                         IamInstanceProfile={"Arn": own_arn})
+    assert _described_profile(clients, launched["Instances"][0]["InstanceId"]) == own_arn
+
+
+def test_a_template_without_a_profile_launches_without_one(clients, settings):
+    name = f"{settings.prefix}-lt3"
+    clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": settings.ami_id})
+    launched = clients.ec2.run_instances(MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateName": name})
+    assert _described_profile(clients, launched["Instances"][0]["InstanceId"]) is None
