@@ -13,6 +13,7 @@ runtime (onnxruntime, numpy, pillow, boto3), plus torch on GPU types, which keep
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import StrEnum
@@ -114,7 +115,9 @@ def app_settings(settings: Settings) -> Settings:
 
 # ---------------------------------------------------------------- text
 
+@functools.cache
 def template(name: str) -> str:
+    """A template's text, read once per process (the controller renders one per AMI-path launch)."""
     return (TEMPLATES / name).read_text()
 
 
