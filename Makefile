@@ -3,11 +3,13 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat requirements.txt | sha1sum | cut -c1-12)
+# Every role's requirement set (requirements/*.txt), all included by requirements.txt.
+REQS := requirements.txt $(wildcard requirements/*.txt)
+STAMP := $(VENV)/.installed-$(shell cat $(REQS) | sha1sum | cut -c1-12)
 
 .PHONY: install browser run test test-reliability bench lint provision status teardown moto clean
 
-$(STAMP): requirements.txt
+$(STAMP): $(REQS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt

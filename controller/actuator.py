@@ -11,7 +11,6 @@ SIGTERM is the last line of defence for a busy one.
 from __future__ import annotations
 
 import logging
-import shlex
 import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -22,6 +21,7 @@ from infra.config import Settings
 from infra.metrics import Metric, instance_dimensions
 from infra.observe import ACTIVE_STATES, LIVE_STATES, FleetReader, Instance, InstanceState
 from infra.tags import NAME_TAG, Role, stack_tags
+from infra.userdata import app_user_data
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,11 @@ def choose_removals(instances: Iterable[Instance], count: int, activity: Mapping
 
 
 def user_data(settings: Settings) -> str:
-    """Boot script for an AMI launch: the worker's settings into an env file, then (re)start its unit.
-
-    A launch template carries its own user data (written by deploy), so this is only
-    used on the AMI path. AWS_ENDPOINT_URL is left out: a real instance talks to AWS.
-    """
-    env = {k: v for k, v in settings.to_env().items() if k not in ("AWS_ENDPOINT_URL", "IMGREC_INSTANCE_ID")}
-    lines = "\n".join(f"{k}={shlex.quote(v)}" for k, v in sorted(env.items()))
-    return ("#!/bin/bash\nset -e\ninstall -d /etc/imgrec\n"
-            f"cat > /etc/imgrec/app.env <<'EOF'\n{lines}\nEOF\n"
-            "systemctl restart imgrec-app.service || true\n")
+    """Boot script for an AMI launch (no launch template): the very script deploy puts in the
+    launch template (``infra.userdata.app_user_data``), so the units and the env file are the same
+    whichever path launched the instance. The image must be baked (``python -m infra bake``): the
+    controller does not know where to install the project from."""
+    return app_user_data(settings)
 
 
 def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],

@@ -9,7 +9,6 @@ AWS error minutes later.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +25,10 @@ DEFAULT_RUNTIME = "onnx"  # onnxruntime: ~120 MB RSS per worker after loading in
 RUNTIMES = ("onnx", "torch")
 DEFAULT_MODEL_DIR = ""  # empty: `<data dir>/models`
 DEFAULT_MAX_HOLD_S = 900  # 15 min: far above any real batch, far below SQS's 12 h visibility cap
+DEFAULT_MODEL_URI = ""  # empty: no download at boot (local, or the torch runtime)
+# The model artifact: `<models dir>/<model>/` locally, `<IMGREC_MODEL_URI>` (an S3 prefix) on AWS.
+ARTIFACT_MODEL_FILE = "model.onnx"
+ARTIFACT_MANIFEST_FILE = "manifest.json"
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 60
 DEFAULT_RECEIVE_WAIT_S = 20
@@ -44,21 +47,13 @@ DEFAULT_WEB_PORT = 8000
 DEFAULT_WEB_THREADS = 256
 DEFAULT_DATA_DIR = ".data"
 DEFAULT_INSTANCE_TYPE = "t3.micro"
-DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; on AWS, deploy/bake sets a real one
+DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; deploy/bake resolve the latest Amazon Linux 2023 instead
 DEFAULT_LOG_LEVEL = "INFO"
 DEFAULT_LOCAL_ISOLATION = "auto"
 LOCAL_ISOLATION_MODES = ("auto", "off")
 DEFAULT_METRICS_NAMESPACE = "ImgRec"
 DEFAULT_LOCAL_IAM = "on"  # the local stack's moto checks signatures and IAM policies
 LOCAL_IAM_MODES = ("on", "off")
-# Deployment to real AWS (`python -m infra deploy`); unused locally.
-DEFAULT_WEB_INSTANCE_TYPE = "t3.small"
-DEFAULT_ALLOWED_CIDR = "0.0.0.0/0"
-DEFAULT_SSH_CIDR = ""  # empty: no SSH rule at all
-DEFAULT_KEY_NAME = ""
-DEFAULT_REPO_URL = ""
-DEFAULT_REPO_REF = "main"
-DEFAULT_ROOT_VOLUME_GB = 16
 
 # Where `make run` serves its moto; tools outside the stack look here when no endpoint is set.
 LOCAL_ENDPOINT = "http://127.0.0.1:4566"
@@ -67,10 +62,8 @@ REGION_RE = re.compile(r"^[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d$")
 # S3 bucket names: 3-63 chars, lowercase letters, digits, dots, hyphens.
 BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
-# These values are written into a shell script (user data): no quotes, spaces or `$`.
-REPO_URL_RE = re.compile(r"^(https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+$")
-REPO_REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
+# An S3 prefix; it reaches a systemd ExecStart line, so no spaces, quotes or `$`.
+MODEL_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9._/-]*$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
 RETRY_MODES = ("standard", "adaptive", "legacy")
@@ -83,8 +76,12 @@ class ConfigError(ValueError):
     """A setting from the environment is missing or invalid; the message names it."""
 
 
-def _env_field(var: str, default, doc: str):
+def env_field(var: str, default, doc: str):
+    """A settings field read from environment variable ``var``; ``doc`` goes into the README table."""
     return field(default=default, metadata={"env": var, "doc": doc})
+
+
+_env_field = env_field
 
 
 @dataclass(frozen=True)
@@ -114,6 +111,11 @@ class Settings:
     )
     max_hold_s: int = _env_field(
         "IMGREC_MAX_HOLD_S", DEFAULT_MAX_HOLD_S, "a worker stops extending a message's visibility after holding it this long (s)"
+
+    )
+    model_uri: str = _env_field(
+        "IMGREC_MODEL_URI", DEFAULT_MODEL_URI,
+        "S3 prefix an app instance fetches and verifies its artifact from at boot (set by deploy); empty: none",
     )
     request_timeout_s: float = _env_field(
         "IMGREC_REQUEST_TIMEOUT", DEFAULT_REQUEST_TIMEOUT_S, "seconds a synchronous `POST /` waits before 504"
@@ -169,21 +171,6 @@ class Settings:
     local_iam: str = _env_field(
         "IMGREC_LOCAL_IAM", DEFAULT_LOCAL_IAM,
         "local stack: `on` makes moto check signatures and each role's IAM policies; `off`: moto's permissive defaults"
-    )
-    web_instance_type: str = _env_field(
-        "IMGREC_WEB_INSTANCE_TYPE", DEFAULT_WEB_INSTANCE_TYPE, "deploy: EC2 type of the web/controller instance"
-    )
-    allowed_cidr: str = _env_field(
-        "IMGREC_ALLOWED_CIDR", DEFAULT_ALLOWED_CIDR, "deploy: who may reach the web port (CIDR)"
-    )
-    ssh_cidr: str = _env_field("IMGREC_SSH_CIDR", DEFAULT_SSH_CIDR, "deploy: CIDR allowed SSH to the web instance; empty: no SSH")
-    key_name: str = _env_field("IMGREC_KEY_NAME", DEFAULT_KEY_NAME, "deploy: EC2 key pair for SSH; empty: none")
-    repo_url: str = _env_field(
-        "IMGREC_REPO_URL", DEFAULT_REPO_URL, "deploy/bake: git URL instances install the project from"
-    )
-    repo_ref: str = _env_field("IMGREC_REPO_REF", DEFAULT_REPO_REF, "deploy/bake: git branch, tag or commit to install")
-    root_volume_gb: int = _env_field(
-        "IMGREC_ROOT_VOLUME_GB", DEFAULT_ROOT_VOLUME_GB, "deploy/bake: root disk size of each instance (GiB)"
     )
 
     def __post_init__(self) -> None:
@@ -259,45 +246,17 @@ class Settings:
             fail("local_isolation", f"must be one of {', '.join(LOCAL_ISOLATION_MODES)}")
         if self.imds_endpoint is not None and not re.match(r"^https?://[^\s/]+", self.imds_endpoint):
             fail("imds_endpoint", "must be an http(s) URL")
-        self._validate_deploy(fail)
+        if self.runtime not in RUNTIMES:
+            fail("runtime", f"must be one of {', '.join(RUNTIMES)}")
+        if self.model_uri and not MODEL_URI_RE.match(self.model_uri):
+            fail("model_uri", "use an S3 prefix like s3://bucket/models/<model>/<sha256>/ (no spaces or quotes)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
-
-    def _validate_deploy(self, fail) -> None:
-        if not INSTANCE_TYPE_RE.match(self.web_instance_type):
-            fail("web_instance_type", "not an EC2 instance type like t3.small")
-        for attr in ("allowed_cidr", "ssh_cidr"):
-            value = getattr(self, attr)
-            if attr == "ssh_cidr" and value == "":
-                continue
-            try:
-                ipaddress.ip_network(value)
-            except ValueError as err:
-                fail(attr, f"not a CIDR block like 203.0.113.0/24 ({err})")
-        if self.repo_url and not REPO_URL_RE.match(self.repo_url):
-            fail("repo_url", "use an https://, ssh://, git@ or file:/// URL without spaces or quotes")
-        if not REPO_REF_RE.match(self.repo_ref):
-            fail("repo_ref", "use a branch, tag or commit (letters, digits, . _ / -)")
-        if not KEY_NAME_RE.match(self.key_name):
-            fail("key_name", "use letters, digits, . _ -")
-        if not 8 <= self.root_volume_gb <= 1024:
-            fail("root_volume_gb", "must be between 8 and 1024 GiB")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides) -> Settings:
         """Parse every field from ``env`` (default ``os.environ``); ``overrides`` win."""
-        env = os.environ if env is None else env
-        values = {}
-        for f in dataclasses.fields(cls):
-            var = f.metadata["env"]
-            raw = env.get(var)
-            if raw is None and f.name == "region":
-                raw = env.get("AWS_DEFAULT_REGION")
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f, var, raw.strip())
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**values_from_env(cls, env), **overrides})
 
     def replace(self, **changes) -> Settings:
         """A copy with some fields changed; derived names follow a changed prefix."""
@@ -342,8 +301,23 @@ def _derived_default(prefix: str, name: str) -> str:
     return f"{prefix}-{DERIVED_SUFFIXES[name]}"
 
 
-def _var(attr: str) -> str:
-    return {f.name: f.metadata["env"] for f in dataclasses.fields(Settings)}[attr]
+def _var(attr: str, cls: type | None = None) -> str:
+    return {f.name: f.metadata["env"] for f in dataclasses.fields(cls or Settings)}[attr]
+
+
+def values_from_env(cls: type, env: Mapping[str, str] | None = None) -> dict:
+    """The fields of settings dataclass ``cls`` that ``env`` (default ``os.environ``) sets, parsed."""
+    env = os.environ if env is None else env
+    values = {}
+    for f in dataclasses.fields(cls):
+        var = f.metadata["env"]
+        raw = env.get(var)
+        if raw is None and var == "AWS_REGION":
+            raw = env.get("AWS_DEFAULT_REGION")
+        if raw is None or raw == "":
+            continue
+        values[f.name] = _parse(f, var, raw.strip())
+    return values
 
 
 def _parse(f: dataclasses.Field, var: str, raw: str):
@@ -358,10 +332,10 @@ def _parse(f: dataclasses.Field, var: str, raw: str):
     return raw
 
 
-def settings_table() -> list[tuple[str, str, str]]:
-    """(variable, default, meaning) rows for the README's configuration table."""
+def table_rows(cls: type, *, note: str = "") -> list[tuple[str, str, str]]:
+    """(variable, default, meaning) rows of settings dataclass ``cls``; ``note`` prefixes each meaning."""
     rows = []
-    for f in dataclasses.fields(Settings):
+    for f in dataclasses.fields(cls):
         default = f.default
         if default is None:
             shown = "unset"
@@ -369,8 +343,17 @@ def settings_table() -> list[tuple[str, str, str]]:
             shown = "derived" if f.name in DERIVED_SUFFIXES else "empty"
         else:
             shown = f"`{default}`"
-        rows.append((f.metadata["env"], shown, f.metadata["doc"]))
+        rows.append((f.metadata["env"], shown, note + f.metadata["doc"]))
     return rows
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """Rows for the README's configuration table: every process's settings, then the deploy-only ones."""
+    # The one import of infra.deploy from the runtime contract: documentation only, never run by a
+    # tier (tests/test_layout.py names this exception).
+    from infra.deploy.settings import DEPLOY_ONLY_NOTE, DeploySettings
+
+    return table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
 
 
 def markdown_table() -> str:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
 
 from botocore.exceptions import ClientError
 
 from infra.config import MAX_QUEUE_MESSAGE_BYTES, Settings
+from infra.report import Report
 from infra.tags import STACK_TAG, owned_by
 
 log = logging.getLogger(__name__)
@@ -23,25 +23,6 @@ RESPONSE_RETENTION_S = 4 * 24 * 3600
 # Messages at rest encrypted with SQS-managed keys: AWS defaults new queues to it since 2022,
 # but a queue made earlier (or by hand) would stay plaintext unless we say so.
 ENCRYPTION = {"SqsManagedSseEnabled": "true"}
-
-
-@dataclass
-class Report:
-    """What a provision or teardown run did, one line per resource."""
-
-    lines: list[tuple[str, str]] = field(default_factory=list)
-
-    def add(self, resource: str, action: str) -> None:
-        log.info("%s: %s", resource, action)
-        self.lines.append((resource, action))
-
-    @property
-    def changed(self) -> bool:
-        return any(action not in ("unchanged", "absent", "kept (not ours)") for _, action in self.lines)
-
-    def __str__(self) -> str:
-        width = max((len(r) for r, _ in self.lines), default=0)
-        return "\n".join(f"{r:<{width}}  {a}" for r, a in self.lines)
 
 
 # ---------------------------------------------------------------- queues
@@ -233,16 +214,20 @@ def teardown(settings: Settings, clients) -> Report:
             continue
         sqs.delete_queue(QueueUrl=url)
         report.add(f"queue {name}", "deleted")
-    s3 = clients.s3
     for bucket in (settings.in_bucket, settings.out_bucket):
-        tags = _bucket_tags(s3, bucket)
-        if tags is None:
-            report.add(f"bucket {bucket}", "absent")
-            continue
-        if not owned_by(tags, settings.prefix):
-            report.add(f"bucket {bucket}", "kept (not ours)")
-            continue
-        removed = empty_bucket(s3, bucket)
-        s3.delete_bucket(Bucket=bucket)
-        report.add(f"bucket {bucket}", f"deleted ({removed} object versions)")
+        delete_bucket(clients.s3, settings, bucket, report)
     return report
+
+
+def delete_bucket(s3, settings: Settings, bucket: str, report: Report) -> None:
+    """Empty and delete ``bucket`` if it carries our stack tag; otherwise leave it and say so."""
+    tags = _bucket_tags(s3, bucket)
+    if tags is None:
+        report.add(f"bucket {bucket}", "absent")
+        return
+    if not owned_by(tags, settings.prefix):
+        report.add(f"bucket {bucket}", "kept (not ours)")
+        return
+    removed = empty_bucket(s3, bucket)
+    s3.delete_bucket(Bucket=bucket)
+    report.add(f"bucket {bucket}", f"deleted ({removed} object versions)")

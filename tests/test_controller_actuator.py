@@ -11,6 +11,7 @@ from controller.loop import Action, Controller
 from infra.messages import ImageRequest
 from infra.metrics import Metric
 from infra.observe import STACK_TAG, Instance, InstanceState, app_instances, queue_url
+from infra.userdata import ENV_FILE, app_user_data
 
 
 def tags_of(ec2, instance_id: str) -> dict[str, str]:
@@ -37,12 +38,20 @@ def test_launch_tags_with_lowest_free_index(settings, clients):
     assert live_names(clients.ec2, settings) == [settings.app_instance_name(k) for k in (1, 2, 3, 4)]
 
 
-def test_user_data_carries_settings_but_no_local_endpoint(settings, clients):
+def test_user_data_is_the_app_boot_script_with_its_units_and_env_file(settings, clients):
+    """The AMI path boots like deploy's launch template (tests/test_deploy.py compares the two byte for
+    byte): the worker unit that exists, the env file its units read, the worker's own settings."""
     iid = Ec2Actuator(clients.ec2, settings).launch(1)[0]
     attr = clients.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
     script = base64.b64decode(attr).decode()
-    assert script.startswith("#!/bin/bash") and f"IMGREC_PREFIX={settings.prefix}" in script
-    assert "AWS_ENDPOINT_URL" not in script
+    assert script == app_user_data(settings)
+    assert script.startswith("#!/bin/bash") and f'IMGREC_PREFIX="{settings.prefix}"' in script
+    assert f"cat > {ENV_FILE} <<'IMGREC_EOF'" in script and f"EnvironmentFile={ENV_FILE}" in script
+    assert "systemctl enable --now \"$unit\"" in script and "for unit in imgrec-worker.service; do" in script
+    assert "/etc/imgrec/app.env" not in script and "imgrec-app.service" not in script
+    # the emulator's endpoint goes along: an instance launched against moto talks to that moto
+    assert f'AWS_ENDPOINT_URL="{settings.endpoint_url}"' in script
+    assert 'IMGREC_INSTANCE_ID=""' in script and 'IMGREC_LAUNCH_TEMPLATE=""' in script
 
 
 def test_launch_template_path(settings, clients):

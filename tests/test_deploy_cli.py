@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import subprocess
 import sys
 
 import pytest
 
+from infra.clients import make_client
+from infra.config import Settings
 from infra.deploy.bake import bake
-from infra.deploy.deploy import NotConfirmed, confirm, deploy, destroy, plan_text
-from infra.deploy.pricing import USD_PER_HOUR, ebs_usd_per_hour, estimate_max_hourly
-from infra.deploy.userdata import bake_script
+from infra.deploy.compute import resolve_image
+from infra.deploy.deploy import confirm, deploy, destroy, plan_text
+from infra.deploy.errors import NotConfirmed
+from infra.deploy.pricing import USD_PER_HOUR, alb_usd_per_hour, ebs_usd_per_hour, estimate_max_hourly
+from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
 from infra.observe import ROLE_TAG, STACK_TAG
+from infra.userdata import Source, bake_script
 from tests.conftest import child_env
+from tests.deploy_helpers import write_artifact
 from tests.procs import ROOT
 
 REPO = "https://example.org/imgrec.git"
@@ -35,14 +42,34 @@ def test_estimate_adds_web_app_fleet_and_disks():
                                              + 20 * ebs_usd_per_hour(16), abs=1e-4)
     unknown = estimate_max_hourly("t3.small", "x9.huge", 3, 16)
     assert unknown.unknown == ("x9.huge",) and "not in the price table" in str(unknown)
+    balanced = estimate_max_hourly("t3.small", "t3.micro", 19, 16, web_instances=3, load_balancer=True)
+    assert balanced.usd_per_hour == pytest.approx(3 * USD_PER_HOUR["t3.small"] + 19 * USD_PER_HOUR["t3.micro"]
+                                                  + 22 * ebs_usd_per_hour(16) + alb_usd_per_hour(), abs=1e-4)
+    assert alb_usd_per_hour() > 0.02
 
 
-def test_plan_names_types_max_instances_and_cost(settings):
-    s = settings.replace(instance_type="g4dn.xlarge", max_instances=4, repo_url=REPO)
-    text = plan_text(s)
-    est = estimate_max_hourly(s.web_instance_type, "g4dn.xlarge", 4, s.root_volume_gb)
-    for part in ("1..4 x g4dn.xlarge", s.web_instance_type, f"${est.usd_per_hour:.2f}/hour", "no SSH",
-                 f"{STACK_TAG}={s.prefix}", REPO):
+def test_plan_names_image_types_max_instances_and_cost(settings, clients):
+    s = settings.replace(instance_type="g4dn.xlarge", max_instances=4)
+    d = DeploySettings(repo_url=REPO)
+    image = resolve_image(clients.ec2, make_client("ssm", s), s, d)
+    latest = make_client("ssm", s).get_parameter(Name=DEFAULT_AMI_PARAMETER)["Parameter"]["Value"]
+    assert image.ami_id == latest and not image.baked
+    text = plan_text(s, d, image)
+    est = estimate_max_hourly(d.web_instance_type, "g4dn.xlarge", 4, d.root_volume_gb)
+    for part in ("1..4 x g4dn.xlarge", d.web_instance_type, f"${est.usd_per_hour:.2f}/hour", "no SSH",
+                 f"{STACK_TAG}={s.prefix}", REPO, f"{latest} (latest Amazon Linux 2023, SSM {DEFAULT_AMI_PARAMETER})",
+                 "torch runtime"):
+        assert part in text, part
+    assert re.search(r"\n  load balancer +none ", text) and re.search(rf"\n  image +{latest} ", text)
+    # N web instances: the balancer, its health check and idle timeout, and its price in the estimate
+    write_artifact(s)
+    cpu = s.replace(instance_type="t3.micro", request_timeout_s=300.0)
+    text = plan_text(cpu, d.replace(web_instances=3), image)
+    est = estimate_max_hourly(d.web_instance_type, "t3.micro", 4, d.root_volume_gb, web_instances=3,
+                              load_balancer=True)
+    for part in (f"${est.usd_per_hour:.2f}/hour", "3 x t3.small", f"{s.web_instance_name}-3", "idle timeout 330 s",
+                 "health check /healthz", f"controller runs on {s.web_instance_name} only", "onnx runtime",
+                 f"s3://{s.prefix}-model-bucket/models/efficientnet_lite0/"):
         assert part in text, part
 
 
@@ -60,35 +87,55 @@ def test_confirm_needs_yes_or_a_typed_y():
 
 
 def test_cli_refuses_without_yes_and_dry_run_changes_nothing(settings, clients):
-    s = settings.replace(repo_url=REPO)
-    refused = _infra(s, "deploy")
+    s = settings
+    latest = make_client("ssm", s).get_parameter(Name=DEFAULT_AMI_PARAMETER)["Parameter"]["Value"]
+    refused = _infra(s, "deploy", IMGREC_REPO_URL=REPO)
     assert refused.returncode == 3, refused.stderr
     assert "refusing" in refused.stderr and "--yes" in refused.stderr
     assert "cost at max scale" in refused.stdout
-    dry = _infra(s, "deploy", "--dry-run")
+    dry = _infra(s, "deploy", "--dry-run", IMGREC_REPO_URL=REPO, IMGREC_WEB_INSTANCES="2")
     assert dry.returncode == 0 and "dry run: nothing was changed" in dry.stdout
     assert f"{s.min_instances}..{s.max_instances} x {s.instance_type}" in dry.stdout
+    assert latest in dry.stdout and "load balancer" in dry.stdout and f"{s.prefix}-alb" in dry.stdout
     assert _infra(s, "destroy").returncode == 3
     assert not _bucket_exists(clients, s.in_bucket)
 
 
+def test_a_bad_deploy_setting_stops_deploy_commands_only(settings):
+    bad = {"IMGREC_ALLOWED_CIDR": "203.0.113.0/33"}
+    dry = _infra(settings, "deploy", "--dry-run", **bad)
+    assert dry.returncode == 2 and "IMGREC_ALLOWED_CIDR='203.0.113.0/33'" in dry.stderr
+    assert _infra(settings, "destroy", "--yes", **bad).returncode == 2
+    # every other process parses its settings without looking at it: the worker, web tier and controller
+    assert Settings.from_env({**settings.to_env(), **bad}) == settings
+    status = _infra(settings, "status", **bad)
+    assert status.returncode == 0, status.stderr
+    worker = subprocess.run([sys.executable, "-c", "from infra.process import settings_and_logging as s; "
+                             "print(s().prefix)"], cwd=ROOT, env=child_env(settings, **bad),
+                            capture_output=True, text=True, timeout=60)
+    assert worker.returncode == 0 and worker.stdout.strip() == settings.prefix, worker.stderr
+
+
 def test_cli_deploy_then_destroy(settings, clients):
-    s = settings.replace(repo_url=REPO)
+    s = settings
+    write_artifact(s)
     try:
-        up = _infra(s, "deploy", "--yes")
+        up = _infra(s, "deploy", "--yes", IMGREC_REPO_URL=REPO)
         assert up.returncode == 0, up.stderr
         assert "web tier:  http://" in up.stdout and "python -m workload --url http://" in up.stdout
-        assert _bucket_exists(clients, s.in_bucket)
+        assert _bucket_exists(clients, s.in_bucket) and _bucket_exists(clients, f"{s.prefix}-model-bucket")
     finally:
         down = _infra(s, "destroy", "--yes")
     assert down.returncode == 0, down.stderr
-    assert not _bucket_exists(clients, s.in_bucket)
-    bad = _infra(s, "deploy", "--yes", IMGREC_REPO_URL="")
+    assert not _bucket_exists(clients, s.in_bucket) and not _bucket_exists(clients, f"{s.prefix}-model-bucket")
+    bad = _infra(s, "deploy", "--yes")
     assert bad.returncode == 1 and "IMGREC_REPO_URL" in bad.stderr
 
 
 def test_bake_builds_a_tagged_image_that_deploy_uses_without_a_repo(settings, clients):
-    s = settings.replace(repo_url=REPO, repo_ref="v2")
+    s = settings
+    d = DeploySettings(repo_url=REPO, repo_ref="v2")
+    write_artifact(s)
     ec2 = clients.ec2
     builders = []
 
@@ -97,7 +144,7 @@ def test_bake_builds_a_tagged_image_that_deploy_uses_without_a_repo(settings, cl
         builders.append(instance_id)
         ec2.stop_instances(InstanceIds=[instance_id])
 
-    image_id, report = bake(s, clients, on_launched=guest_powers_off)
+    image_id, report = bake(s, d, clients, on_launched=guest_powers_off)
     try:
         image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
         tags = {t["Key"]: t["Value"] for t in image["Tags"]}
@@ -106,14 +153,15 @@ def test_bake_builds_a_tagged_image_that_deploy_uses_without_a_repo(settings, cl
         assert builder["State"]["Name"] == "terminated"
         attr = ec2.describe_instance_attribute(InstanceId=builders[0], Attribute="userData")
         script = base64.b64decode(attr["UserData"]["Value"]).decode()
-        assert script == bake_script(s)
-        for line in ("install_project\n", '> "$APP/.baked"', "shutdown -h now", f"REPO_URL='{REPO}'"):
+        assert script == bake_script(s, Source(REPO, "v2"))
+        for line in ("install_project\n", '> "$APP/.baked"', "shutdown -h now", f"REPO_URL='{REPO}'",
+                     "REQUIREMENTS='requirements/web.txt requirements/worker.txt'\n"):
             assert line in script, line
         subprocess.run(["bash", "-n"], input=script.encode(), check=True)
 
         # A baked image needs no repo URL: user data only writes settings and starts services.
-        baked = s.replace(ami_id=image_id, repo_url="")
-        report, _ = deploy(baked, clients)
+        baked = s.replace(ami_id=image_id)
+        report, _ = deploy(baked, d.replace(repo_url=""), clients)
         assert "created" in str(report)
     finally:
         report = destroy(s, clients)

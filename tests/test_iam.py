@@ -88,3 +88,17 @@ def test_partition_follows_region():
     assert partition_for("us-east-1") == "aws"
     assert partition_for("cn-north-1") == "aws-cn"
     assert Arns("us-gov-west-1", "1").bucket("b") == "arn:aws-us-gov:s3:::b"
+
+
+def test_app_role_reads_exactly_the_model_artifact_it_boots_with():
+    uri = "s3://lp-model-bucket/models/efficientnet_lite0/" + "ab" * 32 + "/"
+    without = _grants(app_policy(SETTINGS, ARNS))
+    grants = _grants(app_policy(SETTINGS.replace(model_uri=uri), ARNS))
+    prefix = "arn:aws:s3:::lp-model-bucket/models/efficientnet_lite0/" + "ab" * 32
+    assert grants.pop("s3:GetObject") == {"arn:aws:s3:::lp-in-bucket/*", f"{prefix}/model.onnx",
+                                          f"{prefix}/manifest.json"}
+    without.pop("s3:GetObject")
+    assert grants == without  # nothing else new: no list, no wildcard, no write
+    by_sid = {st["Sid"]: st for st in _statements(app_policy(SETTINGS.replace(model_uri=uri), ARNS))}
+    assert by_sid["ReadModelArtifact"]["Action"] == ["s3:GetObject"]
+    assert not any("model-bucket" in json.dumps(st) for st in _statements(_web()))

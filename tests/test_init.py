@@ -13,9 +13,10 @@ import time
 import psutil
 import pytest
 
-from infra.deploy.userdata import unit as render_unit
 from infra.local import isolation
 from infra.local.units import parse_env_file, parse_timespan, parse_unit, should_restart, start_allowed
+from infra.userdata import Unit
+from infra.userdata import unit as render_unit
 from tests.localinst import MODES, NAMESPACES, InitUnderTest, mode_param
 
 PARAMS = [mode_param(m) for m in MODES]
@@ -85,7 +86,7 @@ def test_env_file_quoting():
 
 
 def test_our_worker_unit_parses_with_the_fields_we_rely_on(settings):
-    unit = parse_unit("imgrec-worker.service", render_unit("imgrec-worker.service", settings))
+    unit = parse_unit("imgrec-worker.service", render_unit(Unit.WORKER, settings))
     assert unit.exec_start == ("/opt/imgrec/venv/bin/python", "-m", "app_tier")
     assert unit.user == "imgrec" and unit.environment_files == (("/etc/imgrec/imgrec.env", False),)
     assert unit.restart == "on-failure" and unit.restart_s == 5.0

@@ -23,6 +23,7 @@ from infra.local.ami import ROOT, LocalAmi, ensure_launch_template
 from infra.local.imds import MetadataServer
 from infra.local.runner import Runner, consoles_text, detect_features
 from infra.observe import InstanceState, app_instances
+from infra.userdata import Source
 from tests.conftest import child_env
 from tests.localinst import collect_results, host_mounts_mentioning, local_processes, send_images
 from tests.procs import log_text, stop_process, wait_for
@@ -240,9 +241,8 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], check=True, capture_output=True,
                           text=True).stdout.strip()
     # pip and the preload need more than a t3.micro's 1 GiB; on AWS the install adds swap there.
-    settings = stack.replace(repo_url=f"file://{repo}", repo_ref=branch, instance_type="t3.medium",
-                             launch_template=f"{stack.prefix}-lt")
-    ensure_launch_template(clients.ec2, settings)
+    settings = stack.replace(instance_type="t3.medium", launch_template=f"{stack.prefix}-lt")
+    ensure_launch_template(clients.ec2, settings, source=Source(f"file://{repo}", branch))
     imds = MetadataServer().start()
     runner = Runner(settings, clients.ec2, FEATURES, ami=LocalAmi.this_checkout(baked=False), hierarchy=HIERARCHY,
                     imds=imds)

@@ -1,5 +1,5 @@
-"""`python -m infra bake`: an AMI with the project, its venv and the model weights installed,
-so app instances boot straight into the worker instead of installing for minutes.
+"""`python -m infra bake`: an AMI with the project and its requirement sets installed, so
+instances boot straight into their services instead of installing for minutes.
 
 The builder instance runs ``templates/bake.sh`` as user data, which powers the machine
 off when done (shutdown behaviour ``stop``); bake then snapshots it into an image tagged
@@ -9,18 +9,28 @@ off when done (shutdown behaviour ``stop``); bake then snapshots it into an imag
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from botocore.exceptions import ClientError
 
+from infra.clients import make_client
 from infra.config import Settings
-from infra.deploy.deploy import BAKED_ROLE, _root_volume, _tag_list, resolve_image, terminate_and_wait
-from infra.deploy.iam import DeployError
+from infra.deploy.compute import (
+    BAKED_ROLE,
+    IMDS_V2,
+    builder_stopped_waiter,
+    resolve_image,
+    root_volume,
+    tag_list,
+    terminate_and_wait,
+    wait,
+)
+from infra.deploy.errors import DeployError
 from infra.deploy.network import app_sg_name, default_vpc_id, ensure_sg
-from infra.deploy.userdata import Role, bake_script
-from infra.provision import Report
+from infra.deploy.settings import DeploySettings
+from infra.report import Report
+from infra.userdata import Role, Source, bake_script
 
 log = logging.getLogger(__name__)
 
@@ -38,67 +48,44 @@ def image_name(settings: Settings, now: datetime | None = None) -> str:
     return f"{settings.prefix}-app-{stamp}"
 
 
-def _wait_state(ec2, instance_id: str, want: str, timeout_s: float, poll_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        state = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]["State"]["Name"]
-        if state == want:
-            return
-        if state in ("terminated", "shutting-down"):
-            raise DeployError(f"builder {instance_id} is {state}; see its console output for /var/log/imgrec-bake.log")
-        if time.monotonic() > deadline:
-            raise DeployError(f"builder {instance_id} still {state} after {timeout_s:.0f} s")
-        time.sleep(poll_s)
-
-
-def _wait_image(ec2, image_id: str, timeout_s: float, poll_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        images = ec2.describe_images(ImageIds=[image_id])["Images"]
-        state = images[0]["State"] if images else "missing"
-        if state == "available":
-            return
-        if state in ("failed", "deregistered", "missing") or time.monotonic() > deadline:
-            raise DeployError(f"image {image_id} is {state}")
-        time.sleep(poll_s)
-
-
-def bake(settings: Settings, clients, *, build_timeout_s: float = BUILD_TIMEOUT_S, poll_s: float | None = None,
-         on_launched: Callable[[str], None] | None = None) -> tuple[str, Report]:
-    """Build an AMI from ``settings.ami_id`` (a base image); returns its id and a report."""
-    if not settings.repo_url:
+def bake(settings: Settings, dsettings: DeploySettings, clients, *, build_timeout_s: float = BUILD_TIMEOUT_S,
+         poll_s: float | None = None, on_launched: Callable[[str], None] | None = None) -> tuple[str, Report]:
+    """Build an AMI from the base image; returns its id and a report."""
+    if not dsettings.repo_url:
         raise DeployError("bake installs the project from git: set IMGREC_REPO_URL (and IMGREC_REPO_REF)")
     ec2 = clients.ec2
     poll_s = poll_s if poll_s is not None else (0.2 if settings.is_local else 15.0)
-    base_id, root_device, _ = resolve_image(ec2, settings)
+    base = resolve_image(ec2, make_client("ssm", settings), settings, dsettings)
     report = Report()
     sg = ensure_sg(ec2, settings, app_sg_name(settings), Role.APP, default_vpc_id(ec2), [], report)
+    source = Source(dsettings.repo_url, dsettings.repo_ref)
     try:
         builder = ec2.run_instances(
-            ImageId=base_id, InstanceType=settings.instance_type, MinCount=1, MaxCount=1,
-            SecurityGroupIds=[sg], UserData=bake_script(settings), InstanceInitiatedShutdownBehavior="stop",
-            BlockDeviceMappings=[_root_volume(settings, root_device)],
-            MetadataOptions={"HttpTokens": "required", "HttpEndpoint": "enabled"},
+            ImageId=base.ami_id, InstanceType=settings.instance_type, MinCount=1, MaxCount=1,
+            SecurityGroupIds=[sg], UserData=bake_script(settings, source), InstanceInitiatedShutdownBehavior="stop",
+            BlockDeviceMappings=[root_volume(dsettings, base.root_device)], MetadataOptions=IMDS_V2,
             TagSpecifications=[{"ResourceType": "instance",
-                                "Tags": _tag_list(settings, BUILDER_ROLE, Name=builder_name(settings))},
-                               {"ResourceType": "volume", "Tags": _tag_list(settings, BUILDER_ROLE)}],
+                                "Tags": tag_list(settings, BUILDER_ROLE, Name=builder_name(settings))},
+                               {"ResourceType": "volume", "Tags": tag_list(settings, BUILDER_ROLE)}],
         )["Instances"][0]["InstanceId"]
     except ClientError:
-        log.error("run_instances for AMI builder from %s failed", base_id)
+        log.error("run_instances for AMI builder from %s failed", base.ami_id)
         raise
     report.add(f"builder instance {builder}", "launched")
     try:
         if on_launched:
             on_launched(builder)
         log.info("builder %s installing; waiting for it to power off", builder)
-        _wait_state(ec2, builder, "stopped", build_timeout_s, poll_s)
-        tags = _tag_list(settings, BAKED_ROLE, **{"imgrec:ref": settings.repo_ref})
+        wait(builder_stopped_waiter(ec2), f"builder {builder} to power off (see its console output for "
+             "/var/log/imgrec-bake.log)", build_timeout_s, poll_s, InstanceIds=[builder])
+        tags = tag_list(settings, BAKED_ROLE, **{"imgrec:ref": dsettings.repo_ref})
         image_id = ec2.create_image(
             InstanceId=builder, Name=image_name(settings),
-            Description=f"imgrec app image ({settings.repo_url}@{settings.repo_ref})",
+            Description=f"imgrec app image ({dsettings.repo_url}@{dsettings.repo_ref})",
             TagSpecifications=[{"ResourceType": "image", "Tags": tags}],
         )["ImageId"]
-        _wait_image(ec2, image_id, IMAGE_TIMEOUT_S, poll_s)
+        wait(ec2.get_waiter("image_available"), f"image {image_id} to become available", IMAGE_TIMEOUT_S, poll_s,
+             ImageIds=[image_id])
         # Snapshots are tagged after the fact (moto lacks snapshot tag specs on create_image).
         image = ec2.describe_images(ImageIds=[image_id])["Images"][0]
         snaps = [m["Ebs"]["SnapshotId"] for m in image.get("BlockDeviceMappings", []) if m.get("Ebs", {}).get("SnapshotId")]

@@ -17,8 +17,11 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
+from infra.deploy.errors import DeployError
+from infra.deploy.model import uri_keys
 from infra.observe import ROLE_TAG, STACK_TAG
-from infra.provision import Report
+from infra.report import Report
+from infra.tags import owned_by
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +34,6 @@ EC2_TRUST_POLICY = {
     "Version": POLICY_VERSION,
     "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"}, "Action": "sts:AssumeRole"}],
 }
-
-
-class DeployError(RuntimeError):
-    """Deploy cannot go on (a name is taken by something not ours, no default VPC, ...)."""
 
 
 def partition_for(region: str) -> str:
@@ -64,6 +63,9 @@ class Arns:
 
     def objects(self, bucket: str) -> str:
         return f"arn:{self.partition}:s3:::{bucket}/*"
+
+    def object(self, bucket: str, key: str) -> str:
+        return f"arn:{self.partition}:s3:::{bucket}/{key}"
 
     def ec2(self, resource: str) -> str:
         return f"arn:{self.partition}:ec2:{self.region}:{self.account}:{resource}"
@@ -96,10 +98,12 @@ def _namespace_condition(settings: Settings) -> dict:
 
 
 def app_policy(settings: Settings, arns: Arns) -> dict:
-    """App-tier worker: take work from the request queue, read inputs, write results, put metrics."""
+    """App-tier worker: take work from the request queue, read inputs, write results, put metrics;
+    at boot, read its model artifact (exactly the two objects ``IMGREC_MODEL_URI`` names)."""
     return {
         "Version": POLICY_VERSION,
         "Statement": [
+            *_model_statements(settings, arns),
             {"Sid": "WorkRequestQueue", "Effect": "Allow",
              "Action": ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
                         "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
@@ -118,6 +122,14 @@ def app_policy(settings: Settings, arns: Arns) -> dict:
              "Resource": "*", "Condition": _namespace_condition(settings)},
         ],
     }
+
+
+def _model_statements(settings: Settings, arns: Arns) -> list[dict]:
+    if not settings.model_uri:
+        return []
+    bucket, keys = uri_keys(settings.model_uri)
+    return [{"Sid": "ReadModelArtifact", "Effect": "Allow", "Action": ["s3:GetObject"],
+             "Resource": [arns.object(bucket, key) for key in keys]}]
 
 
 def web_policy(settings: Settings, arns: Arns, *, launch_template_id: str, app_sg_id: str, ami_id: str) -> dict:
@@ -185,7 +197,7 @@ def _tags(settings: Settings, role: str) -> list[dict]:
 
 
 def _is_ours(tags: list[dict] | None, settings: Settings) -> bool:
-    return {t["Key"]: t["Value"] for t in tags or []}.get(STACK_TAG) == settings.prefix
+    return owned_by(tags, settings.prefix)
 
 
 def _missing(err: ClientError) -> bool:

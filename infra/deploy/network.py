@@ -1,29 +1,39 @@
-"""Security groups: the web port (and SSH only when asked) open to configured CIDRs;
-the app tier accepts no inbound traffic at all, it only polls SQS and S3."""
+"""Security groups: the web port (and SSH only when asked) open to configured CIDRs; with a load
+balancer, the web port only from the balancer's group and the balancer open to the CIDR; the app
+tier accepts no inbound traffic at all, it only polls SQS and S3."""
 
 from __future__ import annotations
 
 import logging
-import time
 from typing import NamedTuple
 
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
-from infra.deploy.iam import DeployError
+from infra.deploy.compute import retry_while
+from infra.deploy.errors import DeployError
+from infra.deploy.settings import DeploySettings
 from infra.observe import ROLE_TAG, STACK_TAG
-from infra.provision import Report
+from infra.report import Report
+from infra.tags import owned_by
 
 log = logging.getLogger(__name__)
 
 SSH_PORT = 22
-DELETE_RETRY_S = 120.0  # network interfaces of just-terminated instances take a while to go
+DETACH_TIMEOUT_S = 300.0  # network interfaces of just-terminated instances take a while to go
+DETACH_RETRY_S = 5.0
 
 
 class Rule(NamedTuple):
+    """One inbound TCP port from ``source``: a CIDR block or a security group id (``sg-...``)."""
+
     port: int
-    cidr: str
+    source: str
     description: str
+
+    @property
+    def from_group(self) -> bool:
+        return self.source.startswith("sg-")
 
 
 def web_sg_name(settings: Settings) -> str:
@@ -34,11 +44,23 @@ def app_sg_name(settings: Settings) -> str:
     return f"{settings.prefix}-app-sg"
 
 
-def web_rules(settings: Settings) -> list[Rule]:
-    rules = [Rule(settings.web_port, settings.allowed_cidr, "imgrec web tier")]
-    if settings.ssh_cidr:
-        rules.append(Rule(SSH_PORT, settings.ssh_cidr, "imgrec ssh (IMGREC_SSH_CIDR)"))
+def alb_sg_name(settings: Settings) -> str:
+    return f"{settings.prefix}-alb-sg"
+
+
+def web_rules(settings: Settings, dsettings: DeploySettings, alb_sg_id: str | None = None) -> list[Rule]:
+    """The web port from the allowed CIDR, or only from the load balancer's group when there is one."""
+    if alb_sg_id:
+        rules = [Rule(settings.web_port, alb_sg_id, "imgrec web tier, from the load balancer only")]
+    else:
+        rules = [Rule(settings.web_port, dsettings.allowed_cidr, "imgrec web tier")]
+    if dsettings.ssh_cidr:
+        rules.append(Rule(SSH_PORT, dsettings.ssh_cidr, "imgrec ssh (IMGREC_SSH_CIDR)"))
     return rules
+
+
+def alb_rules(settings: Settings, dsettings: DeploySettings) -> list[Rule]:
+    return [Rule(settings.web_port, dsettings.allowed_cidr, "imgrec load balancer (IMGREC_ALLOWED_CIDR)")]
 
 
 def default_vpc_id(ec2) -> str:
@@ -60,34 +82,27 @@ def find_sg(ec2, name: str, vpc_id: str | None = None) -> dict | None:
     return groups[0] if groups else None
 
 
-def _current_rules(group: dict) -> set[tuple[int, str]]:
-    """(port, cidr) of single-port TCP rules; anything else is revoked by ``_unwanted``."""
-    out = set()
-    for perm in group.get("IpPermissions", []):
-        if perm.get("IpProtocol") == "tcp" and perm.get("ToPort") == perm.get("FromPort"):
-            out.update((perm["FromPort"], rng["CidrIp"]) for rng in perm.get("IpRanges", []))
-    return out
+def _rule_key(rule: dict) -> tuple[int, str] | None:
+    """(port, source) of a single-port TCP ingress rule from describe_security_group_rules; None otherwise."""
+    if rule.get("IsEgress") or rule.get("IpProtocol") != "tcp" or rule.get("FromPort") != rule.get("ToPort"):
+        return None
+    source = rule.get("CidrIpv4") or (rule.get("ReferencedGroupInfo") or {}).get("GroupId")
+    return (rule["FromPort"], source) if source else None
 
 
-def _unwanted(group: dict, wanted: set[tuple[int, str]]) -> list[dict]:
-    """Inbound permissions to revoke: every IPv4 range not wanted, and any IPv6 or group rule."""
-    out = []
-    for perm in group.get("IpPermissions", []):
-        base = {k: perm[k] for k in ("IpProtocol", "FromPort", "ToPort") if k in perm}
-        ranges = [r for r in perm.get("IpRanges", []) if (perm.get("FromPort"), r["CidrIp"]) not in wanted
-                  or perm.get("IpProtocol") != "tcp" or perm.get("ToPort") != perm.get("FromPort")]
-        if ranges:
-            out.append({**base, "IpRanges": [{"CidrIp": r["CidrIp"]} for r in ranges]})
-        if perm.get("Ipv6Ranges"):
-            out.append({**base, "Ipv6Ranges": [{"CidrIpv6": r["CidrIpv6"]} for r in perm["Ipv6Ranges"]]})
-        if perm.get("UserIdGroupPairs"):
-            out.append({**base, "UserIdGroupPairs": [{"GroupId": g["GroupId"]} for g in perm["UserIdGroupPairs"]]})
-    return out
+def _ingress(ec2, group_id: str) -> list[dict]:
+    rules = []
+    for page in ec2.get_paginator("describe_security_group_rules").paginate(
+            Filters=[{"Name": "group-id", "Values": [group_id]}]):
+        rules.extend(r for r in page["SecurityGroupRules"] if not r.get("IsEgress"))
+    return rules
 
 
 def _permission(rule: Rule) -> dict:
-    return {"IpProtocol": "tcp", "FromPort": rule.port, "ToPort": rule.port,
-            "IpRanges": [{"CidrIp": rule.cidr, "Description": rule.description}]}
+    base = {"IpProtocol": "tcp", "FromPort": rule.port, "ToPort": rule.port}
+    if rule.from_group:
+        return {**base, "UserIdGroupPairs": [{"GroupId": rule.source, "Description": rule.description}]}
+    return {**base, "IpRanges": [{"CidrIp": rule.source, "Description": rule.description}]}
 
 
 def ensure_sg(ec2, settings: Settings, name: str, role: str, vpc_id: str, rules: list[Rule],
@@ -105,20 +120,22 @@ def ensure_sg(ec2, settings: Settings, name: str, role: str, vpc_id: str, rules:
         except ClientError:
             log.error("create_security_group %s failed", name)
             raise
-        group, action = {"GroupId": group_id, "IpPermissions": []}, "created"
+        group, action = {"GroupId": group_id}, "created"
     else:
-        tags = {t["Key"]: t["Value"] for t in group.get("Tags", [])}
-        if tags.get(STACK_TAG) != settings.prefix:
+        if not owned_by(group.get("Tags"), settings.prefix):
             raise DeployError(f"security group {name} ({group['GroupId']}) exists but is not ours; "
                               "pick another IMGREC_PREFIX or delete it")
         action = "unchanged"
     group_id = group["GroupId"]
-    wanted = {(r.port, r.cidr): r for r in rules}
-    extra = _unwanted(group, set(wanted))
-    if extra:
-        ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=extra)
+    wanted = {(r.port, r.source): r for r in rules}
+    have = _ingress(ec2, group_id) if action != "created" else []
+    # Revoked by rule id: exact on AWS and in moto, whatever the rule's description or owner.
+    unwanted = [r["SecurityGroupRuleId"] for r in have if _rule_key(r) not in wanted]
+    if unwanted:
+        ec2.revoke_security_group_ingress(GroupId=group_id, SecurityGroupRuleIds=unwanted)
         action = "updated rules" if action == "unchanged" else action
-    missing = [r for key, r in wanted.items() if key not in _current_rules(group)]
+    present = {_rule_key(r) for r in have}
+    missing = [r for key, r in wanted.items() if key not in present]
     if missing:
         ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=[_permission(r) for r in missing])
         action = "updated rules" if action == "unchanged" else action
@@ -126,23 +143,20 @@ def ensure_sg(ec2, settings: Settings, name: str, role: str, vpc_id: str, rules:
     return group_id
 
 
-def delete_sg(ec2, settings: Settings, name: str, report: Report, retry_s: float = DELETE_RETRY_S) -> None:
+def delete_sg(ec2, settings: Settings, name: str, report: Report, *, timeout_s: float = DETACH_TIMEOUT_S,
+              delay_s: float = DETACH_RETRY_S, report_absent: bool = True) -> None:
+    """Delete group ``name`` if ours, retrying while the interfaces of just-terminated instances
+    still hold it (no waiter shows them gone: moto, for one, keeps them forever)."""
     group = find_sg(ec2, name)
     if group is None:
-        report.add(f"security group {name}", "absent")
+        if report_absent:
+            report.add(f"security group {name}", "absent")
         return
-    if {t["Key"]: t["Value"] for t in group.get("Tags", [])}.get(STACK_TAG) != settings.prefix:
+    if not owned_by(group.get("Tags"), settings.prefix):
         report.add(f"security group {name}", "kept (not ours)")
         return
-    deadline = time.monotonic() + retry_s
-    while True:
-        try:
-            ec2.delete_security_group(GroupId=group["GroupId"])
-            break
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "DependencyViolation" or time.monotonic() > deadline:
-                log.error("delete_security_group %s (%s) failed", name, group["GroupId"])
-                raise
-            log.info("security group %s still in use; retrying", group["GroupId"])
-            time.sleep(5)
-    report.add(f"security group {name} ({group['GroupId']})", "deleted")
+    group_id = group["GroupId"]
+    retry_while(lambda: ec2.delete_security_group(GroupId=group_id),
+                lambda err: err.response["Error"]["Code"] == "DependencyViolation",
+                f"delete_security_group {name} ({group_id})", timeout_s=timeout_s, delay_s=delay_s)
+    report.add(f"security group {name} ({group_id})", "deleted")

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 HOURS_PER_MONTH = 730
 EBS_GP3_USD_PER_GB_MONTH = 0.08
+# Application Load Balancer: per hour plus per LCU-hour; a course-scale load stays near one LCU.
+ALB_USD_PER_HOUR = 0.0225
+ALB_USD_PER_LCU_HOUR = 0.008
+ALB_LCUS = 1
 PRICE_REGION = "us-east-1"
 
 USD_PER_HOUR: dict[str, float] = {
@@ -52,11 +56,19 @@ def ebs_usd_per_hour(gib: int) -> float:
     return gib * EBS_GP3_USD_PER_GB_MONTH / HOURS_PER_MONTH
 
 
-def estimate_max_hourly(web_type: str, app_type: str, max_instances: int, root_volume_gb: int) -> Estimate:
-    """One web instance plus ``max_instances`` app instances, each with its root volume."""
-    total = (max_instances + 1) * ebs_usd_per_hour(root_volume_gb)
+def alb_usd_per_hour() -> float:
+    return ALB_USD_PER_HOUR + ALB_LCUS * ALB_USD_PER_LCU_HOUR
+
+
+def estimate_max_hourly(web_type: str, app_type: str, max_instances: int, root_volume_gb: int, *,
+                        web_instances: int = 1, load_balancer: bool = False) -> Estimate:
+    """``web_instances`` web instances plus ``max_instances`` app instances, each with its root
+    volume, and the load balancer (at one LCU) when there is one."""
+    total = (max_instances + web_instances) * ebs_usd_per_hour(root_volume_gb)
+    if load_balancer:
+        total += alb_usd_per_hour()
     unknown = []
-    for itype, count in ((web_type, 1), (app_type, max_instances)):
+    for itype, count in ((web_type, web_instances), (app_type, max_instances)):
         price = USD_PER_HOUR.get(itype)
         if price is None:
             unknown.append(itype)

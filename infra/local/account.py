@@ -48,10 +48,10 @@ from infra.deploy.iam import (
     web_policy,
     web_role_name,
 )
-from infra.deploy.userdata import Role
 from infra.local.moto_iam import service_user_name, set_enforcement
 from infra.observe import ROLE_TAG, STACK_TAG
 from infra.provision import Report
+from infra.tags import Role
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ marked baked (``/opt/imgrec/.baked``) so the boot script skips the install, as o
 image made by ``python -m infra bake``. An un-baked instance (``baked=False``) gets an
 empty /opt/imgrec and runs the real install path.
 
-The user data is the deploy's own boot script (``infra.deploy.userdata``) for the
+The user data is the deploy's own boot script (``infra.userdata``) for the
 local settings, carried by a launch template in moto as ``deploy`` makes one on AWS,
 so the controller launches exactly what EC2 would boot.
 
@@ -28,6 +28,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
+from infra.userdata import Source, app_user_data
 
 log = logging.getLogger(__name__)
 
@@ -56,21 +57,20 @@ def launch_template_name(settings: Settings) -> str:
     return settings.launch_template or f"{settings.prefix}-app-lt"
 
 
-def local_boot_script(settings: Settings) -> str:
-    """The app-tier user data ``deploy`` would write, for these (local) settings."""
-    from infra.deploy.userdata import Role, boot_script, instance_settings
-
-    inst = instance_settings(settings, launch_template=launch_template_name(settings), ami_id=settings.ami_id)
-    return boot_script(Role.APP, inst)
+def local_boot_script(settings: Settings, source: Source | None = None) -> str:
+    """The app-tier user data ``deploy`` would write, for these (local) settings; with ``source`` the
+    instance installs the project from that repository (the un-baked path), without it the image is baked."""
+    return app_user_data(settings.replace(launch_template=launch_template_name(settings)), source)
 
 
-def ensure_launch_template(ec2, settings: Settings, user_data: str | None = None, *, profile_arn: str = "") -> str:
+def ensure_launch_template(ec2, settings: Settings, user_data: str | None = None, *, profile_arn: str = "",
+                           source: Source | None = None) -> str:
     """The app tier's launch template in moto, with the boot script as its user data; returns its name.
 
     A template that exists gets a new default version when the user data changed.
     """
     name = launch_template_name(settings)
-    text = user_data if user_data is not None else local_boot_script(settings)
+    text = user_data if user_data is not None else local_boot_script(settings, source)
     data = {"ImageId": settings.ami_id, "InstanceType": settings.instance_type,
             "UserData": base64.b64encode(text.encode()).decode()}
     if profile_arn:  # the app role's instance profile: what the instance's processes may do
