@@ -36,8 +36,8 @@ from botocore.exceptions import ClientError
 
 from infra.clients import local_aws_files, make_client
 from infra.config import Settings
-from infra.deploy.deploy import ensure_web_instance as deploy_web_instance
-from infra.deploy.deploy import stack_instances, terminate_and_wait
+from infra.deploy.compute import stack_instances, terminate_and_wait
+from infra.deploy.deploy import ensure_web_instances
 from infra.deploy.iam import (
     POLICY_VERSION,
     Arns,
@@ -48,6 +48,7 @@ from infra.deploy.iam import (
     web_policy,
     web_role_name,
 )
+from infra.deploy.settings import DEFAULT_WEB_INSTANCE_TYPE
 from infra.local.moto_iam import service_user_name, set_enforcement
 from infra.observe import ROLE_TAG, STACK_TAG
 from infra.provision import Report
@@ -187,9 +188,11 @@ def profile_role(iam, profile_arn: str) -> str:
 
 def ensure_web_instance(ec2, settings: Settings, web_profile_arn: str, report: Report) -> str:
     """Exactly one running web instance record with the web instance profile; returns its id."""
-    run_args = {"ImageId": settings.ami_id, "InstanceType": settings.web_instance_type,
+    run_args = {"ImageId": settings.ami_id, "InstanceType": DEFAULT_WEB_INSTANCE_TYPE,
                 "IamInstanceProfile": {"Arn": web_profile_arn}}
-    return deploy_web_instance(ec2, settings, run_args, report)["InstanceId"]
+    (web,) = ensure_web_instances(ec2, settings, 1, lambda _index: run_args, report, wait_s=WEB_STOP_TIMEOUT_S,
+                                  poll_s=0.2)
+    return web["InstanceId"]
 
 
 def terminate_web_instance(ec2, settings: Settings, *, wait: bool = True) -> list[str]:
