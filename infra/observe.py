@@ -15,6 +15,8 @@ log = logging.getLogger(__name__)
 
 STACK_TAG = "imgrec:stack"
 ROLE_TAG = "imgrec:role"
+OWNER_TAG = "imgrec:owner"  # on a reply queue: the web process answering from it
+HEARTBEAT_TAG = "imgrec:heartbeat"  # on a reply queue: epoch seconds of its owner's last beat
 
 
 class InstanceState(StrEnum):
@@ -51,6 +53,17 @@ class Instance:
     name: str
     state: InstanceState
     launch_time: float  # epoch seconds
+
+
+def owner_alive(tags: dict[str, str], now: float, stale_s: float) -> bool:
+    """A reply queue's owner is alive while its heartbeat tag is younger than ``stale_s`` (pure)."""
+    if not tags.get(OWNER_TAG):
+        return False
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG, ""))
+    except ValueError:
+        return False
+    return now - beat < stale_s
 
 
 def queue_url(sqs, name: str) -> str:

@@ -93,7 +93,8 @@ BAD_UPLOADS = [
     ("delete char", {"myfile": ("a\x7fb.jpg", jpeg_bytes(1))}, 400, "control"),
     ("zero-width space", {"myfile": ("a\u200bb.jpg", jpeg_bytes(1))}, 400, "control"),
     ("very long", {"myfile": ("a" * 300 + ".jpg", jpeg_bytes(1))}, 400, "longer"),
-    ("non-ascii", {"myfile": ("caf\u00e9.jpg", jpeg_bytes(1))}, 400, "ASCII"),
+    ("bidi override", {"myfile": ("gpj\u202e.exe", jpeg_bytes(1))}, 400, "control"),
+    ("over 255 UTF-8 bytes", {"myfile": ("\u7167" * 90 + ".png", jpeg_bytes(1))}, 400, "bytes"),
     ("only dots", {"myfile": (". .", jpeg_bytes(1))}, 400, "usable"),
     ("over the limit", {"myfile": ("big.png", b"\x89PNG" + b"\0" * SMALL_LIMIT)}, 413, "larger"),
 ]
@@ -277,16 +278,15 @@ def test_signal_stops_cleanly(moto_server, tmp_path, sig):
         stop_process(proc)
 
 
-def test_store_is_reachable_in_app_extensions(settings):
-    """The documented hook a dashboard blueprint reads (no dispatcher needed)."""
+def test_store_is_reachable_in_app_extensions(stack):
+    """The documented hook a dashboard blueprint reads (no dispatcher, so no reply queue either)."""
     from web_tier import create_app, get_state
 
-    app = create_app(settings, start_dispatcher=False)
+    app = create_app(stack, start_dispatcher=False)
     state = get_state(app)
     assert app.extensions["imgrec"] is state
-    assert state.store.counts() == {"queued": 0, "done": 0, "failed": 0}
-    assert not state.dispatcher.is_alive()
+    assert state.store.get("nothing") is None and state.store.table == stack.jobs_table
+    assert not state.dispatcher.is_alive() and state.reply.url is None and state.reply_to() is None
     assert app.config["MAX_CONTENT_LENGTH"] == state.max_body_bytes
-    state.store.close()
 
 
