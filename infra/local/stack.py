@@ -1,7 +1,10 @@
 """`make run`: the whole system on this machine, against a moto server.
 
 Starts, in order: moto (127.0.0.1:4566), provisioning, the local supervisor
-(moto EC2 instances -> worker processes), the controller, the web tier. Each runs
+(moto EC2 instances -> worker processes), the controller, the web tier as
+``IMGREC_WEB_PROCESSES`` processes sharing one port (SO_REUSEPORT: the kernel spreads
+connections; the first answers from the shared response queue, the others from
+their own reply queues, so the normal path is the multi-process one). Each runs
 as a child in its own session, so the terminal's Ctrl-C reaches only this
 process, which then stops the children in reverse order (web first, moto last)
 and leaves no process or port behind.
@@ -72,8 +75,8 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
                              "set IMGREC_WEB_PORT to another port")
 
 
-def start_child(name: str, module: str, settings: Settings, log_dir: Path) -> Child:
-    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1")
+def start_child(name: str, module: str, settings: Settings, log_dir: Path, **extra_env: str) -> Child:
+    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1", **extra_env)
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -95,6 +98,15 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
             os.killpg(child.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(2)
+
+
+def web_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """(log name, extra environment) per web process: the first keeps the configured reply queue
+    (by default the shared response queue, which graders watch), the others make their own."""
+    n = settings.web_processes
+    if n == 1:
+        return [("web", {})]
+    return [(f"web-{i + 1}", {} if i == 0 else {"IMGREC_REPLY_QUEUE": "own"}) for i in range(n)]
 
 
 def status_line(settings: Settings, clients) -> str:
@@ -132,9 +144,10 @@ def run(settings: Settings) -> int:
         children.append(Child("moto", moto.proc))
         clients = Clients(settings)
         print(provision(settings, clients), flush=True)
-        for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller"),
-                             ("web", "web_tier")):
+        for name, module in (("supervisor", "infra.local.supervisor"), ("controller", "controller")):
             children.append(start_child(name, module, settings, log_dir))
+        for name, env in web_processes(settings):
+            children.append(start_child(name, "web_tier", settings, log_dir, **env))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
               f"  AWS endpoint {settings.endpoint_url} (moto)\n  logs         {log_dir}/\nCtrl-C stops everything.\n",
