@@ -190,7 +190,7 @@ class JobStore:
         return out
 
     def batch(self, batch_id: str) -> list[Job]:
-        """Every job of a batch, oldest first."""
+        """Every job of a batch in the order it was submitted (a refused file where it was refused)."""
         jobs = []
         try:
             for page in self.db.get_paginator("query").paginate(
@@ -200,7 +200,7 @@ class JobStore:
         except ClientError:
             log.error("query of batch %s in %s failed", batch_id, self.table)
             raise
-        return sorted(jobs, key=lambda j: (j.created_at or 0.0, j.id))
+        return sorted(jobs, key=lambda j: (j.created_at or 0.0, j.enqueued_at or j.result_at or 0.0, j.id))
 
 
 # ---------------------------------------------------------------- the table (provisioning)

@@ -36,9 +36,9 @@ def web_settings(moto_server, data_dir: Path, **overrides) -> Settings:
 
 
 @contextmanager
-def running_web(settings: Settings, log_path: Path):
+def running_web(settings: Settings, log_path: Path, **env_extra: str):
     """`python -m web_tier` until the block ends; fails with its log if it does not come up."""
-    proc = start_module("web_tier", settings, log_path=log_path)
+    proc = start_module("web_tier", settings, log_path=log_path, **env_extra)
     base = f"http://{settings.web_host}:{settings.web_port}"
 
     def up():

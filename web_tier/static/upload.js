@@ -140,7 +140,7 @@
           const resp = await fetch(`/api/jobs?ids=${ids.join(",")}&wait=${POLL_WAIT_S}`);
           if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
           const body = await resp.json();
-          body.jobs.forEach(show);
+          body.jobs.forEach((job) => show(job));
           for (const id of body.unknown) {
             const card = pending.get(id);
             pending.delete(id);
