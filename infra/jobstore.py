@@ -143,9 +143,21 @@ class JobStore:
         self.table = table
 
     def add(self, job: Job) -> None:
-        """Recorded before its request is sent, so no result can precede it."""
+        """Record a job; merges with a result already recorded (the request may be answered first)."""
+        item = to_item(job)
+        status = item.pop("status")
+        item.pop("id")
+        names = {f"#a{i}": k for i, k in enumerate(item)}
+        values = {f":v{i}": v for i, v in enumerate(item.values())}
+        sets = [f"#a{i} = :v{i}" for i in range(len(item))]
+        if job.result is None:  # a queued record never overwrites a result
+            sets.append("#st = if_not_exists(#st, :st)")
+        else:
+            sets.append("#st = :st")
+        names["#st"], values[":st"] = "status", status
         try:
-            self.db.put_item(TableName=self.table, Item=to_item(job))
+            self.db.update_item(TableName=self.table, Key={"id": {"S": job.id}}, UpdateExpression="SET " + ", ".join(sets),
+                                ExpressionAttributeNames=names, ExpressionAttributeValues=values)
         except ClientError:
             log.error("put_item of job %s (%s) into %s failed", job.id, job.name, self.table)
             raise
@@ -159,10 +171,6 @@ class JobStore:
         except ClientError:
             log.error("update_item for result %s (%s) in %s failed", result.request_id, result.name, self.table)
             raise
-
-    def fail(self, job_id: str, name: str, error: str) -> None:
-        """A job that never reached a worker (the queue refused it)."""
-        self.complete(ImageResult(job_id, name, error=error))
 
     def get(self, job_id: str) -> Job | None:
         return self.get_many([job_id]).get(job_id)

@@ -46,8 +46,10 @@ def test_a_result_recorded_before_its_submit_record_is_kept(stack, clients):
     """Order does not matter: the result merges into the item, the submit record does not erase it."""
     store = _store(stack, clients)
     store.complete(ImageResult("j2", "x.jpg", label="cat"), received_at=5.0)
+    store.add(Job("j2", "x.jpg", JobStatus.QUEUED, key="x.jpg", batch_id="b0000002", created_at=4.0))
     got = store.get("j2")
-    assert got.status is JobStatus.DONE and got.result.label == "cat"
+    assert got.status is JobStatus.DONE and got.result.label == "cat" and got.answer == "x:cat"
+    assert got.batch_id == "b0000002" and got.total_ms == 1000.0 and store.batch("b0000002") == [got]
 
 
 def test_batches_and_many_ids(stack, clients):
@@ -56,7 +58,7 @@ def test_batches_and_many_ids(stack, clients):
         store.add(Job(f"k{i:03d}", f"{i}.jpg", JobStatus.QUEUED, batch_id="bbbbbbbb" if i < 120 else "cccccccc",
                       created_at=float(i)))
     store.complete(ImageResult("k005", "5.jpg", label="dog"))
-    store.fail("k006", "6.jpg", "request queue unavailable")
+    store.complete(ImageResult("k006", "6.jpg", error="cannot decode"))
     batch = store.batch("bbbbbbbb")
     assert [j.id for j in batch] == [f"k{i:03d}" for i in range(120)]  # oldest first
     assert [j.status for j in batch[4:7]] == [JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED]

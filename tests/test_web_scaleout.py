@@ -215,6 +215,9 @@ def test_killing_a_web_process_loses_no_job_and_its_queue_is_reaped(system, trut
             threads = [threading.Thread(target=sync, args=(i,)) for i in range(6)]
             for t in threads:
                 t.start()
+            req_url = queue_url(system.clients.sqs, s.req_queue)
+            wait_for(lambda: queue_depth(system.clients.sqs, req_url).visible == 14, 30,
+                     what="8 + 6 requests sent")
             wait_for(lambda: requests.get(c.base + "/healthz", timeout=5).json()["waiting"] == 6, 30,
                      what="6 synchronous clients waiting")
             c.send_signal(signal.SIGKILL)

@@ -94,10 +94,9 @@ def check_upload(filename: str | None, data: bytes, max_bytes: int) -> Upload:
 
 def submit(state, upload: Upload, job_id: str | None = None, received_at: float | None = None,
            batch_id: str | None = None) -> str:
-    """Store the image, record the job, enqueue its request; returns the job (= request) id.
+    """Store the image, enqueue its request, record the job; returns the job (= request) id.
 
-    Raises ``Rejected(503)`` when S3, the job store or SQS refuse; a job recorded before
-    the queue refused is marked failed.
+    Raises ``Rejected(503)`` when S3 or SQS refuse (nothing is recorded then).
     """
     created = received_at or time.time()
     s3, sqs, settings = state.clients.s3, state.clients.sqs, state.settings
@@ -112,20 +111,20 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
         log.error("put_object %s/%s failed: %s", settings.in_bucket, upload.key, err)
         raise Rejected(503, "image store unavailable, try again") from None
     request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to)
-    job = Job(request.request_id, upload.name, JobStatus.QUEUED, key=upload.key, version=request.version,
-              batch_id=batch_id, created_at=created, enqueued_at=request.sent_at)
-    try:
-        state.store.add(job)  # before the request goes out, so no result can precede its job
-    except (ClientError, BotoCoreError) as err:
-        log.error("recording job %s (%s) failed: %s", job.id, upload.key, err)
-        raise Rejected(503, "job store unavailable, try again") from None
-    state.router.expect(job.id)
+    state.router.expect(request.request_id)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
-        log.error("send_message for job %s (%s) failed: %s", job.id, upload.key, err)
-        _best_effort_fail(state, job.id, upload.name, "request queue unavailable")
+        log.error("send_message for job %s (%s) failed: %s", request.request_id, upload.key, err)
         raise Rejected(503, "request queue unavailable, try again") from None
+    # Recorded after the send: a process killed in between leaves no job that never runs (the result
+    # then makes the record), and the record merges with a result that comes first.
+    job = Job(request.request_id, upload.name, JobStatus.QUEUED, key=upload.key, version=request.version,
+              batch_id=batch_id, created_at=created, enqueued_at=request.sent_at)
+    try:
+        state.store.add(job)
+    except (ClientError, BotoCoreError) as err:
+        log.error("recording job %s (%s) failed: %s; its result will record it", job.id, upload.key, err)
     log.info("job %s enqueued: key=%s version=%s batch=%s reply=%s", job.id, upload.key, request.version, batch_id,
              state.reply.name or "-")
     return job.id
@@ -143,10 +142,3 @@ def record_refused(state, filename: str | None, reason: str, batch_id: str, rece
         log.error("recording refused file %r of batch %s failed: %s", name, batch_id, err)
         return None
     return job_id
-
-
-def _best_effort_fail(state, job_id: str, name: str, error: str) -> None:
-    try:
-        state.store.fail(job_id, name, error)
-    except (ClientError, BotoCoreError) as err:
-        log.error("could not mark job %s failed: %s", job_id, err)
