@@ -66,8 +66,9 @@ class WebState:
 
     def close(self, dispatcher_timeout: float = 3.0) -> None:
         """Stop the background threads, then release the reply queue. A dispatcher caught in a long poll
-        is a daemon: whatever it holds goes back to the queue after its visibility timeout."""
+        is a daemon: whatever it holds goes back to the queue after its visibility timeout. With no
+        result outstanding there is nothing to wait for."""
         if self.dashboard_sampler is not None:
             self.dashboard_sampler.stop()
-        self.dispatcher.stop(timeout=dispatcher_timeout)
+        self.dispatcher.stop(timeout=dispatcher_timeout if self.router.outstanding else 0.2)
         self.reply.close(outstanding=self.router.outstanding)

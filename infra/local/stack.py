@@ -76,7 +76,7 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
 
 
 def start_child(name: str, module: str, settings: Settings, log_dir: Path, **extra_env: str) -> Child:
-    env = dict(os.environ, **settings.to_env(), PYTHONUNBUFFERED="1", **extra_env)
+    env = {**os.environ, **settings.to_env(), "PYTHONUNBUFFERED": "1", **extra_env}
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -86,18 +86,27 @@ def start_child(name: str, module: str, settings: Settings, log_dir: Path, **ext
 
 
 def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM in reverse start order, wait, then SIGKILL the process groups that remain."""
+    """SIGTERM in reverse start order (sibling web processes together), wait, then SIGKILL the
+    process groups that remain."""
+    groups: list[list[Child]] = []
     for child in reversed(children):
-        if child.proc.poll() is None:
-            child.proc.send_signal(signal.SIGTERM)
+        if groups and groups[-1][0].name.startswith("web") and child.name.startswith("web"):
+            groups[-1].append(child)
+        else:
+            groups.append([child])
+    for group in groups:
+        for child in group:
+            if child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGTERM)
+        for child in group:
             try:
                 child.proc.wait(grace / 2)
             except subprocess.TimeoutExpired:
                 log.warning("%s did not stop in %.0f s; killing it", child.name, grace / 2)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(child.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(2)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(2)
 
 
 def web_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
