@@ -7,7 +7,8 @@ that left requests out) is an orphan: its results are recorded in the job store
 the request queue has been empty for a while, no request can name it any more and
 it is deleted. Not sooner: AWS accepts sends to a deleted queue for up to 60 s and
 those answers would be lost. The shared response queue is drained the same way
-when its holder is gone, and never deleted. ``decide`` is pure; ``Reaper`` acts.
+when its holder died (stale heartbeat), and never deleted; released at a clean
+stop, it waits for the next default web process, as it always has. ``decide`` is pure; ``Reaper`` acts.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from infra.config import Settings
 from infra.jobstore import JobStore
 from infra.messages import BadMessage, ImageResult
-from infra.observe import STACK_TAG, QueueDepth, owner_alive, queue_depth, queue_url
+from infra.observe import OWNER_TAG, STACK_TAG, QueueDepth, owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_urls
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,8 @@ def decide(q: ReplyQueueView, *, prefix: str, now: float, stale_s: float, quiet_
         return ReapAction.KEEP  # not ours
     if owner_alive(q.tags, now, stale_s):
         return ReapAction.KEEP
+    if q.shared and not q.tags.get(OWNER_TAG):
+        return ReapAction.KEEP  # released at a clean stop (or never held): the next default process reads it
     if q.depth.visible > 0:
         return ReapAction.DRAIN
     if q.shared or q.depth.backlog > 0:

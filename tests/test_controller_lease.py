@@ -115,8 +115,9 @@ GONE = {STACK_TAG: "st"}  # owner tags removed at a clean stop
     (DEAD, QueueDepth(0, 0), False, 5.0, ReapAction.KEEP),  # not quiet long enough
     (DEAD, QueueDepth(0, 0), False, 10.0, ReapAction.DELETE),
     (GONE, QueueDepth(0, 0), False, 10.0, ReapAction.DELETE),
-    (GONE, QueueDepth(3, 0), True, 10.0, ReapAction.DRAIN),  # the shared queue without a holder: drained
-    (GONE, QueueDepth(0, 0), True, 99.0, ReapAction.KEEP),  # ... and never deleted
+    (DEAD, QueueDepth(3, 0), True, 10.0, ReapAction.DRAIN),  # the shared queue's holder died: drained
+    (DEAD, QueueDepth(0, 0), True, 99.0, ReapAction.KEEP),  # ... and never deleted
+    (GONE, QueueDepth(3, 0), True, 10.0, ReapAction.KEEP),  # released (or never held): the next holder reads it
     ({**DEAD, STACK_TAG: "other"}, QueueDepth(3, 0), False, 99.0, ReapAction.KEEP),  # not ours
 ])
 def test_reaper_decision(tags, depth, shared, quiet_for, action):
