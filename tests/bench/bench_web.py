@@ -15,7 +15,7 @@ Runs its own moto server, web tier (`python -m web_tier`) and real worker(s)
 * capacity: ``POST /api/jobs`` accepted per second from ``--clients`` (200) concurrent
   clients, with 1 and with 2 web processes sharing one port (SO_REUSEPORT), no
   worker (this measures intake), and the web processes' own CPU ms per request;
-  ``--server gunicorn`` runs the same with gunicorn (gthread) for comparison;
+  ``--server gunicorn`` runs the same with gunicorn (gthread; not in requirements.txt: install it to compare);
 * ``--sync`` (400) synchronous ``POST /`` round-robin over two web processes (two
   ports) and the same against one: right answers, stolen (another request's answer
   or none), latency p50/p95.
@@ -241,9 +241,10 @@ def scaleout(args) -> int:
               f"no worker (logs in {tmp})")
         for n in (1, 2):
             capacity(moto, tmp, n, args.clients, args.per_client, args.server)
-        print(f"{args.sync} synchronous POST / ({args.workers} workers, {args.sync_concurrency} concurrent clients)")
-        for n in (1, 2):
-            round_robin(moto, tmp, n, args.sync, args.workers, args.sync_concurrency)
+        if args.sync:
+            print(f"{args.sync} synchronous POST / ({args.workers} workers, {args.sync_concurrency} concurrent clients)")
+            for n in (1, 2):
+                round_robin(moto, tmp, n, args.sync, args.workers, args.sync_concurrency)
     return 0
 
 
