@@ -157,7 +157,7 @@ class Settings:
         "IMGREC_CONTROLLER_LEASE", DEFAULT_CONTROLLER_LEASE_S,
         "seconds a controller's lease lasts unrenewed (one controller acts per stack)",
     )
-    data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (job store, pid files)")
+    data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (pid files, `make run` logs)")
     instance_type: str = _env_field("IMGREC_INSTANCE_TYPE", DEFAULT_INSTANCE_TYPE, "app-tier EC2 instance type")
     ami_id: str = _env_field("IMGREC_AMI_ID", DEFAULT_AMI_ID, "app-tier AMI (local: any moto AMI)")
     launch_template: str = _env_field(
