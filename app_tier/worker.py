@@ -40,7 +40,7 @@ from app_tier.metrics import Metrics
 from app_tier.visibility import HeldMessages
 from infra.clients import Clients
 from infra.config import Settings
-from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, output_key
+from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, check_reply_to, output_key
 from infra.metrics import Metric
 from infra.observe import queue_url
 
@@ -57,6 +57,7 @@ STAGE_JOIN_S = 5.0  # after a stage died, how long to wait for the others before
 # and never later than the visibility timeout would have let it.
 RETRY_BASE_S = 2
 RETRY_MAX_S = 120
+MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 # Batches a worker holds before inference finishes with them: the one being inferred and one
 # prepared behind it. More would hide latency no better and hoard messages that newly
 # launched instances could be working on.
@@ -377,6 +378,11 @@ class Worker:
             item = Item(m["MessageId"], m["ReceiptHandle"], _receive_count(m))
             try:
                 item.request = ImageRequest.from_json(m["Body"])
+                if item.request.reply_to is not None:  # answers go only to this stack's reply queues
+                    refused = check_reply_to(item.request.reply_to, self._req_url, self.settings.prefix,
+                                             self.settings.resp_queue)
+                    if refused:
+                        raise BadMessage(f"request {item.request.request_id}: {refused}")
                 output_key(item.request.name)
             except BadMessage as err:
                 log.warning("dropping message %s: %s", item.message_id, err)
@@ -503,24 +509,39 @@ class Worker:
             return False
 
     def _send_results(self, batch: Batch) -> set[str]:
-        """Send the batch's result messages; returns the message ids whose result went out."""
+        """Send the batch's result messages, each to the reply queue its request named (checked in
+        ``_prepare``; none named: the stack's response queue); returns the message ids whose result
+        went out. A reply queue that no longer exists (its web process is gone) gets the response queue."""
+        by_queue: dict[str, list[tuple[str, ImageResult]]] = {}
+        for mid, result in batch.results.items():
+            item = next(i for i in batch.items if i.message_id == mid)
+            by_queue.setdefault(item.request.reply_to or self._resp_url, []).append((mid, result))
         sent: set[str] = set()
-        pending = list(batch.results.items())
-        for start in range(0, len(pending), 10):
-            chunk = pending[start:start + 10]
-            entries = [{"Id": str(n), "MessageBody": r.to_json()} for n, (_, r) in enumerate(chunk)]
-            try:
-                resp = self.clients.sqs.send_message_batch(QueueUrl=self._resp_url, Entries=entries)
-            except (ClientError, BotoCoreError) as err:
-                log.error("send_message_batch to %s failed for batch %s: %s", self.settings.resp_queue,
-                          batch.short_ids, err)
-                continue
-            for ok in resp.get("Successful", []):
-                sent.add(chunk[int(ok["Id"])][0])
-            for failed in resp.get("Failed", []):
-                mid, result = chunk[int(failed["Id"])]
-                log.error("result for request %s (message %s) was not sent: %s", result.request_id, mid,
-                          failed.get("Message") or failed.get("Code"))
+        for url, pending in by_queue.items():
+            for start in range(0, len(pending), 10):
+                chunk = pending[start:start + 10]
+                sent |= self._send_chunk(url, chunk, batch)
+        return sent
+
+    def _send_chunk(self, url: str, chunk: list[tuple[str, ImageResult]], batch: Batch) -> set[str]:
+        entries = [{"Id": str(n), "MessageBody": r.to_json()} for n, (_, r) in enumerate(chunk)]
+        try:
+            resp = self.clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
+        except ClientError as err:
+            if url != self._resp_url and err.response["Error"]["Code"] in MISSING_QUEUE:
+                log.warning("reply queue %s is gone; answering batch %s on %s", url.rpartition("/")[2],
+                            batch.short_ids, self.settings.resp_queue)
+                return self._send_chunk(self._resp_url, chunk, batch)
+            log.error("send_message_batch to %s failed for batch %s: %s", url.rpartition("/")[2], batch.short_ids, err)
+            return set()
+        except BotoCoreError as err:
+            log.error("send_message_batch to %s failed for batch %s: %s", url.rpartition("/")[2], batch.short_ids, err)
+            return set()
+        sent = {chunk[int(ok["Id"])][0] for ok in resp.get("Successful", [])}
+        for failed in resp.get("Failed", []):
+            mid, result = chunk[int(failed["Id"])]
+            log.error("result for request %s (message %s) was not sent: %s", result.request_id, mid,
+                      failed.get("Message") or failed.get("Code"))
         return sent
 
     def _delete(self, items: list[Item]) -> None:

@@ -1,9 +1,11 @@
-"""The control loop: observe queue and fleet, decide, actuate the difference, report.
+"""The control loop: hold the lease, observe queue and fleet, decide, actuate the difference, report.
 
-One tick every ``poll_interval_s``: two cheap reads (queue attributes, describe
-instances), the pure ``decide``, then launches or removals for the difference.
-A failed read or actuation skips to the next tick; a CloudWatch failure is only
-logged. Nothing here is specific to moto or AWS.
+One tick every ``poll_interval_s``: the stack's controller lease (only its holder
+acts, so several web instances may each run a controller), two cheap reads (queue
+attributes, describe instances), the pure ``decide``, then launches or removals for
+the difference, and every ``IMGREC_REPLY_HEARTBEAT`` seconds a pass of the
+reply-queue reaper. A failed read or actuation skips to the next tick; a
+CloudWatch failure is only logged. Nothing here is specific to moto or AWS.
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.actuator import Ec2Actuator
+from controller.lease import Lease
 from controller.policy import Decision, Observation, PolicySettings, PolicyState, decide
+from controller.reaper import Reaper
 from infra.config import Settings
+from infra.jobstore import JobStore
 from infra.metrics import Metric, stack_dimensions
 from infra.observe import LEAVING_STATES, Instance, InstanceState, count_by_state, queue_depth, queue_url
 
@@ -53,9 +58,14 @@ class Tick:
 
 class Controller:
     def __init__(self, settings: Settings, clients, *, warm_pool: bool = False,
-                 metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S, clock=time.monotonic):
+                 metrics_interval_s: float = DEFAULT_METRICS_INTERVAL_S, clock=time.monotonic,
+                 lease: Lease | None = None, wall_clock=time.time):
         self.settings = settings
         self.clients = clients
+        self.lease = lease or Lease(clients.dynamodb, settings.jobs_table, settings.controller_lease_s, clock=clock)
+        self.reaper = Reaper(settings, clients.sqs, JobStore(clients.dynamodb, settings.jobs_table))
+        self.wall_clock = wall_clock
+        self._next_reap = float("-inf")
         self.cfg = PolicySettings.from_settings(settings)
         self.actuator = Ec2Actuator(clients.ec2, settings, cloudwatch=clients.cloudwatch, warm_pool=warm_pool)
         self.state = PolicyState()
@@ -88,7 +98,11 @@ class Controller:
 
     # ------------------------------------------------------------ one tick
     def step(self) -> Tick | None:
+        """One tick; None when this controller does not hold the lease or could not observe."""
+        if not self.lease.tick():
+            return None
         now = self.clock()
+        self._reap(now)
         try:
             obs, fleet = self.observe(now)
         except AWS_ERRORS as err:
@@ -102,6 +116,15 @@ class Controller:
         self._log(tick, obs)
         self._publish(tick, obs, force=action != Action.NONE)
         return tick
+
+    def _reap(self, now: float) -> None:
+        if now < self._next_reap:
+            return
+        self._next_reap = now + self.settings.reply_heartbeat_s
+        try:
+            self.reaper.run_once(self.wall_clock(), now)
+        except AWS_ERRORS as err:
+            log.error("reply-queue reaper pass for %s failed: %s; trying again next pass", self.settings.prefix, err)
 
     def _actuate(self, decision: Decision, obs: Observation, fleet: list[Instance], now: float):
         delta = decision.desired - obs.active
@@ -168,5 +191,6 @@ class Controller:
             if delay < 0:  # overran: start again from now rather than bursting to catch up
                 next_at, delay = time.monotonic(), 0
             stop.wait(delay)
+        self.lease.release()
         log.info("controller for %s stopped", self.settings.prefix)
         return 0

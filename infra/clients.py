@@ -161,6 +161,10 @@ class Clients:
         return self._get("sqs")
 
     @property
+    def dynamodb(self):
+        return self._get("dynamodb")
+
+    @property
     def ec2(self):
         return self._get("ec2")
 

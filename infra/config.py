@@ -45,6 +45,10 @@ DEFAULT_WORKER_BATCH_SIZE = 10
 DEFAULT_WEB_HOST = "127.0.0.1"
 DEFAULT_WEB_PORT = 8000
 DEFAULT_WEB_THREADS = 256
+DEFAULT_WEB_PROCESSES = 2
+DEFAULT_REPLY_QUEUE = "shared"
+DEFAULT_REPLY_HEARTBEAT_S = 10.0
+DEFAULT_CONTROLLER_LEASE_S = 15.0
 DEFAULT_DATA_DIR = ".data"
 DEFAULT_INSTANCE_TYPE = "t3.micro"
 DEFAULT_AMI_ID = "ami-12c6146b"  # moto ships this id; deploy/bake resolve the latest Amazon Linux 2023 instead
@@ -66,10 +70,13 @@ INSTANCE_TYPE_RE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 MODEL_URI_RE = re.compile(r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]/[A-Za-z0-9._/-]*$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,39}$")
+TABLE_RE = re.compile(r"^[A-Za-z0-9_.-]{3,255}$")
 RETRY_MODES = ("standard", "adaptive", "legacy")
+REPLY_QUEUE_MODES = ("shared", "own")
+REPLY_STALE_BEATS = 6  # a reply queue whose heartbeat is this many beats old has lost its owner
 # Resource names that default to `<prefix>-<suffix>` unless set.
 DERIVED_SUFFIXES = {"in_bucket": "in-bucket", "out_bucket": "out-bucket", "req_queue": "req-queue",
-                    "resp_queue": "resp-queue", "dlq": "req-dlq"}
+                    "resp_queue": "resp-queue", "dlq": "req-dlq", "jobs_table": "jobs"}
 
 
 class ConfigError(ValueError):
@@ -96,6 +103,9 @@ class Settings:
     req_queue: str = _env_field("IMGREC_REQ_QUEUE", "", "request queue (default `<prefix>-req-queue`)")
     resp_queue: str = _env_field("IMGREC_RESP_QUEUE", "", "response queue (default `<prefix>-resp-queue`)")
     dlq: str = _env_field("IMGREC_DLQ", "", "dead-letter queue (default `<prefix>-req-dlq`)")
+    jobs_table: str = _env_field(
+        "IMGREC_JOBS_TABLE", "", "DynamoDB table of job state and leases (default `<prefix>-jobs`)"
+    )
     web_instance_name: str = _env_field("IMGREC_WEB_INSTANCE_NAME", DEFAULT_WEB_INSTANCE_NAME, "Name tag of the web instance")
     app_instance_prefix: str = _env_field(
         "IMGREC_APP_INSTANCE_PREFIX", DEFAULT_APP_INSTANCE_PREFIX, "app instances are tagged `Name=<this>-<n>`"
@@ -147,7 +157,24 @@ class Settings:
     web_host: str = _env_field("IMGREC_WEB_HOST", DEFAULT_WEB_HOST, "web tier bind address")
     web_port: int = _env_field("IMGREC_WEB_PORT", DEFAULT_WEB_PORT, "web tier port")
     web_threads: int = _env_field("IMGREC_WEB_THREADS", DEFAULT_WEB_THREADS, "web tier worker threads")
-    data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (job store, pid files)")
+    web_processes: int = _env_field(
+        "IMGREC_WEB_PROCESSES", DEFAULT_WEB_PROCESSES,
+        "web processes sharing the web port (SO_REUSEPORT); `make run` starts this many",
+    )
+    reply_queue: str = _env_field(
+        "IMGREC_REPLY_QUEUE", DEFAULT_REPLY_QUEUE,
+        "a web process's reply queue: `shared` = the response queue unless a live process holds it, "
+        "`own` = its own `<prefix>-reply-<id>`",
+    )
+    reply_heartbeat_s: float = _env_field(
+        "IMGREC_REPLY_HEARTBEAT", DEFAULT_REPLY_HEARTBEAT_S,
+        "seconds between reply-queue heartbeats; the controller reaps one silent for 6 of them",
+    )
+    controller_lease_s: float = _env_field(
+        "IMGREC_CONTROLLER_LEASE", DEFAULT_CONTROLLER_LEASE_S,
+        "seconds a controller's lease lasts unrenewed (one controller acts per stack)",
+    )
+    data_dir: str = _env_field("IMGREC_DATA_DIR", DEFAULT_DATA_DIR, "local state (pid files, `make run` logs, model artifacts)")
     local_isolation: str = _env_field(
         "IMGREC_LOCAL_ISOLATION", DEFAULT_LOCAL_ISOLATION,
         "local instances: `auto` uses namespaces and memory cgroups where allowed, `off` none (said at start)"
@@ -200,6 +227,8 @@ class Settings:
                 fail(attr, "not a valid SQS queue name (1-80 letters, digits, hyphens, underscores)")
         if len({self.req_queue, self.resp_queue, self.dlq}) != 3:
             fail("dlq", "request, response and dead-letter queues must have different names")
+        if not TABLE_RE.match(self.jobs_table):
+            fail("jobs_table", "not a valid DynamoDB table name (3-255 letters, digits, . _ -)")
         if self.min_instances < 0:
             fail("min_instances", "must be >= 0")
         if not 1 <= self.max_instances <= 100:
@@ -250,6 +279,14 @@ class Settings:
             fail("runtime", f"must be one of {', '.join(RUNTIMES)}")
         if self.model_uri and not MODEL_URI_RE.match(self.model_uri):
             fail("model_uri", "use an S3 prefix like s3://bucket/models/<model>/<sha256>/ (no spaces or quotes)")
+        if not 1 <= self.web_processes <= 64:
+            fail("web_processes", "must be between 1 and 64")
+        if self.reply_queue not in REPLY_QUEUE_MODES:
+            fail("reply_queue", f"must be one of {', '.join(REPLY_QUEUE_MODES)}")
+        if not 0.1 <= self.reply_heartbeat_s <= 3600:
+            fail("reply_heartbeat_s", "must be between 0.1 and 3600 seconds")
+        if not 1 <= self.controller_lease_s <= 3600:
+            fail("controller_lease_s", "must be between 1 and 3600 seconds")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             fail("log_level", "must be DEBUG, INFO, WARNING, ERROR or CRITICAL")
 
@@ -281,6 +318,10 @@ class Settings:
     @property
     def local_iam_enforced(self) -> bool:
         return self.local_iam == "on"
+
+    @property
+    def reply_stale_s(self) -> float:
+        return REPLY_STALE_BEATS * self.reply_heartbeat_s
 
     @property
     def is_local(self) -> bool:

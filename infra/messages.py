@@ -1,12 +1,16 @@
-"""The wire contract between tiers: request and result messages, and object keys.
+"""The wire contract between tiers: request and result messages, object keys, reply queues.
 
-Data flows one way: web -> request queue -> worker -> response queue -> web. A
-request message names an exact object version in the input bucket and never
-carries image bytes; it always fits the request queue's 1 KB limit.
+Data flows one way: web -> request queue -> worker -> reply queue -> web. A
+request message names an exact object version in the input bucket and the reply
+queue of the web process that sent it (AWS's request-response pattern: one reply
+queue per producer, the request id as correlation id); it never carries image
+bytes and always fits the request queue's 1 KB limit. The worker answers only to
+a reply queue of its own stack (``check_reply_to``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +23,13 @@ from infra.config import MAX_QUEUE_MESSAGE_BYTES
 
 SCHEMA_VERSION = 1
 MAX_NAME_CHARS = 200
-_UNSAFE_CHARS = re.compile(r"[^A-Za-z0-9._ -]")
+MAX_NAME_BYTES = 255  # UTF-8, as most file systems allow; keeps two names and a reply URL under 1 KB
+# Refused outright: control, format (bidi overrides, zero-width), surrogate, private-use and
+# unassigned code points, and the line/paragraph separators.
+_HOSTILE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+_KEY_PUNCTUATION = frozenset("._ -")
+REPLY_INFIX = "reply"
+REPLY_TOKEN_RE = re.compile(r"^[0-9a-f]{12}$")
 
 
 class BadMessage(ValueError):
@@ -35,24 +45,25 @@ def new_request_id() -> str:
 
 
 def safe_name(filename: str | None) -> str:
-    """Check an uploaded file name and return it as a flat S3 key.
+    """Check an uploaded file name and return it as a flat S3 key (NFC-normalised UTF-8).
 
-    Hostile names are refused with ``BadName`` (a one-line reason for the 400):
-    path separators or ``..`` (a key must not escape its prefix), control
-    characters, non-ASCII, over 200 characters. Other odd printable characters
-    become ``_``.
+    People's names are accepted in any script (``café.jpg``, ``照片.png``). Hostile
+    names are refused with ``BadName`` (a one-line reason for the 400): path
+    separators or ``..`` (a key must not escape its prefix), control and format
+    characters, over 200 characters or 255 UTF-8 bytes. Characters other than
+    letters, marks, digits and ``. _ -`` and space become ``_`` in the key.
     """
     if not filename or not filename.strip():
         raise BadName("missing file name")
-    if any(unicodedata.category(c) in ("Cc", "Cf") for c in filename):
-        raise BadName("file name contains control characters")
-    if "/" in filename or "\\" in filename or ".." in filename:
+    if any(unicodedata.category(c) in _HOSTILE_CATEGORIES for c in filename):
+        raise BadName("file name contains control or format characters")
+    name = unicodedata.normalize("NFC", filename)
+    if "/" in name or "\\" in name or ".." in name:
         raise BadName("file name contains a path (/, \\ or ..)")
-    if not filename.isascii():
-        raise BadName("file name must be ASCII")
-    if len(filename) > MAX_NAME_CHARS:
-        raise BadName(f"file name is longer than {MAX_NAME_CHARS} characters")
-    cleaned = _UNSAFE_CHARS.sub("_", filename.strip())
+    if len(name) > MAX_NAME_CHARS or len(name.encode()) > MAX_NAME_BYTES:
+        raise BadName(f"file name is longer than {MAX_NAME_CHARS} characters or {MAX_NAME_BYTES} UTF-8 bytes")
+    cleaned = "".join(c if c in _KEY_PUNCTUATION or unicodedata.category(c)[0] in "LMN" else "_"
+                      for c in name.strip())
     if cleaned.strip("._ ") == "":
         raise BadName("file name has no usable characters")
     return cleaned
@@ -65,6 +76,33 @@ def output_key(name: str) -> str:
     return stem or safe
 
 
+def reply_queue_name(prefix: str, token: str) -> str:
+    """A web process's own reply queue: ``<prefix>-reply-<12 hex>``."""
+    if not REPLY_TOKEN_RE.match(token):
+        raise ValueError(f"reply queue token {token!r} is not 12 lowercase hex digits")
+    return f"{prefix}-{REPLY_INFIX}-{token}"
+
+
+def is_reply_queue_name(name: str, prefix: str) -> bool:
+    head = f"{prefix}-{REPLY_INFIX}-"
+    return name.startswith(head) and bool(REPLY_TOKEN_RE.match(name[len(head):]))
+
+
+def check_reply_to(reply_to: str, own_queue_url: str, prefix: str, shared_queue: str) -> str | None:
+    """Why a request's reply queue is refused, or None when it is one of this stack's (pure).
+
+    Accepted: the stack's shared response queue or a ``<prefix>-reply-<id>`` queue, at the
+    same endpoint and account as ``own_queue_url`` (the request queue the message came from).
+    """
+    base, _, name = reply_to.rpartition("/")
+    own_base = own_queue_url.rpartition("/")[0]
+    if base != own_base:
+        return f"reply queue {reply_to[:120]!r} is not in this stack's account and region"
+    if name != shared_queue and not is_reply_queue_name(name, prefix):
+        return f"reply queue {name[:80]!r} is not one of stack {prefix}'s reply queues"
+    return None
+
+
 @dataclass(frozen=True)
 class ImageRequest:
     request_id: str
@@ -72,13 +110,15 @@ class ImageRequest:
     version: str | None
     name: str
     sent_at: float
+    reply_to: str | None = None  # the sender's reply queue URL; None: the stack's response queue
 
     @classmethod
-    def new(cls, key: str, version: str | None, name: str, request_id: str | None = None) -> ImageRequest:
-        return cls(request_id or new_request_id(), key, version, name, time.time())
+    def new(cls, key: str, version: str | None, name: str, request_id: str | None = None,
+            reply_to: str | None = None) -> ImageRequest:
+        return cls(request_id or new_request_id(), key, version, name, time.time(), reply_to)
 
     def to_json(self) -> str:
-        body = json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":"))
+        body = _dump(asdict(self))
         if len(body.encode()) > MAX_QUEUE_MESSAGE_BYTES:
             raise ValueError(f"request message is {len(body.encode())} bytes, over the queue's 1 KB limit")
         return body
@@ -93,6 +133,7 @@ class ImageRequest:
                 version=None if data.get("version") is None else str(data["version"]),
                 name=str(data["name"]),
                 sent_at=float(data["sent_at"]),
+                reply_to=None if data.get("reply_to") is None else str(data["reply_to"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise BadMessage(f"request message lacks a field: {err}") from None
@@ -121,7 +162,7 @@ class ImageResult:
         return f"{stem}:{self.label}" if self.ok else f"{stem}:error: {self.error}"
 
     def to_json(self) -> str:
-        return json.dumps({"v": SCHEMA_VERSION, **asdict(self)}, separators=(",", ":"))
+        return _dump(asdict(self))
 
     @classmethod
     def from_json(cls, body: str) -> ImageResult:
@@ -129,7 +170,24 @@ class ImageResult:
         fields = {k: data.get(k) for k in cls.__dataclass_fields__}
         if not fields["request_id"] or fields["name"] is None:
             raise BadMessage("result message lacks request_id or name")
+        for f in dataclasses.fields(cls):
+            value = fields[f.name]
+            numeric = "float" in str(f.type)
+            ok = value is None or (isinstance(value, int | float) and not isinstance(value, bool) if numeric
+                                   else isinstance(value, str))
+            if not ok:
+                raise BadMessage(f"result field {f.name} has the wrong type ({type(value).__name__})")
         return cls(**fields)
+
+
+# The one declaration of what a result carries: the message above, the job store's item
+# (infra/jobstore.py) and the JSON API's job all derive their result fields from it.
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageResult) if f.name != "request_id")
+
+
+def _dump(data: dict) -> str:
+    """UTF-8 JSON (names in any script cost their UTF-8 bytes, not 6-byte escapes)."""
+    return json.dumps({"v": SCHEMA_VERSION, **data}, separators=(",", ":"), ensure_ascii=False)
 
 
 def _load(body: str) -> dict:

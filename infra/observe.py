@@ -10,7 +10,7 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.tags import HEALTH_TAG, ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
+from infra.tags import HEALTH_TAG, HEARTBEAT_TAG, OWNER_TAG, ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,17 @@ class Instance:
     state: InstanceState
     launch_time: float  # epoch seconds
     health: str = ""  # the HEALTH_TAG, when something went wrong on the instance
+
+
+def owner_alive(tags: dict[str, str], now: float, stale_s: float) -> bool:
+    """A reply queue's owner is alive while its heartbeat tag is younger than ``stale_s`` (pure)."""
+    if not tags.get(OWNER_TAG):
+        return False
+    try:
+        beat = float(tags.get(HEARTBEAT_TAG, ""))
+    except ValueError:
+        return False
+    return now - beat < stale_s
 
 
 def queue_url(sqs, name: str) -> str:

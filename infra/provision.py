@@ -1,4 +1,4 @@
-"""Buckets and queues as code: provision (idempotent) and teardown (only what we made).
+"""Buckets, queues and the job table as code: provision (idempotent) and teardown (only what we made).
 
 Every resource made here carries the tag ``imgrec:stack=<prefix>``; teardown
 deletes a resource only when that tag is on it, so a bucket or queue of the same
@@ -13,6 +13,8 @@ import logging
 from botocore.exceptions import ClientError
 
 from infra.config import MAX_QUEUE_MESSAGE_BYTES, Settings
+from infra.jobstore import table_spec
+from infra.messages import REPLY_INFIX, is_reply_queue_name
 from infra.report import Report
 from infra.tags import STACK_TAG, owned_by
 
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 
 DLQ_RETENTION_S = 14 * 24 * 3600
 RESPONSE_RETENTION_S = 4 * 24 * 3600
+REPLY_VISIBILITY_S = 10  # a reply a dead web process held comes back soon for the reaper
 # Messages at rest encrypted with SQS-managed keys: AWS defaults new queues to it since 2022,
 # but a queue made earlier (or by hand) would stay plaintext unless we say so.
 ENCRYPTION = {"SqsManagedSseEnabled": "true"}
@@ -46,6 +49,11 @@ def response_queue_attributes(settings: Settings) -> dict[str, str]:
         "MessageRetentionPeriod": str(RESPONSE_RETENTION_S),
         **ENCRYPTION,
     }
+
+
+def reply_queue_attributes(settings: Settings) -> dict[str, str]:
+    """A web process's own reply queue: like the response queue, with a short visibility timeout."""
+    return {**response_queue_attributes(settings), "VisibilityTimeout": str(REPLY_VISIBILITY_S)}
 
 
 def dlq_attributes(settings: Settings) -> dict[str, str]:
@@ -185,6 +193,59 @@ def empty_bucket(s3, bucket: str) -> int:
     return removed
 
 
+# ---------------------------------------------------------------- job table
+
+def _table_exists(dynamodb, table: str) -> dict | None:
+    try:
+        return dynamodb.describe_table(TableName=table)["Table"]
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "ResourceNotFoundException":
+            return None
+        log.error("describe_table %s failed", table)
+        raise
+
+
+def ensure_table(dynamodb, settings: Settings, report: Report) -> None:
+    table = settings.jobs_table
+    if _table_exists(dynamodb, table) is not None:
+        report.add(f"table {table}", "unchanged")
+        return
+    try:
+        dynamodb.create_table(**table_spec(table, {STACK_TAG: settings.prefix}))
+    except ClientError:
+        log.error("create_table %s failed", table)
+        raise
+    dynamodb.get_waiter("table_exists").wait(TableName=table)
+    report.add(f"table {table}", "created")
+
+
+def delete_table(dynamodb, settings: Settings, report: Report) -> None:
+    table = settings.jobs_table
+    desc = _table_exists(dynamodb, table)
+    if desc is None:
+        report.add(f"table {table}", "absent")
+        return
+    tags = {t["Key"]: t["Value"] for t in dynamodb.list_tags_of_resource(ResourceArn=desc["TableArn"]).get("Tags", [])}
+    if tags.get(STACK_TAG) != settings.prefix:
+        report.add(f"table {table}", "kept (not ours)")
+        return
+    dynamodb.delete_table(TableName=table)
+    dynamodb.get_waiter("table_not_exists").wait(TableName=table)
+    report.add(f"table {table}", "deleted")
+
+
+def reply_queue_urls(sqs, settings: Settings) -> list[str]:
+    """URLs of the stack's own reply queues (``<prefix>-reply-<id>``), by name; tags are checked by callers."""
+    urls = []
+    try:
+        for page in sqs.get_paginator("list_queues").paginate(QueueNamePrefix=f"{settings.prefix}-{REPLY_INFIX}-"):
+            urls += [u for u in page.get("QueueUrls", []) if is_reply_queue_name(u.rpartition("/")[2], settings.prefix)]
+    except ClientError:
+        log.error("list_queues %s-%s-* failed", settings.prefix, REPLY_INFIX)
+        raise
+    return urls
+
+
 # ---------------------------------------------------------------- whole stack
 
 def provision(settings: Settings, clients) -> Report:
@@ -196,13 +257,22 @@ def provision(settings: Settings, clients) -> Report:
     dlq_url = ensure_queue(sqs, settings, settings.dlq, dlq_attributes(settings), report)
     ensure_queue(sqs, settings, settings.req_queue, request_queue_attributes(settings, queue_arn(sqs, dlq_url)), report)
     ensure_queue(sqs, settings, settings.resp_queue, response_queue_attributes(settings), report)
+    ensure_table(clients.dynamodb, settings, report)
     return report
 
 
 def teardown(settings: Settings, clients) -> Report:
-    """Delete the buckets (emptied first) and queues that provision made; nothing else."""
+    """Delete the buckets (emptied first), queues, job table and web processes' reply queues
+    that this stack made; nothing else."""
     report = Report()
     sqs = clients.sqs
+    for url in reply_queue_urls(sqs, settings):
+        name = url.rpartition("/")[2]
+        if sqs.list_queue_tags(QueueUrl=url).get("Tags", {}).get(STACK_TAG) != settings.prefix:
+            report.add(f"queue {name}", "kept (not ours)")
+            continue
+        sqs.delete_queue(QueueUrl=url)
+        report.add(f"queue {name}", "deleted")
     for name in (settings.req_queue, settings.resp_queue, settings.dlq):
         url = _find_queue(sqs, name)
         if url is None:
@@ -216,6 +286,7 @@ def teardown(settings: Settings, clients) -> Report:
         report.add(f"queue {name}", "deleted")
     for bucket in (settings.in_bucket, settings.out_bucket):
         delete_bucket(clients.s3, settings, bucket, report)
+    delete_table(clients.dynamodb, settings, report)
     return report
 
 

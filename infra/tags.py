@@ -14,6 +14,8 @@ ROLE_TAG = "imgrec:role"
 NAME_TAG = "Name"
 # Set on an instance by the local runner when it failed to boot or had a process OOM-killed.
 HEALTH_TAG = "imgrec:health"
+OWNER_TAG = "imgrec:owner"  # on a reply queue: the web process answering from it
+HEARTBEAT_TAG = "imgrec:heartbeat"  # on a reply queue: epoch seconds of its owner's last beat
 
 
 class Role(StrEnum):

@@ -54,9 +54,10 @@ def test_app_policy_is_exactly_the_worker_needs():
     grants = _grants(app_policy(SETTINGS, ARNS))
     req = "arn:aws:sqs:eu-west-1:111122223333:lp-req-queue"
     resp = "arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue"
+    replies = "arn:aws:sqs:eu-west-1:111122223333:lp-reply-*"  # answers to the web processes' own queues
     assert grants == {
         "sqs:ReceiveMessage": {req}, "sqs:DeleteMessage": {req}, "sqs:ChangeMessageVisibility": {req},
-        "sqs:GetQueueAttributes": {req}, "sqs:GetQueueUrl": {req, resp}, "sqs:SendMessage": {resp},
+        "sqs:GetQueueAttributes": {req}, "sqs:GetQueueUrl": {req, resp}, "sqs:SendMessage": {resp, replies},
         "s3:GetObject": {"arn:aws:s3:::lp-in-bucket/*"}, "s3:GetObjectVersion": {"arn:aws:s3:::lp-in-bucket/*"},
         "s3:PutObject": {"arn:aws:s3:::lp-out-bucket/*"}, "cloudwatch:PutMetricData": {"*"},
     }
@@ -68,7 +69,14 @@ def test_web_policy_scopes_ec2_by_template_tag_and_role():
     assert not any(a.startswith("s3:Delete") or a.startswith("iam:Create") for a in grants)
     assert grants["s3:PutObject"] == {"arn:aws:s3:::lp-in-bucket/*"}
     assert grants["sqs:SendMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-req-queue"}
-    assert grants["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue"}
+    replies = "arn:aws:sqs:eu-west-1:111122223333:lp-reply-*"
+    assert grants["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue", replies}
+    assert grants["sqs:CreateQueue"] == grants["sqs:DeleteQueue"] == grants["sqs:TagQueue"] - {
+        "arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue"} == {replies}  # only under the stack's prefix
+    table = "arn:aws:dynamodb:eu-west-1:111122223333:table/lp-jobs"
+    assert grants["dynamodb:UpdateItem"] == {table, table + "/index/*"}
+    assert not any(a.startswith("dynamodb:") and a.endswith(("Table", "Tables")) and a != "dynamodb:DescribeTable"
+                   for a in grants)  # no creating or deleting tables
     assert grants["iam:PassRole"] == {"arn:aws:iam::111122223333:role/lp-app-role"}
     assert grants["cloudwatch:GetMetricData"] == {"*"}  # controller idle check, web dashboard
     by_sid = {st["Sid"]: st for st in _statements(policy)}

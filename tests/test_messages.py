@@ -1,8 +1,20 @@
 """The wire contract: messages fit 1 KB, names become safe keys."""
 
+import unicodedata
+
 import pytest
 
-from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, output_key, safe_name
+from infra.messages import (
+    BadMessage,
+    BadName,
+    ImageRequest,
+    ImageResult,
+    check_reply_to,
+    is_reply_queue_name,
+    output_key,
+    reply_queue_name,
+    safe_name,
+)
 
 
 @pytest.mark.parametrize("raw, safe", [
@@ -10,6 +22,10 @@ from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, outpu
     ("a<b>|c.png", "a_b__c.png"),
     ("  spaced .jpg ", "spaced .jpg"),
     ("x" * 196 + ".jpg", "x" * 196 + ".jpg"),
+    ("café.jpg", "café.jpg"), ("照片.png", "照片.png"), ("Ünïcode.JPG", "Ünïcode.JPG"),
+    ("cafe\u0301.jpg", "caf\u00e9.jpg"),  # NFD (as macOS names files) -> NFC
+    ("हिन्दी.png", "हिन्दी.png"),  # combining marks are part of the word
+    ("😀 smile.jpg", "_ smile.jpg"), ("a<b>|c.png", "a_b__c.png"),
 ])
 def test_safe_name(raw, safe):
     assert safe_name(raw) == safe
@@ -18,9 +34,11 @@ def test_safe_name(raw, safe):
 @pytest.mark.parametrize("raw, why", [
     ("", "missing"), ("   ", "missing"), (None, "missing"),
     ("../../etc/passwd", "path"), ("C:\\Users\\cat.png", "path"), ("a/b.jpg", "path"), ("..", "path"),
-    ("caf\u00e9.jpg", "ASCII"), ("\u732b.png", "ASCII"),
     ("a\x00b.jpg", "control"), ("tab\there.jpg", "control"), ("rtl\u202egpj.exe", "control"),
-    ("x" * 201, "longer"), ("___", "usable"),
+    ("zero\u200bwidth.jpg", "control"), ("line\u2028sep.jpg", "control"), ("bom\ufeff.jpg", "control"),
+    ("private\ue000.jpg", "control"), ("nonchar\uffff.jpg", "control"), ("lone\ud800.jpg", "control"),
+    ("..\u2215..\u2215x.jpg", "path"), ("照片/x.png", "path"),
+    ("x" * 201, "longer"), ("照" * 86 + ".png", "bytes"), ("___", "usable"),
 ])
 def test_hostile_names_are_refused_with_a_reason(raw, why):
     with pytest.raises(BadName, match=why):
@@ -31,6 +49,44 @@ def test_output_key_is_stem():
     assert output_key("test_00.JPEG") == "test_00"
     assert output_key("archive.tar.gz") == "archive.tar"
     assert output_key(".hidden") == ".hidden"
+    assert output_key("照片.png") == "照片" and output_key("cafe\u0301.jpg") == unicodedata.normalize("NFC", "café")
+
+
+def test_unicode_request_fits_1_kb_in_utf8():
+    longest = "照" * 81 + ".png"  # 247 UTF-8 bytes: the longest name safe_name lets through in this script
+    req = ImageRequest.new(key=safe_name(longest), version="v" * 32, name=longest,
+                           reply_to="https://sqs.us-east-1.amazonaws.com/123456789012/" + reply_queue_name(
+                               "a" * 40, "0123456789ab"))
+    body = req.to_json()
+    assert len(body.encode()) <= 1024 and "照" in body  # UTF-8, not 6-byte escapes
+    assert ImageRequest.from_json(body) == req
+
+
+OWN = "https://sqs.us-east-1.amazonaws.com/111122223333/st-req-queue"
+
+
+@pytest.mark.parametrize("reply_to, ok", [
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/st-resp-queue", True),
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/" + reply_queue_name("st", "0123456789ab"), True),
+    ("https://sqs.us-east-1.amazonaws.com/999999999999/st-reply-0123456789ab", False),  # a foreign account
+    ("https://sqs.eu-west-1.amazonaws.com/111122223333/st-reply-0123456789ab", False),  # another region
+    ("https://evil.example/111122223333/st-reply-0123456789ab", False),
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/other-reply-0123456789ab", False),  # another stack
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/st-req-queue", False),  # not a reply queue
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/st-reply-0123456789ab/../x", False),
+    ("https://sqs.us-east-1.amazonaws.com/111122223333/st-reply-0123456789AB", False),
+    ("", False),
+])
+def test_worker_accepts_only_its_own_stacks_reply_queues(reply_to, ok):
+    assert (check_reply_to(reply_to, OWN, "st", "st-resp-queue") is None) is ok
+
+
+def test_reply_queue_names():
+    assert is_reply_queue_name(reply_queue_name("st", "0123456789ab"), "st")
+    assert not is_reply_queue_name("st-reply-0123456789ab", "s")
+    assert not is_reply_queue_name("st-resp-queue", "st")
+    with pytest.raises(ValueError):
+        reply_queue_name("st", "../x")
 
 
 def test_request_round_trip_and_size_limit():

@@ -7,6 +7,7 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
+from infra.messages import reply_queue_name
 from infra.observe import STACK_TAG
 from infra.provision import provision, teardown
 from tests.conftest import child_env
@@ -20,7 +21,12 @@ def _queue_attrs(clients, name):
 def test_provision_creates_every_resource_with_its_settings(settings, clients):
     report = provision(settings, clients)
     assert report.changed
-    assert [a for _, a in report.lines] == ["created"] * 5
+    assert [a for _, a in report.lines] == ["created"] * 6
+    table = clients.dynamodb.describe_table(TableName=settings.jobs_table)["Table"]
+    assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
+    assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["batch"]
+    tags = clients.dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"])["Tags"]
+    assert {"Key": STACK_TAG, "Value": settings.prefix} in tags
 
     s3 = clients.s3
     for bucket in (settings.in_bucket, settings.out_bucket):
@@ -58,7 +64,7 @@ def test_provision_twice_changes_nothing(settings, clients):
     provision(settings, clients)
     again = provision(settings, clients)
     assert not again.changed
-    assert [a for _, a in again.lines] == ["unchanged"] * 5
+    assert [a for _, a in again.lines] == ["unchanged"] * 6
 
 
 def test_provision_repairs_drifted_settings(stack, clients):
@@ -81,14 +87,19 @@ def test_teardown_removes_only_what_provision_made(stack, clients):
     foreign = f"{stack.prefix}-foreign"
     s3.create_bucket(Bucket=foreign)
     foreign_q = clients.sqs.create_queue(QueueName=f"{stack.prefix}-foreign-q")["QueueUrl"]
+    ours = reply_queue_name(stack.prefix, "0123456789ab")  # a web process's, left behind
+    clients.sqs.create_queue(QueueName=ours, tags={STACK_TAG: stack.prefix})
+    untagged = clients.sqs.create_queue(QueueName=reply_queue_name(stack.prefix, "ba9876543210"))["QueueUrl"]
 
     report = dict(teardown(stack, clients).lines)
+    assert report[f"queue {ours}"] == "deleted" and report[f"table {stack.jobs_table}"] == "deleted"
     assert report[f"bucket {stack.in_bucket}"] == "deleted (4 object versions)"
     names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert stack.in_bucket not in names and stack.out_bucket not in names
     assert foreign in names
     urls = clients.sqs.list_queues(QueueNamePrefix=stack.prefix).get("QueueUrls", [])
-    assert urls == [foreign_q]
+    assert sorted(urls) == sorted([foreign_q, untagged])
+    assert stack.jobs_table not in clients.dynamodb.list_tables()["TableNames"]
     assert not teardown(stack, clients).changed  # second teardown: all absent
 
 
@@ -109,7 +120,7 @@ def test_cli_provision_status_teardown(settings):
 
     first = cli("provision")
     assert first.returncode == 0, first.stderr
-    assert first.stdout.count("created") == 5
+    assert first.stdout.count("created") == 6
     status = cli("status")
     assert status.returncode == 0, status.stderr
     assert f"{settings.req_queue}  0 visible / 0 in flight" in status.stdout.replace("   ", "  ")

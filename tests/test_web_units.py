@@ -1,4 +1,4 @@
-"""Web-tier parts on their own: upload checks, the router, the job store (no server needed)."""
+"""Web-tier parts on their own: upload checks, the router (no server needed); the job store is in test_jobstore.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from infra.messages import ImageResult
 from tests.images import jpeg_bytes, make_image, png_bytes
 from web_tier.dispatcher import Router
 from web_tier.intake import Rejected, check_upload, read_bounded, sniff_image
-from web_tier.jobs import JobStatus, JobStore
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -80,24 +79,3 @@ def test_router_under_concurrent_watchers():
     for t in threads:
         t.join(10)
     assert got == {i: f"label{i}" for i in range(50)}
-
-
-def test_job_store_lifecycle_and_durability(tmp_path):
-    store = JobStore(tmp_path)
-    store.add("j1", "cat.jpg", "cat.jpg", "v1", created_at=100.0, enqueued_at=100.01)
-    assert store.get("j1").status is JobStatus.QUEUED and store.get("j1").answer is None
-    store.complete(ImageResult("j1", "cat.jpg", label="tabby", score=0.9, worker="i-1", sent_at=100.01,
-                               done_at=100.2, infer_ms=30.0), received_at=100.25)
-    store.complete(ImageResult("orphan", "dog.png", error="cannot decode"), received_at=101.0)
-    store.close()
-
-    store = JobStore(tmp_path)  # a restart reads the same file
-    j1 = store.get("j1")
-    assert (j1.status, j1.label, j1.key, j1.version, j1.answer) == (JobStatus.DONE, "tabby", "cat.jpg", "v1", "cat:tabby")
-    assert j1.total_ms == 250.0 and j1.to_dict()["status"] == "done"
-    orphan = store.get("orphan")
-    assert orphan.status is JobStatus.FAILED and orphan.answer == "dog:error: cannot decode"
-    assert store.counts() == {"queued": 0, "done": 1, "failed": 1}
-    assert [j.id for j in store.recent()] == ["orphan", "j1"]
-    assert store.get("nope") is None and store.get_many([]) == {}
-    store.close()

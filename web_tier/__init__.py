@@ -1,9 +1,10 @@
-"""The web tier: upload form and course API (``POST /``), JSON API, response dispatcher.
+"""The web tier: upload form and course API (``POST /``), JSON API, batches, response dispatcher.
 
 ``create_app`` builds the Flask app (page and ``POST /``, JSON API, ``/dashboard``);
-``python -m web_tier`` serves it with waitress. Shared state (settings, clients, job
-store, router, dispatcher) lives on ``app.extensions["imgrec"]`` as a
-``web_tier.state.WebState``; ``state.close()`` stops its threads.
+``python -m web_tier`` serves it with waitress (several processes may share one port).
+Shared state (settings, clients, job store, router, reply queue, dispatcher) lives on
+``app.extensions["imgrec"]`` as a ``web_tier.state.WebState``; ``state.close()`` stops
+its threads and releases the reply queue.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from flask import Flask
 
 from infra.clients import Clients
 from infra.config import Settings
+from infra.jobstore import JobStore
 from web_tier.dispatcher import Dispatcher, Router
-from web_tier.jobs import JobStore
+from web_tier.replies import ReplyQueue
 from web_tier.state import EXTENSION, WebState
 
 log = logging.getLogger(__name__)
@@ -23,23 +25,26 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None, *, clients: Clients | None = None,
                start_dispatcher: bool = True) -> Flask:
-    """Application factory. ``start_dispatcher=False`` leaves the response queue unread (tests, tools)."""
+    """Application factory. ``start_dispatcher=False`` makes no reply queue and reads none (tests, tools);
+    requests then name no reply queue and are answered on the stack's response queue."""
     settings = settings or Settings.from_env()
     # One pooled connection per serving thread: 200 requests each storing an image at once.
     clients = clients or Clients(settings, pool=max(settings.max_pool_connections, settings.web_threads))
-    store = JobStore(settings.data_dir)
+    store = JobStore(clients.dynamodb, settings.jobs_table)
     router = Router()
-    state = WebState(settings, clients, store, router, Dispatcher(settings, clients.sqs, store, router))
+    reply = ReplyQueue(settings, clients.sqs)
+    state = WebState(settings, clients, store, router, reply, Dispatcher(settings, clients.sqs, store, router, reply))
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = state.max_body_bytes
     app.extensions[EXTENSION] = state
 
-    from web_tier import api, upload
+    from web_tier import api, batches, upload
     from web_tier.dashboard import make_dashboard_blueprint
 
     app.register_blueprint(upload.bp)
     app.register_blueprint(api.bp)
+    app.register_blueprint(batches.bp)
     dashboard = make_dashboard_blueprint(settings, clients)  # its sampler starts on the first /dashboard visit
     app.register_blueprint(dashboard)
     state.dashboard_sampler = dashboard.sampler

@@ -1,9 +1,16 @@
-"""`python -m web_tier`: serve the web tier with waitress until SIGTERM or Ctrl-C."""
+"""`python -m web_tier`: serve the web tier with waitress until SIGTERM or Ctrl-C.
+
+With ``IMGREC_WEB_PROCESSES`` above 1 the listening socket is opened with
+SO_REUSEPORT, so that many independent processes share the port and the kernel
+spreads new connections over them (`make run` starts them; each has its own
+dispatcher and reply queue, and one dying leaves the others serving).
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 
 from infra.process import settings_and_logging
@@ -19,6 +26,22 @@ def _raise_stop(signum, _frame):
     raise _Stop(signal.Signals(signum).name)
 
 
+def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
+    """A bound, listening TCP socket; ``reuse_port`` lets sibling processes bind the same port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main() -> int:
     settings = settings_and_logging()
     from waitress import create_server
@@ -30,8 +53,9 @@ def main() -> int:
     app = create_app(settings)
     state = get_state(app)
     try:
+        sock = listen_socket(settings.web_host, settings.web_port, reuse_port=settings.web_processes > 1)
         server = create_server(
-            app, host=settings.web_host, port=settings.web_port, threads=settings.web_threads,
+            app, sockets=[sock], threads=settings.web_threads,
             # Waitress buffers whole bodies before the app runs: refuse oversize ones from the headers.
             max_request_body_size=state.max_body_bytes,
             # Every waiting POST / holds a connection; waitress's default limit is 100.
@@ -43,8 +67,10 @@ def main() -> int:
         state.close(dispatcher_timeout=0)
         return 1
     previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    log.info("web tier listening on http://%s:%s/ (%d threads, queues %s -> %s)", settings.web_host,
-             server.effective_port, settings.web_threads, settings.req_queue, settings.resp_queue)
+    log.info("web tier listening on http://%s:%s/ (%d threads, %s; request queue %s, job table %s)",
+             settings.web_host, server.effective_port, settings.web_threads,
+             "port shared with sibling processes" if settings.web_processes > 1 else "sole process on the port",
+             settings.req_queue, settings.jobs_table)
     try:
         server.run()
     except _Stop as why:

@@ -1,8 +1,10 @@
 """JSON API for programs and the page: submit jobs, read results, health.
 
-``POST /api/jobs`` answers at once (202) with job ids; results are read from the
-durable job store, so they outlive a web-tier restart. ``GET`` may long-poll
-with ``?wait=<s>`` (woken by the dispatcher), which keeps the page's polling cheap.
+``POST /api/jobs`` answers at once (202) with a batch id and a job id per file;
+results are read from the shared job store, so any web process answers for a job
+submitted through any other, and they outlive a restart. ``GET`` may long-poll with
+``?wait=<s>``: woken at once by this process's dispatcher, and re-reading the store
+every ``STORE_RECHECK_S`` for results another process recorded.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
 
-from web_tier.intake import Rejected, check_upload, read_bounded, submit
-from web_tier.jobs import JobStatus
+from infra.jobstore import Job, JobStatus
+from infra.messages import new_request_id
+from web_tier.intake import Rejected, check_upload, read_bounded, record_refused, submit
 from web_tier.upload import refuse_large_body, state
 
 log = logging.getLogger(__name__)
@@ -24,7 +27,9 @@ bp = Blueprint("api", __name__)
 
 MAX_WAIT_S = 25.0
 MAX_IDS_PER_POLL = 100
+STORE_RECHECK_S = 1.0
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
 def _wait_s() -> float:
@@ -34,12 +39,21 @@ def _wait_s() -> float:
         raise Rejected(400, "wait must be a number of seconds") from None
 
 
+def batch_links(batch_id: str) -> dict:
+    return {"id": batch_id, "url": f"/api/batches/{batch_id}", "csv": f"/api/batches/{batch_id}.csv"}
+
+
 @bp.post("/api/jobs")
 def create_jobs():
-    """Every file in any multipart field becomes a job; each file is checked on its own."""
+    """Every file in any multipart field becomes a job of one batch; each file is checked on its own.
+
+    ``?batch=<id>`` adds the files to an existing batch (the page sends its files one per request)."""
     st = state()
     received_at = time.time()
     refuse_large_body(st)
+    batch_id = request.args.get("batch") or new_request_id()
+    if not BATCH_ID_RE.match(batch_id):
+        raise Rejected(400, "batch must be 8-64 letters, digits, - or _")
     files = list(request.files.items(multi=True))
     if not files:
         raise Rejected(400, "no file: send one or more images as multipart file fields")
@@ -49,14 +63,17 @@ def create_jobs():
             data = read_bounded(f.stream, st.settings.max_upload_bytes)
             if not f.filename and not data:
                 raise Rejected(400, "no file selected")
-            job_id = submit(st, check_upload(f.filename, data, st.settings.max_upload_bytes), received_at=received_at)
+            job_id = submit(st, check_upload(f.filename, data, st.settings.max_upload_bytes), received_at=received_at,
+                            batch_id=batch_id)
         except Rejected as err:
-            log.info("POST /api/jobs refused %r (%d): %s", f.filename, err.status, err.reason)
+            log.info("POST /api/jobs refused %r (%d): %s (batch %s)", f.filename, err.status, err.reason, batch_id)
+            if err.status != 503:
+                record_refused(st, f.filename, err.reason, batch_id, received_at)
             errors.append({"field": field_name, "name": f.filename, "status": err.status, "error": err.reason})
             continue
         jobs.append({"id": job_id, "name": f.filename, "status": JobStatus.QUEUED.value, "url": f"/api/jobs/{job_id}"})
     status = 202 if jobs else errors[0]["status"]
-    return jsonify(jobs=jobs, errors=errors), status
+    return jsonify(batch=batch_links(batch_id), jobs=jobs, errors=errors), status
 
 
 @bp.get("/api/jobs/<job_id>")
@@ -81,24 +98,40 @@ def get_jobs():
     return jsonify(jobs=[jobs[i].to_dict() for i in ids if i in jobs], unknown=[i for i in ids if i not in jobs])
 
 
-def _read(st, ids: list[str], wait_s: float) -> dict:
+def read_store(st, ids: list[str]) -> dict[str, Job]:
+    try:
+        return st.store.get_many(ids)
+    except (ClientError, BotoCoreError) as err:
+        log.error("job store read of %d ids failed: %s", len(ids), err)
+        raise Rejected(503, "job store unavailable, try again") from None
+
+
+def _read(st, ids: list[str], wait_s: float) -> dict[str, Job]:
+    deadline = time.monotonic() + wait_s
     with st.router.watch(ids) as w:  # registered before the read, so no result slips between
-        jobs = st.store.get_many(ids)
-        pending = [i for i in ids if i in jobs and jobs[i].status is JobStatus.QUEUED]
-        if wait_s > 0 and pending and len(pending) == len([i for i in ids if i in jobs]):
-            if w.event.wait(wait_s):
-                jobs = st.store.get_many(ids)
-    return jobs
+        while True:
+            jobs = read_store(st, ids)
+            for i, result in list(w.results.items()):  # delivered here, maybe not yet recorded
+                if i in jobs and not jobs[i].finished:
+                    jobs[i] = jobs[i].with_result(result, time.time())
+            known = [jobs[i] for i in ids if i in jobs]
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not known or any(j.finished for j in known):
+                return jobs
+            w.event.wait(min(remaining, STORE_RECHECK_S))
 
 
 @bp.get("/healthz")
 def healthz():
     st = state()
     checks = {"s3": _ok(lambda: st.health_client("s3").head_bucket(Bucket=st.settings.in_bucket), "s3"),
-              "sqs": _ok(lambda: st.health_client("sqs").get_queue_url(QueueName=st.settings.resp_queue), "sqs")}
+              "sqs": _ok(lambda: st.health_client("sqs").get_queue_url(QueueName=st.settings.resp_queue), "sqs"),
+              "jobs": _ok(lambda: st.health_client("dynamodb").describe_table(TableName=st.settings.jobs_table),
+                          "dynamodb")}
     checks["dispatcher"] = st.dispatcher.is_alive()
+    checks["reply_queue"] = st.reply.name or None
     checks["waiting"] = st.router.waiting  # requests (and page polls) waiting for a result right now
-    healthy = checks["s3"] and checks["sqs"]
+    healthy = checks["s3"] and checks["sqs"] and checks["jobs"] and (st.reply.url is not None or not checks["dispatcher"])
     return jsonify(checks), 200 if healthy else 503
 
 

@@ -1,32 +1,35 @@
-"""Response routing: one background thread per process reads the response queue.
+"""Response routing: one background thread per process reads this process's reply queue.
 
 No HTTP request polls the queue itself: 200 waiting requests each long-polling
 would steal each other's results. Instead the dispatcher receives every result,
-persists it (so nothing is lost when nobody waits for it), wakes whoever waits
-for that request id, and only then deletes the messages.
+wakes whoever waits for that request id, records it in the shared job store (so
+any web process can read it, and nothing is lost when nobody waits), and only then
+deletes the messages. Each web process has its own reply queue (``replies.py``),
+so no process ever takes another's answers.
 """
 
 from __future__ import annotations
 
 import collections
 import logging
-import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
+from infra.jobstore import JobStore
 from infra.messages import BadMessage, ImageResult
-from infra.observe import queue_url
-from web_tier.jobs import JobStore
+from web_tier.replies import ReplyQueue
 
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF_S = 10.0
 LATENCY_WINDOW = 1000
+MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 
 
 @dataclass
@@ -44,6 +47,16 @@ class Router:
     def __init__(self):
         self._lock = threading.Lock()
         self._watches: dict[str, list[Watch]] = {}
+        self._expected: set[str] = set()  # sent by this process, no result seen yet
+
+    def expect(self, request_id: str) -> None:
+        with self._lock:
+            self._expected.add(request_id)
+
+    @property
+    def outstanding(self) -> int:
+        with self._lock:
+            return len(self._expected)
 
     @contextmanager
     def watch(self, ids):
@@ -66,6 +79,7 @@ class Router:
     def deliver(self, result: ImageResult) -> int:
         """Hand a result to everyone watching its id; returns how many were waiting."""
         with self._lock:
+            self._expected.discard(result.request_id)
             waiting = list(self._watches.get(result.request_id, ()))
             for w in waiting:
                 w.results[result.request_id] = result
@@ -87,6 +101,7 @@ class DispatcherStats:
     unclaimed: int = 0  # results that no request was waiting for (persisted all the same)
     garbled: int = 0
     receive_errors: int = 0
+    persist_errors: int = 0
     last_poll_at: float | None = None
     # (result_at, total_ms or None, infer_ms or None) for the latest results.
     latencies: collections.deque = field(default_factory=lambda: collections.deque(maxlen=LATENCY_WINDOW))
@@ -98,23 +113,25 @@ class DispatcherStats:
             "unclaimed": self.unclaimed,
             "garbled": self.garbled,
             "receive_errors": self.receive_errors,
+            "persist_errors": self.persist_errors,
             "last_poll_at": self.last_poll_at,
             "latencies": list(self.latencies),
         }
 
 
 class Dispatcher(threading.Thread):
-    """Long-polls the response queue until ``stop()``; see the module doc."""
+    """Long-polls this process's reply queue until ``stop()``; see the module doc."""
 
-    def __init__(self, settings: Settings, sqs, store: JobStore, router: Router):
+    def __init__(self, settings: Settings, sqs, store: JobStore, router: Router, reply: ReplyQueue):
         super().__init__(name="response-dispatcher", daemon=True)
         self.settings = settings
         self.sqs = sqs
         self.store = store
         self.router = router
+        self.reply = reply
         self.stats = DispatcherStats()
         self._stop_event = threading.Event()
-        self._url: str | None = None
+        self._persist_pool = ThreadPoolExecutor(max_workers=10, thread_name_prefix="persist")
 
     def stop(self, timeout: float | None = None) -> None:
         """Ask the thread to finish; waits out at most one long poll."""
@@ -123,6 +140,7 @@ class Dispatcher(threading.Thread):
             self.join(self.settings.receive_wait_s + 5 if timeout is None else timeout)
             if self.is_alive():
                 log.warning("dispatcher still in a long poll after stop; it is a daemon and exits with the process")
+        self._persist_pool.shutdown(wait=False)
 
     @property
     def stopping(self) -> bool:
@@ -130,16 +148,19 @@ class Dispatcher(threading.Thread):
 
     def run(self) -> None:
         backoff = 0.5
-        log.info("dispatcher started on queue %s", self.settings.resp_queue)
+        log.info("dispatcher started for web process %s", self.reply.owner)
         while not self._stop_event.is_set():
             try:
-                if self._url is None:
-                    self._url = queue_url(self.sqs, self.settings.resp_queue)
+                if self.reply.url is None:
+                    self.reply.open()
+                    self.reply.start_heartbeat()
                 self.poll_once()
                 backoff = 0.5
             except (ClientError, BotoCoreError) as err:
                 self.stats.receive_errors += 1
-                log.error("response queue %s: %s; retrying in %.1f s", self.settings.resp_queue, err, backoff)
+                log.error("reply queue %s: %s; retrying in %.1f s", self.reply.name, err, backoff)
+                if isinstance(err, ClientError) and err.response["Error"]["Code"] in MISSING_QUEUE:
+                    self._reopen()
                 self._stop_event.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except Exception:  # the thread must not die silently: requests would hang until timeout
@@ -149,35 +170,47 @@ class Dispatcher(threading.Thread):
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
         log.info("dispatcher stopped")
 
+    def _reopen(self) -> None:
+        """Our queue was removed under us (reaped after a long silence): answers for requests
+        that named it go to the shared response queue; new requests name a new queue."""
+        old = self.reply.name
+        try:
+            self.reply.open()
+            log.warning("reply queue %s was gone; web process %s now answers from %s", old, self.reply.owner,
+                        self.reply.name)
+        except (ClientError, BotoCoreError) as err:
+            log.error("cannot reopen a reply queue for web process %s: %s", self.reply.owner, err)
+
     def poll_once(self) -> int:
         """One long poll; returns how many messages were handled."""
         resp = self.sqs.receive_message(
-            QueueUrl=self._url, MaxNumberOfMessages=10, WaitTimeSeconds=self.settings.receive_wait_s,
+            QueueUrl=self.reply.url, MaxNumberOfMessages=10, WaitTimeSeconds=self.settings.receive_wait_s,
             MessageAttributeNames=["All"],
         )
         self.stats.last_poll_at = time.time()
         messages = resp.get("Messages", [])
-        done = []
+        received_at = time.time()
+        done, results = [], []
         for msg in messages:
-            if self.handle(msg):
-                done.append(msg)
+            result = self.route(msg, received_at)
+            if result is None:
+                done.append(msg)  # garbled: would fail forever
+            else:
+                results.append((msg, result))
+        persisted = self._persist_pool.map(lambda mr: self.persist(mr[1], received_at), results)
+        done += [msg for (msg, _), ok in zip(results, persisted, strict=True) if ok]
         if done:
             self._delete_batch(done)
         return len(messages)
 
-    def handle(self, msg: dict) -> bool:
-        """Persist and route one message; True when it may be deleted."""
-        received_at = time.time()
+    def route(self, msg: dict, received_at: float) -> ImageResult | None:
+        """Parse one message and wake whoever waits for it; None when it is garbled."""
         try:
             result = ImageResult.from_json(msg.get("Body", ""))
-            self.store.complete(result, received_at)
-        except sqlite3.OperationalError:  # disk full, locked: try again when it comes back
-            log.exception("cannot persist the result in message %s; it stays on the queue", msg.get("MessageId"))
-            return False
-        except (BadMessage, TypeError, ValueError, sqlite3.Error) as err:  # wrong shape: would fail forever
+        except BadMessage as err:
             self.stats.garbled += 1
             log.warning("dropping garbled response message %s: %s", msg.get("MessageId"), err)
-            return True
+            return None
         woken = self.router.deliver(result)
         self.stats.results += 1
         self.stats.failed += 0 if result.ok else 1
@@ -186,15 +219,26 @@ class Dispatcher(threading.Thread):
         self.stats.latencies.append((received_at, total_ms, result.infer_ms))
         log.debug("result %s for %s: %s (waiters %d)", result.request_id, result.name,
                   result.label if result.ok else result.error, woken)
-        return True
+        return result
+
+    def persist(self, result: ImageResult, received_at: float) -> bool:
+        """Record a result in the job store; False leaves its message to come back."""
+        try:
+            self.store.complete(result, received_at)
+            return True
+        except (ClientError, BotoCoreError) as err:
+            self.stats.persist_errors += 1
+            log.error("cannot record result %s (%s): %s; its message stays on %s", result.request_id,
+                      result.name, err, self.reply.name)
+            return False
 
     def _delete_batch(self, messages: list[dict]) -> None:
         entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)]
         try:
-            resp = self.sqs.delete_message_batch(QueueUrl=self._url, Entries=entries)
+            resp = self.sqs.delete_message_batch(QueueUrl=self.reply.url, Entries=entries)
         except ClientError:
-            log.error("delete_message_batch on %s failed for %d messages; they will be redelivered and re-persisted",
-                      self.settings.resp_queue, len(entries))
+            log.error("delete_message_batch on %s failed for %d messages; they will be redelivered and re-recorded",
+                      self.reply.name, len(entries))
             raise
         for failure in resp.get("Failed", []):
             log.warning("could not delete response message %s: %s", failure.get("Id"), failure.get("Message"))

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
 
-from infra.messages import BadName, ImageRequest, safe_name
+from infra.jobstore import Job, JobStatus
+from infra.messages import BadName, ImageRequest, ImageResult, new_request_id, safe_name
+from web_tier.state import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ class Rejected(Exception):
 class Upload:
     """A checked upload: safe to store and enqueue."""
 
-    name: str  # the client's file name (already checked by safe_name)
+    name: str  # the client's file name as sent (checked by safe_name; answered back unchanged)
     key: str  # the input-bucket key
     data: bytes
     image_format: str
@@ -90,26 +92,53 @@ def check_upload(filename: str | None, data: bytes, max_bytes: int) -> Upload:
     return Upload(name=filename, key=key, data=data, image_format=sniff_image(data))
 
 
-def submit(state, upload: Upload, job_id: str | None = None, received_at: float | None = None) -> str:
-    """Store the image, record the job, enqueue its request; returns the job (= request) id.
+def submit(state, upload: Upload, job_id: str | None = None, received_at: float | None = None,
+           batch_id: str | None = None) -> str:
+    """Store the image, enqueue its request, record the job; returns the job (= request) id.
 
-    Raises ``Rejected(503)`` when S3 or SQS refuse; the job is then marked failed.
+    Raises ``Rejected(503)`` when S3 or SQS refuse (nothing is recorded then).
     """
     created = received_at or time.time()
     s3, sqs, settings = state.clients.s3, state.clients.sqs, state.settings
+    try:
+        reply_to = state.reply_to()
+    except NotReady:
+        raise Rejected(503, "reply queue unavailable (this web process is starting, or the stack is not provisioned), try again") from None
     try:
         put = s3.put_object(Bucket=settings.in_bucket, Key=upload.key, Body=upload.data,
                             ContentType=f"image/{upload.image_format.lower()}")
     except (ClientError, BotoCoreError) as err:
         log.error("put_object %s/%s failed: %s", settings.in_bucket, upload.key, err)
         raise Rejected(503, "image store unavailable, try again") from None
-    request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id)
-    state.store.add(request.request_id, upload.name, upload.key, request.version, created, request.sent_at)
+    request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to)
+    state.router.expect(request.request_id)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
         log.error("send_message for job %s (%s) failed: %s", request.request_id, upload.key, err)
-        state.store.fail(request.request_id, "request queue unavailable")
         raise Rejected(503, "request queue unavailable, try again") from None
-    log.info("job %s enqueued: key=%s version=%s", request.request_id, upload.key, request.version)
-    return request.request_id
+    # Recorded after the send: a process killed in between leaves no job that never runs (the result
+    # then makes the record), and the record merges with a result that comes first.
+    job = Job(request.request_id, upload.name, JobStatus.QUEUED, key=upload.key, version=request.version,
+              batch_id=batch_id, created_at=created, enqueued_at=request.sent_at)
+    try:
+        state.store.add(job)
+    except (ClientError, BotoCoreError) as err:
+        log.error("recording job %s (%s) failed: %s; its result will record it", job.id, upload.key, err)
+    log.info("job %s enqueued: key=%s version=%s batch=%s reply=%s", job.id, upload.key, request.version, batch_id,
+             state.reply.name or "-")
+    return job.id
+
+
+def record_refused(state, filename: str | None, reason: str, batch_id: str, received_at: float) -> str | None:
+    """A file refused at intake still gets a failed job in its batch, so the batch's CSV lists it."""
+    name = (filename or "").encode("utf-8", "replace").decode("utf-8")[:300]
+    job_id = new_request_id()
+    job = Job(job_id, name, JobStatus.FAILED, batch_id=batch_id, created_at=received_at, result_at=time.time(),
+              result=ImageResult(job_id, name, error=reason))
+    try:
+        state.store.add(job)
+    except (ClientError, BotoCoreError) as err:
+        log.error("recording refused file %r of batch %s failed: %s", name, batch_id, err)
+        return None
+    return job_id

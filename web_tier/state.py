@@ -1,7 +1,8 @@
 """What the blueprints share, kept on ``app.extensions["imgrec"]``.
 
-A later blueprint (the dashboard) reads ``state.store`` (job counts, recent
-jobs with timings) and ``state.dispatcher.stats`` (results, latencies) from here.
+``state.store`` is the shared job store (DynamoDB, any web process reads any job),
+``state.reply`` this process's reply queue, ``state.dispatcher.stats`` what the
+dispatcher counted.
 """
 
 from __future__ import annotations
@@ -12,14 +13,19 @@ from dataclasses import dataclass, field
 
 from infra.clients import Clients, make_client
 from infra.config import Settings
+from infra.jobstore import JobStore
 from infra.observe import queue_url
 from web_tier.dispatcher import Dispatcher, Router
-from web_tier.jobs import JobStore
+from web_tier.replies import ReplyQueue
 
 log = logging.getLogger(__name__)
 
 EXTENSION = "imgrec"
 MULTIPART_SLACK = 64 * 1024  # multipart headers and boundaries around one file
+
+
+class NotReady(RuntimeError):
+    """This process has no reply queue yet: a request sent now could not be answered to it."""
 
 
 @dataclass
@@ -28,6 +34,7 @@ class WebState:
     clients: Clients
     store: JobStore
     router: Router
+    reply: ReplyQueue
     dispatcher: Dispatcher
     dashboard_sampler: object | None = None  # set by create_app; has stop()
     _req_url: str | None = None
@@ -44,6 +51,12 @@ class WebState:
             self._req_url = queue_url(self.clients.sqs, self.settings.req_queue)
         return self._req_url
 
+    def reply_to(self) -> str | None:
+        """The reply queue requests name; None (the stack's response queue) only without a dispatcher."""
+        if self.reply.url is None and self.dispatcher.is_alive():
+            raise NotReady("this web process has no reply queue yet")
+        return self.reply.url
+
     def health_client(self, service: str):
         """Clients that try once: a health check must answer fast when a service is down."""
         with self._lock:
@@ -52,10 +65,10 @@ class WebState:
             return self._health[service]
 
     def close(self, dispatcher_timeout: float = 3.0) -> None:
-        """Stop the background threads, then the store. A dispatcher caught in a long poll is a daemon:
-        whatever it holds goes back to the queue after the visibility timeout and is persisted next start."""
+        """Stop the background threads, then release the reply queue. A dispatcher caught in a long poll
+        is a daemon: whatever it holds goes back to the queue after its visibility timeout. With no
+        result outstanding there is nothing to wait for."""
         if self.dashboard_sampler is not None:
             self.dashboard_sampler.stop()
-        self.dispatcher.stop(timeout=dispatcher_timeout)
-        if not self.dispatcher.is_alive():
-            self.store.close()
+        self.dispatcher.stop(timeout=dispatcher_timeout if self.router.outstanding else 0.2)
+        self.reply.close(outstanding=self.router.outstanding)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import time
 
+from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
+from infra.jobstore import JobStatus
 from infra.messages import new_request_id
 from web_tier.intake import COURSE_FIELDS, Rejected, check_upload, read_bounded, submit
-from web_tier.jobs import JobStatus
 from web_tier.state import EXTENSION, WebState
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,11 @@ def classify():
         return text(err.reason, err.status)
     result = w.results.get(job_id)
     if result is None:
-        job = st.store.get(job_id)
+        try:  # recorded by another process or the reaper (our reply queue was lost)?
+            job = st.store.get(job_id)
+        except (ClientError, BotoCoreError) as err:
+            log.warning("job %s: store read after the wait failed: %s", job_id, err)
+            job = None
         if job is None or job.status is JobStatus.QUEUED:
             log.warning("job %s (%s) timed out after %.0f s", job_id, upload.name, st.settings.request_timeout_s)
             return text(f"timed out after {st.settings.request_timeout_s:g} s waiting for a worker; job id {job_id}; "

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from infra.config import Settings
 from infra.deploy.errors import DeployError
 from infra.deploy.model import uri_keys
+from infra.messages import REPLY_INFIX
 from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
 from infra.tags import owned_by
@@ -28,7 +29,7 @@ log = logging.getLogger(__name__)
 POLICY_VERSION = "2012-10-17"
 # Actions AWS evaluates only against Resource "*" (no resource-level permissions).
 UNSCOPED_ACTIONS = frozenset({"ec2:DescribeInstances", "ec2:DescribeInstanceStatus", "cloudwatch:PutMetricData",
-                              "cloudwatch:GetMetricData"})
+                              "cloudwatch:GetMetricData", "sqs:ListQueues"})
 
 EC2_TRUST_POLICY = {
     "Version": POLICY_VERSION,
@@ -57,6 +58,9 @@ class Arns:
 
     def sqs(self, queue: str) -> str:
         return f"arn:{self.partition}:sqs:{self.region}:{self.account}:{queue}"
+
+    def table(self, table: str) -> str:
+        return f"arn:{self.partition}:dynamodb:{self.region}:{self.account}:table/{table}"
 
     def bucket(self, bucket: str) -> str:
         return f"arn:{self.partition}:s3:::{bucket}"
@@ -111,6 +115,8 @@ def app_policy(settings: Settings, arns: Arns) -> dict:
             {"Sid": "AnswerResponseQueue", "Effect": "Allow",
              "Action": ["sqs:GetQueueUrl", "sqs:SendMessage"],
              "Resource": [arns.sqs(settings.resp_queue)]},
+            {"Sid": "AnswerReplyQueues", "Effect": "Allow", "Action": ["sqs:SendMessage"],
+             "Resource": [arns.sqs(f"{settings.prefix}-{REPLY_INFIX}-*")]},
             {"Sid": "ReadInputs", "Effect": "Allow",
              "Action": ["s3:GetObject", "s3:GetObjectVersion"],
              "Resource": [arns.objects(settings.in_bucket)]},
@@ -153,8 +159,21 @@ def web_policy(settings: Settings, arns: Arns, *, launch_template_id: str, app_s
              "Resource": [arns.sqs(settings.req_queue)]},
             {"Sid": "ReceiveResults", "Effect": "Allow",
              "Action": ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
-                        "sqs:GetQueueUrl", "sqs:ReceiveMessage"],
+                        "sqs:GetQueueUrl", "sqs:ListQueueTags", "sqs:ReceiveMessage", "sqs:TagQueue",
+                        "sqs:UntagQueue"],
              "Resource": [arns.sqs(settings.resp_queue)]},
+            # Each web process's own reply queue (made, beaten, removed by it; orphans by the controller).
+            {"Sid": "ReplyQueues", "Effect": "Allow",
+             "Action": ["sqs:ChangeMessageVisibility", "sqs:CreateQueue", "sqs:DeleteMessage", "sqs:DeleteQueue",
+                        "sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListQueueTags", "sqs:ReceiveMessage",
+                        "sqs:TagQueue", "sqs:UntagQueue"],
+             "Resource": [arns.sqs(f"{settings.prefix}-{REPLY_INFIX}-*")]},
+            # ListQueues has no resource-level permissions; the reaper lists by name prefix.
+            {"Sid": "FindReplyQueues", "Effect": "Allow", "Action": ["sqs:ListQueues"], "Resource": "*"},
+            {"Sid": "JobState", "Effect": "Allow",
+             "Action": ["dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable",
+                        "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
+             "Resource": [arns.table(settings.jobs_table), arns.table(f"{settings.jobs_table}/index/*")]},
             {"Sid": "WatchDeadLetters", "Effect": "Allow",
              "Action": ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
              "Resource": [arns.sqs(settings.dlq)]},

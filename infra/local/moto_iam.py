@@ -57,8 +57,9 @@ ACTION_ALIASES = {
 }
 # Signing name -> IAM service prefix, where they differ.
 SERVICE_PREFIXES = {"monitoring": "cloudwatch"}
-# Services moto checks against Resource "*" only.
-ACTION_LEVEL_SERVICES = frozenset({"ec2", "cloudwatch"})
+# Services moto checks against Resource "*" only: judged by action (any Allow of the action passes); their
+# resource scoping (EC2 launch templates, DynamoDB table ARNs) stays with the policy-document tests.
+ACTION_LEVEL_SERVICES = frozenset({"ec2", "cloudwatch", "dynamodb"})
 SERVICE_USER_MARK = "@"  # a user named <anything>@<service principal> speaks for that service
 _INSTANCE_PARAM = re.compile(r"^InstanceId\.\d+$")
 _applied = False

@@ -7,7 +7,9 @@ the web instance record; ``infra.local.account``) with IAM enforced unless
 template (the deploy's boot script as user data, the app role's instance profile),
 the local instance runner
 (each running moto instance boots from that user data: ``infra.local.runner``), the
-controller and the web tier (with the web role's credentials; an instance's processes get
+controller and the web tier as ``IMGREC_WEB_PROCESSES`` processes sharing one port
+(SO_REUSEPORT: the kernel spreads connections; the first answers from the shared response
+queue, the others from their own reply queues) (with the web role's credentials; an instance's processes get
 its profile's role from the runner). Each runs as a child in its own session, so the
 terminal's Ctrl-C reaches only this process, which then stops the children in
 reverse order (web first, moto last; the runner stops every instance through its
@@ -85,13 +87,14 @@ def check_ports(settings: Settings, endpoint_port: int) -> None:
                              "set IMGREC_WEB_PORT to another port")
 
 
-def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_env: dict[str, str]) -> Child:
+def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_env: dict[str, str],
+                **extra_env: str) -> Child:
     """``python -m module`` with ``settings`` as its whole IMGREC_* environment and ``role_env``
     (``CredentialServer.env_for_role``; empty: the administrator's keys file) as its only AWS credentials."""
     from infra.local.credentials import without_credentials
 
     env = {k: v for k, v in without_credentials(os.environ).items() if not k.startswith("IMGREC_")}
-    env.update(settings.to_env(), **role_env, PYTHONUNBUFFERED="1")
+    env.update(settings.to_env(), **role_env, PYTHONUNBUFFERED="1", **extra_env)
     out = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([sys.executable, "-m", module], cwd=ROOT, env=env, stdout=out,
                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -122,6 +125,15 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
             os.killpg(child.proc.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):
             child.proc.wait(2)
+
+
+def web_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
+    """(log name, extra environment) per web process: the first keeps the configured reply queue
+    (by default the shared response queue, which graders watch), the others make their own."""
+    n = settings.web_processes
+    if n == 1:
+        return [("web", {})]
+    return [(f"web-{i + 1}", {} if i == 0 else {"IMGREC_REPLY_QUEUE": "own"}) for i in range(n)]
 
 
 def sweep_instance_cgroups() -> None:
@@ -184,8 +196,10 @@ def run(settings: Settings) -> int:
         # file) and hands each instance its own profile's role. The tiers run as the web role.
         roles = {"runner": {}, "controller": credential_server.env_for_role(account.web_role, web_id),
                  "web": credential_server.env_for_role(account.web_role, web_id)}
-        for name, module in (("runner", "infra.local.runner"), ("controller", "controller"), ("web", "web_tier")):
+        for name, module in (("runner", "infra.local.runner"), ("controller", "controller")):
             children.append(start_child(name, module, settings, log_dir, roles[name]))
+        for name, env in web_processes(settings):
+            children.append(start_child(name, "web_tier", settings, log_dir, roles["web"], **env))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"

@@ -1,5 +1,8 @@
-// The upload page: uploads each file to POST /api/jobs (a few at a time, with progress),
+// The upload page: uploads each file to POST /api/jobs?batch=<id> (a few at a time, with progress),
 // then one long-poll loop on GET /api/jobs?ids=...&wait=20 shows results as they arrive.
+// All files of a page belong to one batch whose id is in the URL (?batch=<id>): a reload, or
+// the link opened elsewhere, shows the batch's results again from GET /api/batches/<id>, and
+// "Download results (CSV)" appears once the batch has results.
 "use strict";
 (function () {
   const MAX_PARALLEL_UPLOADS = 3;  // browsers allow ~6 connections per host; leave room for polling
@@ -7,13 +10,36 @@
   const waiting = [];              // files not yet sent
   const pending = new Map();       // job id -> card, sent and not finished
   let uploading = 0, polling = false, total = 0, finished = 0;
+  let batchId = new URLSearchParams(location.search).get("batch");
 
   const $ = (sel, root) => (root || document).querySelector(sel);
   const drop = $("#drop"), input = $("#files"), results = $("#results"), summary = $("#summary");
+  const csv = $("#csv");
 
   function summarize() {
     const busy = total - finished;
     summary.textContent = total ? `${finished} of ${total} done` + (busy ? ` · ${busy} in progress` : "") : "";
+    if (batchId && finished > 0) {
+      csv.href = `/api/batches/${encodeURIComponent(batchId)}.csv`;
+      csv.hidden = false;
+    }
+  }
+
+  function ensureBatch() {
+    if (batchId) return batchId;
+    // getRandomValues works on plain http too (randomUUID needs a secure context).
+    const bytes = crypto.getRandomValues(new Uint8Array(16));
+    batchId = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+    history.replaceState(null, "", `?batch=${batchId}`);
+    return batchId;
+  }
+
+  function newCard(name) {
+    const card = $("#card").content.firstElementChild.cloneNode(true);
+    card.dataset.name = name;
+    $(".name", card).textContent = name;
+    $(".name", card).title = name;
+    return card;
   }
 
   function setStatus(card, status, text) {
@@ -22,12 +48,10 @@
   }
 
   function addFiles(files) {
-    const batch = document.createDocumentFragment();  // a batch keeps its order, newest batch on top
+    ensureBatch();
+    const batch = document.createDocumentFragment();  // a drop keeps its order, newest drop on top
     for (const file of files) {
-      const card = $("#card").content.firstElementChild.cloneNode(true);
-      card.dataset.name = file.name;
-      $(".name", card).textContent = file.name;
-      $(".name", card).title = file.name;
+      const card = newCard(file.name);
       const img = $("img", card);
       img.src = URL.createObjectURL(file);
       img.onload = () => URL.revokeObjectURL(img.src);
@@ -59,7 +83,7 @@
     return new Promise((resolve) => {
       const xhr = new XMLHttpRequest();
       const fill = $(".fill", card);
-      xhr.open("POST", "/api/jobs");
+      xhr.open("POST", `/api/jobs?batch=${encodeURIComponent(batchId)}`);
       xhr.responseType = "json";
       xhr.upload.onprogress = (e) => {
         if (e.lengthComputable) {
@@ -92,8 +116,8 @@
     });
   }
 
-  function show(job) {
-    const card = pending.get(job.id);
+  function show(job, card) {
+    card = card || pending.get(job.id);
     if (!card || job.status === "queued") return;
     pending.delete(job.id);
     if (job.status === "done") {
@@ -116,7 +140,7 @@
           const resp = await fetch(`/api/jobs?ids=${ids.join(",")}&wait=${POLL_WAIT_S}`);
           if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
           const body = await resp.json();
-          body.jobs.forEach(show);
+          body.jobs.forEach((job) => show(job));
           for (const id of body.unknown) {
             const card = pending.get(id);
             pending.delete(id);
@@ -131,6 +155,37 @@
     }
   }
 
+  // A reload (or the batch link opened elsewhere): the batch's jobs from the server, any web process.
+  async function restore() {
+    if (!batchId) return;
+    let body;
+    try {
+      const resp = await fetch(`/api/batches/${encodeURIComponent(batchId)}`);
+      if (!resp.ok) return;  // unknown batch (nothing uploaded yet): start empty
+      body = await resp.json();
+    } catch (e) {
+      return;
+    }
+    const list = document.createDocumentFragment();
+    for (const job of body.jobs) {
+      const card = newCard(job.name);
+      card.dataset.job = job.id;
+      $("img", card).hidden = true;  // the picture stayed on the machine that sent it
+      $(".fill", card).style.width = "100%";
+      list.append(card);
+      total++;
+      if (job.status === "queued") {
+        pending.set(job.id, card);
+        setStatus(card, "queued", "waiting for a worker…");
+      } else {
+        show(job, card);
+      }
+    }
+    results.prepend(list);
+    summarize();
+    poll();
+  }
+
   input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });
   ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => {
     e.preventDefault();
@@ -141,4 +196,5 @@
     drop.classList.remove("over");
   }));
   drop.addEventListener("drop", (e) => addFiles(Array.from(e.dataTransfer.files)));
+  restore();
 })();
