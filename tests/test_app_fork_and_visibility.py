@@ -10,9 +10,9 @@ import time
 from app_tier.visibility import HeldMessages
 from infra.observe import queue_url
 from tests.conftest import child_env
+from tests.helpers import collect, enqueue, upload
 from tests.images import jpeg_bytes
 from tests.procs import ROOT
-from tests.test_worker import collect, enqueue, upload
 
 FORK_SCRIPT = textwrap.dedent("""
     import os, sys

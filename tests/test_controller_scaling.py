@@ -10,107 +10,18 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
-import psutil
 import pytest
 
 from infra.config import Settings
-from infra.messages import ImageRequest, ImageResult
-from infra.observe import InstanceState, app_instances, queue_url
-from tests.images import jpeg_bytes
-from tests.procs import log_text, start_module, stop_process, wait_for
+from infra.observe import app_instances
+from tests.fleet import FleetSampler
+from tests.helpers import collect_results, send_requests, upload_images
+from tests.procs import log_text, start_module, stop_process, wait_for, worker_pids
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass
-class FleetSample:
-    at: float  # wall clock, comparable with ImageResult.done_at
-    running: int
-    pending: int
-
-
-@dataclass
-class FleetSampler:
-    """Samples the app tier through describe_instances every ``interval`` s in a thread."""
-
-    ec2: object
-    settings: Settings
-    interval: float = 0.2
-    samples: list[FleetSample] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            fleet = app_instances(self.ec2, self.settings)
-            self.samples.append(FleetSample(time.time(),
-                                            sum(i.state == InstanceState.RUNNING for i in fleet),
-                                            sum(i.state == InstanceState.PENDING for i in fleet)))
-            self._stop.wait(self.interval)
-
-    @contextmanager
-    def running(self):
-        thread = threading.Thread(target=self._run, name="fleet-sampler", daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join(5)
-
-    @property
-    def peak(self) -> int:
-        return max((s.running + s.pending for s in self.samples), default=0)
-
-    @property
-    def peak_running(self) -> int:
-        return max((s.running for s in self.samples), default=0)
-
-
-def upload_images(s3, settings: Settings, count: int, start: int = 0) -> list[ImageRequest]:
-    """Real JPEGs into the input bucket; the request messages that name their versions."""
-    out = []
-    for i in range(start, start + count):
-        name = f"burst_{i:03d}.jpg"
-        version = s3.put_object(Bucket=settings.in_bucket, Key=name, Body=jpeg_bytes(i),
-                                ContentType="image/jpeg").get("VersionId")
-        out.append(ImageRequest.new(name, version, name))
-    return out
-
-
-def send_requests(sqs, settings: Settings, requests: list[ImageRequest]) -> float:
-    """Enqueue in batches of 10; returns when the last went in (wall clock)."""
-    url = queue_url(sqs, settings.req_queue)
-    for i in range(0, len(requests), 10):
-        chunk = requests[i:i + 10]
-        resp = sqs.send_message_batch(QueueUrl=url, Entries=[
-            {"Id": str(n), "MessageBody": r.to_json()} for n, r in enumerate(chunk)])
-        assert not resp.get("Failed"), resp["Failed"]
-    return time.time()
-
-
-def collect_results(sqs, settings: Settings, want: set[str], timeout: float) -> dict[str, ImageResult]:
-    url = queue_url(sqs, settings.resp_queue)
-    got: dict[str, ImageResult] = {}
-    deadline = time.monotonic() + timeout
-    while not want <= set(got) and time.monotonic() < deadline:
-        resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-        for m in resp.get("Messages", []):
-            result = ImageResult.from_json(m["Body"])
-            got[result.request_id] = result
-            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-    return got
-
-
-def worker_pids(supervisor) -> list[int]:
-    try:
-        return sorted(p.pid for p in psutil.Process(supervisor.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return []
 
 
 @contextmanager

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 import requests
-from flask import Flask
-from waitress.server import create_server
 
 from app_tier.metrics import Metrics
 from infra.clients import Clients
 from infra.local.moto_server import free_port
+from tests.dashboard_server import DashboardServer
 from tests.procs import wait_for
-from web_tier.dashboard import BadSince, make_dashboard_blueprint, parse_since
+from web_tier.dashboard import BadSince, parse_since
 from web_tier.metrics_source import (
     END_TO_END_MS,
     IMAGE_ERRORS,
@@ -24,36 +22,6 @@ from web_tier.metrics_source import (
     summarize_live,
     weighted_percentile,
 )
-
-
-class DashboardServer:
-    """A Flask app holding only the dashboard blueprint, served by waitress in a thread."""
-
-    def __init__(self, settings, clients, **kwargs):
-        self.app = Flask(__name__)
-        self.bp = make_dashboard_blueprint(settings, clients, **kwargs)
-        self.app.register_blueprint(self.bp)
-        self.port = free_port()
-        self.server = create_server(self.app, host="127.0.0.1", port=self.port, threads=8)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.bp.sampler.stop()
-        self.server.close()
-        self.thread.join(5)
-
-    def metrics(self, since=None) -> dict:
-        resp = requests.get(f"{self.url}/api/metrics", params={"since": since} if since else None, timeout=10)
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def latest(self) -> dict:
-        return self.metrics()["latest"] or {}
 
 
 @pytest.fixture

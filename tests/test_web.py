@@ -10,51 +10,18 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import requests
 
 from infra.clients import Clients
-from infra.config import Settings
-from infra.local.moto_server import free_port
 from infra.messages import ImageRequest, ImageResult
 from infra.observe import bucket_object_count, queue_depth, queue_url
 from infra.provision import provision
 from tests.images import jpeg_bytes, make_image, png_bytes
-from tests.procs import log_text, start_module, stop_process, wait_for
+from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
 SMALL_LIMIT = 200_000  # bytes: lets the over-size cases stay small
-
-
-def web_settings(moto_server, data_dir: Path, **overrides) -> Settings:
-    prefix = f"w{uuid.uuid4().hex[:10]}"
-    return Settings.from_env({}, endpoint_url=moto_server.url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
-                             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), receive_wait_s=1,
-                             max_attempts=3, web_port=free_port(), **overrides)
-
-
-@contextmanager
-def running_web(settings: Settings, log_path: Path):
-    """`python -m web_tier` until the block ends; fails with its log if it does not come up."""
-    proc = start_module("web_tier", settings, log_path=log_path)
-    base = f"http://{settings.web_host}:{settings.web_port}"
-
-    def up():
-        if proc.poll() is not None:
-            raise RuntimeError(f"web tier exited with {proc.returncode}:\n{log_text(proc)}")
-        try:
-            return requests.get(base + "/", timeout=1).status_code == 200
-        except requests.ConnectionError:
-            return False
-
-    try:
-        wait_for(up, 30, what="web tier")
-        proc.base = base
-        yield proc
-    finally:
-        stop_process(proc)
 
 
 @pytest.fixture(scope="module")

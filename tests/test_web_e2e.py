@@ -21,8 +21,7 @@ from infra.clients import Clients
 from infra.observe import queue_depth, queue_url
 from infra.provision import provision
 from tests.images import jpeg_bytes, truncated_jpeg, write_images
-from tests.procs import log_text, start_module, stop_process, wait_for
-from tests.test_web import running_web, web_settings
+from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
 SEEDS = range(8)
 
