@@ -14,13 +14,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
 
 from controller.actuator import Ec2Actuator
 from infra.local.supervisor import ChildState, Supervisor
+from tests.helpers import describe, wait_until
 from tests.procs import log_text, start_module, stop_process, wait_for
 
 SLEEPER = "import signal, time; {}; time.sleep(120)"
@@ -68,13 +68,39 @@ def alive(pid: int) -> bool:
 
 def settle(sup: Supervisor, until, timeout: float = 10.0):
     """Tick like the real loop until ``until()`` holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def ticked():
         sup.tick()
-        if until():
-            return
-        time.sleep(0.05)
-    raise TimeoutError("supervisor did not settle")
+        return until()
+
+    wait_until(ticked, timeout, interval=0.05, what=f"the supervisor to settle: {describe(until)}")
+
+
+class FakeClock:
+    """The supervisor's clock, moved by the test: grace periods and back-off without waiting them out."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def ignores_sigterm(pid: int) -> bool:
+    """The process has installed SIG_IGN for SIGTERM (its SigIgn mask in /proc)."""
+    with open(f"/proc/{pid}/status") as status:
+        mask = next(int(line.split()[1], 16) for line in status if line.startswith("SigIgn:"))
+    return bool(mask & (1 << (signal.SIGTERM - 1)))
+
+
+def has_exited(pid: int) -> bool:
+    """Our child ``pid`` has exited (left unreaped for the supervisor to collect, or collected already)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True  # the supervisor reaped it
 
 
 def test_one_worker_per_running_instance_started_stopped_and_replaced(settings, clients, spawner):
@@ -107,18 +133,23 @@ def test_one_worker_per_running_instance_started_stopped_and_replaced(settings, 
 def test_stubborn_worker_gets_a_second_sigterm_then_sigkill(settings, clients, spawner, caplog):
     caplog.set_level(logging.INFO, logger="infra.local.supervisor")
     spawn = spawner(ignore_term=True)
-    sup = Supervisor(settings, clients.ec2, spawn, grace_s=0.3, kill_after_s=0.3)
+    clock = FakeClock()
+    sup = Supervisor(settings, clients.ec2, spawn, grace_s=0.3, kill_after_s=0.3, clock=clock)
     act = Ec2Actuator(clients.ec2, settings)
     (iid,) = act.launch(1)
     sup.tick()
     pid = sup.serving[iid].pid
-    time.sleep(0.3)  # let it install its SIG_IGN
+    wait_until(lambda: ignores_sigterm(pid), 10, interval=0.02, what="the worker to install its SIG_IGN")
     act.remove([iid])
     sup.tick()
     assert sup.draining[pid].state == ChildState.STOPPING
-    time.sleep(0.4)
+    clock.advance(0.2)
+    sup.tick()
+    assert sup.draining[pid].state == ChildState.STOPPING  # still inside the grace period
+    clock.advance(0.2)
     sup.tick()
     assert sup.draining[pid].state == ChildState.FORCING and alive(pid)
+    clock.advance(0.4)
     settle(sup, lambda: not sup.draining, timeout=5)
     assert not alive(pid)
     assert f"worker pid {pid} (instance {iid}) ignored two SIGTERMs: SIGKILL" in caplog.text
@@ -148,15 +179,25 @@ def test_crash_loop_backs_off(settings, clients, caplog):
         procs.append(subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"]))
         return procs[-1].pid
 
-    sup = Supervisor(settings, clients.ec2, dies_at_once)
+    clock = FakeClock(0.0)
+    started_at = []
+
+    def spawn(iid: str) -> int:
+        started_at.append(clock())
+        return dies_at_once(iid)
+
+    sup = Supervisor(settings, clients.ec2, spawn, clock=clock)
     Ec2Actuator(clients.ec2, settings).launch(1)
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline:
+    for step in range(61):  # 3 s of the real loop's 0.05 s ticks; each tick sees the last start's death
+        clock.now = step / 20
+        if procs:
+            wait_until(lambda: has_exited(procs[-1].pid), 10, interval=0.02, what="the worker to die")
         sup.tick()
-        time.sleep(0.05)
     sup.stop_all(timeout=2)
-    # immediate retry, then 1 s, then 2 s: at most 3 starts in 3 s rather than ~60
-    assert 2 <= len(procs) <= 4, len(procs)
+    # immediate retry, then 1 s, then 2 s: 3 starts in 3 s rather than ~60
+    assert len(procs) == 3, started_at
+    assert started_at[1] - started_at[0] == pytest.approx(0.05)  # replaced on the next tick
+    assert started_at[2] - started_at[1] == pytest.approx(1.05)  # seen dead a tick later, then 1 s back-off
     assert caplog.text.count("died (exit 3)") == len(procs)
     assert not any(alive(p.pid) for p in procs)
 
