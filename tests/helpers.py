@@ -119,3 +119,16 @@ def collect_results(sqs, settings: Settings, want: set[str], timeout: float) -> 
             got[result.request_id] = result
             sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
     return got
+
+
+def stays_true(condition: Callable[[], object], duration: float, interval: float = 0.05,
+               what: str | None = None) -> None:
+    """Check that ``condition`` holds at every poll for ``duration`` s: for "nothing happens" claims,
+    where there is no event to wait for, only a window to watch. Fails at the first poll where it does not."""
+    deadline = time.monotonic() + duration
+    while True:
+        value = condition()
+        assert value, f"{what or describe(condition)} stopped holding ({value!r:.200})"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)

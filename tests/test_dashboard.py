@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from app_tier.metrics import Metrics
 from infra.clients import Clients
 from infra.local.moto_server import free_port
 from tests.dashboard_server import DashboardServer
+from tests.helpers import stays_true, wait_until
 from tests.procs import wait_for
 from web_tier.dashboard import BadSince, parse_since
 from web_tier.metrics_source import (
@@ -168,14 +170,16 @@ def test_dead_endpoint_keeps_the_sampler_alive_and_stops_cleanly(settings):
         assert not server.bp.sampler.running
 
 
-def test_sampler_pauses_without_browsers_and_resumes_on_request(stack, clients):
+def test_sampler_pauses_without_browsers_and_resumes_on_request(stack, clients, caplog):
+    caplog.set_level(logging.INFO, logger="web_tier.dashboard_sampler")
     with DashboardServer(stack, clients, interval_s=0.2, idle_after_s=1.0) as server:
         server.metrics()  # starts the sampler
         wait_for(lambda: server.bp.sampler.idle, 5, interval=0.1, what="the sampler to go idle")
-        time.sleep(1.0)  # let a read that was under way finish
+        # The thread logs this once its last read is done and it is about to wait.
+        wait_until(lambda: "pausing AWS reads" in caplog.text, 10, interval=0.05, what="the sampler to pause")
         paused = len(server.bp.sampler.since(None)[0])
-        time.sleep(1.0)
-        assert len(server.bp.sampler.since(None)[0]) == paused  # no AWS reads while nobody looks
+        stays_true(lambda: len(server.bp.sampler.since(None)[0]) == paused, 1.0,  # five sampling intervals
+                   what="no AWS reads while nobody looks")
         assert server.bp.sampler.running  # paused, not dead
         server.metrics()
         wait_for(lambda: len(server.bp.sampler.since(None)[0]) >= paused + 2, 5, interval=0.1,
