@@ -43,26 +43,14 @@ def nothing_enqueued(web) -> None:
 
 
 # ---------------------------------------------------------------- bad input on POST /
+# The full table of refused uploads runs through Flask's test client in tests/test_upload_validation.py;
+# these few go over real HTTP (multipart encoding by a real client, waitress in between).
 
 BAD_UPLOADS = [
     ("no file", {}, 400, "no file"),
-    ("wrong field", {"image": ("a.jpg", jpeg_bytes(1))}, 400, "no file"),
-    ("empty file", {"myfile": ("a.jpg", b"")}, 400, "empty"),
-    ("no file selected", {"myfile": ("", b"")}, 400, "no file selected"),
     ("text named .jpg", {"myfile": ("cat.jpg", b"hello, I am not an image\n" * 20)}, 415, "not an image"),
-    ("html named .png", {"inputFile": ("x.png", b"<html><script>alert(1)</script></html>")}, 415, "not an image"),
-    ("jpeg magic then junk", {"myfile": ("j.jpg", b"\xff\xd8\xff\xe0" + b"\0" * 100)}, 415, "image"),
     ("path separator", {"myfile": ("../../etc/passwd.jpg", jpeg_bytes(1))}, 400, "path"),
-    ("backslash path", {"myfile": ("..\\win.jpg", jpeg_bytes(1))}, 400, "path"),
-    ("slash only", {"myfile": ("a/b.jpg", jpeg_bytes(1))}, 400, "path"),
-    ("control char", {"myfile": ("a\x07b.jpg", jpeg_bytes(1))}, 400, "control"),
-    ("tab", {"myfile": ("a\tb.jpg", jpeg_bytes(1))}, 400, "control"),
-    ("delete char", {"myfile": ("a\x7fb.jpg", jpeg_bytes(1))}, 400, "control"),
-    ("zero-width space", {"myfile": ("a\u200bb.jpg", jpeg_bytes(1))}, 400, "control"),
-    ("very long", {"myfile": ("a" * 300 + ".jpg", jpeg_bytes(1))}, 400, "longer"),
     ("non-ascii", {"myfile": ("caf\u00e9.jpg", jpeg_bytes(1))}, 400, "ASCII"),
-    ("only dots", {"myfile": (". .", jpeg_bytes(1))}, 400, "usable"),
-    ("over the limit", {"myfile": ("big.png", b"\x89PNG" + b"\0" * SMALL_LIMIT)}, 413, "larger"),
 ]
 
 
