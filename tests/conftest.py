@@ -11,6 +11,7 @@ from infra.clients import Clients
 from infra.config import Settings
 from infra.local.moto_server import MotoServer, free_port
 from infra.provision import provision
+from tests.helpers import flask_app
 
 # Tests never touch real AWS: anything that escapes the endpoint gets these.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -65,12 +66,8 @@ def app_settings(stack) -> Settings:
 def app(app_settings):
     """The real Flask app from ``create_app(settings)`` on provisioned resources, without its response
     dispatcher thread (nothing to route in a request-validation test); its state is closed afterwards."""
-    from web_tier import create_app, get_state
-
-    app = create_app(app_settings, start_dispatcher=False)
-    app.config["TESTING"] = True
-    yield app
-    get_state(app).close()
+    with flask_app(app_settings) as app:
+        yield app
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from infra.config import Settings
@@ -34,6 +35,19 @@ def describe(condition: Callable) -> str:
     except (OSError, TypeError):
         return name
     return source[source.index("lambda"):] if "lambda" in source else source
+
+
+@contextmanager
+def flask_app(settings: Settings) -> Iterator:
+    """The real app from ``create_app(settings)`` without its response dispatcher thread; closed at the end."""
+    from web_tier import create_app, get_state
+
+    app = create_app(settings, start_dispatcher=False)
+    app.config["TESTING"] = True
+    try:
+        yield app
+    finally:
+        get_state(app).close()
 
 
 def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.2, what: str | None = None) -> T:

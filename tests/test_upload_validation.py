@@ -13,15 +13,29 @@ import io
 
 import pytest
 
+from infra.clients import Clients
 from infra.observe import bucket_object_count, queue_depth, queue_url
+from infra.provision import provision
+from tests.helpers import flask_app
 from tests.images import jpeg_bytes
+from tests.procs import web_settings
+from web_tier import get_state
 
 SMALL_LIMIT = 200_000  # bytes: lets the over-size case stay small
 
 
-@pytest.fixture
-def app_settings(stack):
-    return stack.replace(max_upload_bytes=SMALL_LIMIT)
+@pytest.fixture(scope="module")
+def app_settings(moto_server, tmp_path_factory):
+    """One provisioned set for the module: every case must leave it empty, so they can share it."""
+    settings = web_settings(moto_server, tmp_path_factory.mktemp("validation") / "data", max_upload_bytes=SMALL_LIMIT)
+    provision(settings, Clients(settings))
+    return settings
+
+
+@pytest.fixture(scope="module")
+def app(app_settings):
+    with flask_app(app_settings) as app:
+        yield app
 
 
 # (case, multipart files as {field: (file name, bytes)}, status, reason the one line must contain)
@@ -50,12 +64,12 @@ def nothing_enqueued(settings, clients) -> None:
 
 
 @pytest.mark.parametrize("files,status,reason", [c[1:] for c in BAD_UPLOADS], ids=[c[0] for c in BAD_UPLOADS])
-def test_bad_upload_is_refused_with_one_line_and_never_enqueued(client, app_settings, clients, files, status,
-                                                                 reason):
+def test_bad_upload_is_refused_with_one_line_and_never_enqueued(client, app, files, status, reason):
     data = {field: (io.BytesIO(body), name) for field, (name, body) in files.items()}
     resp = client.post("/", data=data, content_type="multipart/form-data")
     text = resp.get_data(as_text=True)
     assert resp.status_code == status, text
     assert reason.lower() in text.lower()
     assert "\n" not in text.strip() and len(text) < 200
-    nothing_enqueued(app_settings, clients)
+    state = get_state(app)
+    nothing_enqueued(state.settings, state.clients)
