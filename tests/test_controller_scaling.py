@@ -9,6 +9,7 @@ and came back to min. Killing a worker process must make the supervisor replace 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 
 from infra.config import Settings
-from infra.observe import app_instances
+from infra.observe import InstanceState, app_instances
 from tests.fleet import FleetSampler
 from tests.helpers import collect_results, send_requests, upload_images
 from tests.procs import log_text, start_module, stop_process, wait_for, worker_pids
@@ -71,7 +72,14 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
         assert out.get("KeyCount") == 50
 
         # the supervisor keeps one worker per running instance: kill it and it comes back
-        wait_for(lambda: len(worker_pids(sup)) == 1, 40, what="surplus workers to drain")
+        (kept,) = [i for i in app_instances(clients.ec2, settings) if i.state == InstanceState.RUNNING]
+
+        def serving_pid() -> int | None:  # the worker the supervisor started for the instance that stays
+            found = re.findall(rf"instance {kept.id} running: worker pid (\d+)", log_text(sup))
+            return int(found[-1]) if found else None
+
+        # Only that worker left (a draining one that is still alive would otherwise be the one picked).
+        wait_for(lambda: worker_pids(sup) == [serving_pid()], 40, what="surplus workers to drain")
         (victim,) = worker_pids(sup)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
