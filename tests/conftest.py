@@ -1,4 +1,4 @@
-"""Shared fixtures: one moto server over HTTP per test session, fresh names per test."""
+"""Shared fixtures: one moto server over HTTP per test session, fresh names per test, the Flask app and client."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from infra.clients import Clients
 from infra.config import Settings
 from infra.local.moto_server import MotoServer, free_port
 from infra.provision import provision
+from tests.helpers import flask_app
 
 # Tests never touch real AWS: anything that escapes the endpoint gets these.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -69,6 +70,26 @@ def stack(settings, clients) -> Settings:
     """A provisioned set of buckets and queues; the test's settings name them."""
     provision(settings, clients)
     return settings
+
+
+@pytest.fixture
+def app_settings(stack) -> Settings:
+    """The settings ``app`` is built from; a module overrides this fixture to change them."""
+    return stack
+
+
+@pytest.fixture
+def app(app_settings):
+    """The real Flask app from ``create_app(settings)`` on provisioned resources, without its response
+    dispatcher thread (nothing to route in a request-validation test); its state is closed afterwards."""
+    with flask_app(app_settings) as app:
+        yield app
+
+
+@pytest.fixture
+def client(app):
+    """Flask's test client: requests go through the whole app (routing, validation, error handlers), no sockets."""
+    return app.test_client()
 
 
 def child_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -6,12 +6,21 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
+import psutil
+import requests
+
 from infra.config import Settings
+from infra.local.moto_server import free_port
 from tests.conftest import child_env
+from tests.helpers import wait_until
+
+# The name the process helpers and older tests use; one implementation (tests/helpers.py).
+wait_for = wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,16 +51,6 @@ def stop_process(proc: subprocess.Popen, timeout: float = 20.0, sig: int = signa
     return proc.returncode
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def wait_http(url: str, timeout: float = 30.0) -> None:
     def up():
         try:
@@ -65,3 +64,41 @@ def wait_http(url: str, timeout: float = 30.0) -> None:
 
 def log_text(proc: subprocess.Popen) -> str:
     return Path(proc.log_path).read_text(errors="replace") if getattr(proc, "log_path", None) else ""
+
+
+def worker_pids(supervisor) -> list[int]:
+    """The supervisor's forked workers that are alive (not zombies)."""
+    try:
+        return sorted(p.pid for p in psutil.Process(supervisor.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def web_settings(moto_server, data_dir: Path, **overrides) -> Settings:
+    """Settings for a web tier of its own: a fresh name prefix and a free port."""
+    prefix = f"w{uuid.uuid4().hex[:10]}"
+    return Settings.from_env({}, endpoint_url=moto_server.url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
+                             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), receive_wait_s=1,
+                             max_attempts=3, web_port=free_port(), **overrides)
+
+
+@contextmanager
+def running_web(settings: Settings, log_path: Path, **env_extra: str):
+    """`python -m web_tier` until the block ends; fails with its log if it does not come up."""
+    proc = start_module("web_tier", settings, log_path=log_path, **env_extra)
+    base = f"http://{settings.web_host}:{settings.web_port}"
+
+    def up():
+        if proc.poll() is not None:
+            raise RuntimeError(f"web tier exited with {proc.returncode}:\n{log_text(proc)}")
+        try:
+            return requests.get(base + "/", timeout=1).status_code == 200
+        except requests.ConnectionError:
+            return False
+
+    try:
+        wait_for(up, 30, what="web tier")
+        proc.base = base
+        yield proc
+    finally:
+        stop_process(proc)

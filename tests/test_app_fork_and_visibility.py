@@ -8,11 +8,11 @@ import sys
 import time
 
 from app_tier.visibility import HeldMessages
-from infra.observe import queue_url
+from infra.observe import queue_depth, queue_url
 from tests.conftest import child_env
+from tests.helpers import enqueue, stays_true, upload
 from tests.images import jpeg_bytes
 from tests.procs import ROOT
-from tests.test_worker import enqueue, upload
 
 
 def test_heartbeat_keeps_a_slow_batch_invisible_and_release_hands_it_back(stack, clients):
@@ -23,7 +23,8 @@ def test_heartbeat_keeps_a_slow_batch_invisible_and_release_hands_it_back(stack,
     held = HeldMessages(sqs, url, 2, instance_id="t").start()
     try:
         held.add(msg["ReceiptHandle"], msg["MessageId"])
-        time.sleep(3.5)  # well past the 2 s timeout: only the heartbeat keeps it hidden
+        # Watched until well past the 2 s timeout: only the heartbeat keeps it hidden.
+        stays_true(lambda: queue_depth(sqs, url).visible == 0, 3.5, interval=0.1, what="the held message hidden")
         assert "Messages" not in sqs.receive_message(QueueUrl=url, WaitTimeSeconds=0)
         assert held.release_all() == 1
         again = sqs.receive_message(QueueUrl=url, WaitTimeSeconds=1).get("Messages", [])

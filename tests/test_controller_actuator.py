@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import time
 from datetime import UTC, datetime
 
 from controller.actuator import Ec2Actuator, choose_removals, recent_activity
@@ -12,6 +11,7 @@ from infra.messages import ImageRequest
 from infra.metrics import Metric
 from infra.observe import STACK_TAG, Instance, InstanceState, app_instances, queue_url
 from infra.userdata import ENV_FILE, app_user_data
+from tests.helpers import wait_until
 
 
 def tags_of(ec2, instance_id: str) -> dict[str, str]:
@@ -101,7 +101,10 @@ def test_choose_removals_prefers_pending_then_idle_then_newest():
 def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
     act = Ec2Actuator(clients.ec2, settings, cloudwatch=clients.cloudwatch)
     idle = act.launch(1)[0]
-    time.sleep(1.1)  # EC2 launch times have 1 s resolution: make `busy` the strictly newest
+    idle_at = clients.ec2.describe_instances(InstanceIds=[idle])["Reservations"][0]["Instances"][0]["LaunchTime"]
+    # EC2 launch times have 1 s resolution: launch `busy` in a later second, so it is the strictly newest.
+    wait_until(lambda: datetime.now(UTC).replace(microsecond=0) > idle_at, 5, interval=0.05,
+               what="the next whole second")
     busy = act.launch(1)[0]
     clients.cloudwatch.put_metric_data(Namespace=settings.metrics_namespace, MetricData=[{
         "MetricName": str(Metric.IMAGES_PROCESSED), "Value": 10.0, "Unit": "Count", "Timestamp": datetime.now(UTC),
@@ -116,7 +119,8 @@ def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
 
 def test_controller_ticks_scale_out_and_back(stack, clients):
     settings = stack.replace(min_instances=1, max_instances=3, scale_in_window_s=0.5)
-    ctl = Controller(settings, clients)
+    now = [1000.0]
+    ctl = Controller(settings, clients, clock=lambda: now[0])
     first = ctl.step()
     assert first.action == Action.LAUNCH and first.desired == 1
     url = queue_url(clients.sqs, settings.req_queue)
@@ -129,7 +133,7 @@ def test_controller_ticks_scale_out_and_back(stack, clients):
     clients.sqs.purge_queue(QueueUrl=url)
     tick = ctl.step()
     assert tick.backlog == 0 and tick.desired == 3  # inside the window: hold
-    time.sleep(0.6)
+    now[0] += 0.6  # past the window
     tick = ctl.step()
     assert tick.desired == 1 and tick.action == Action.REMOVE and len(tick.changed) == 2
     assert len(app_instances(clients.ec2, settings)) == 1

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import threading
+import logging
 import time
 
 import pytest
 import requests
-from flask import Flask
-from waitress.server import create_server
 
 from app_tier.metrics import Metrics
 from infra.clients import Clients
 from infra.local.moto_server import free_port
+from tests.dashboard_server import DashboardServer
+from tests.helpers import stays_true, wait_until
 from tests.procs import wait_for
-from web_tier.dashboard import BadSince, make_dashboard_blueprint, parse_since
+from web_tier.dashboard import BadSince, parse_since
 from web_tier.metrics_source import (
     END_TO_END_MS,
     IMAGE_ERRORS,
@@ -24,36 +24,6 @@ from web_tier.metrics_source import (
     summarize_live,
     weighted_percentile,
 )
-
-
-class DashboardServer:
-    """A Flask app holding only the dashboard blueprint, served by waitress in a thread."""
-
-    def __init__(self, settings, clients, **kwargs):
-        self.app = Flask(__name__)
-        self.bp = make_dashboard_blueprint(settings, clients, **kwargs)
-        self.app.register_blueprint(self.bp)
-        self.port = free_port()
-        self.server = create_server(self.app, host="127.0.0.1", port=self.port, threads=8)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.bp.sampler.stop()
-        self.server.close()
-        self.thread.join(5)
-
-    def metrics(self, since=None) -> dict:
-        resp = requests.get(f"{self.url}/api/metrics", params={"since": since} if since else None, timeout=10)
-        assert resp.status_code == 200, resp.text
-        return resp.json()
-
-    def latest(self) -> dict:
-        return self.metrics()["latest"] or {}
 
 
 @pytest.fixture
@@ -200,14 +170,16 @@ def test_dead_endpoint_keeps_the_sampler_alive_and_stops_cleanly(settings):
         assert not server.bp.sampler.running
 
 
-def test_sampler_pauses_without_browsers_and_resumes_on_request(stack, clients):
+def test_sampler_pauses_without_browsers_and_resumes_on_request(stack, clients, caplog):
+    caplog.set_level(logging.INFO, logger="web_tier.dashboard_sampler")
     with DashboardServer(stack, clients, interval_s=0.2, idle_after_s=1.0) as server:
         server.metrics()  # starts the sampler
         wait_for(lambda: server.bp.sampler.idle, 5, interval=0.1, what="the sampler to go idle")
-        time.sleep(1.0)  # let a read that was under way finish
+        # The thread logs this once its last read is done and it is about to wait.
+        wait_until(lambda: "pausing AWS reads" in caplog.text, 10, interval=0.05, what="the sampler to pause")
         paused = len(server.bp.sampler.since(None)[0])
-        time.sleep(1.0)
-        assert len(server.bp.sampler.since(None)[0]) == paused  # no AWS reads while nobody looks
+        stays_true(lambda: len(server.bp.sampler.since(None)[0]) == paused, 1.0,  # five sampling intervals
+                   what="no AWS reads while nobody looks")
         assert server.bp.sampler.running  # paused, not dead
         server.metrics()
         wait_for(lambda: len(server.bp.sampler.since(None)[0]) >= paused + 2, 5, interval=0.1,

@@ -22,8 +22,8 @@ import requests
 
 from app_tier.metrics import Metrics
 from infra.local.moto_server import free_port
+from tests.dashboard_server import DashboardServer
 from tests.procs import ROOT, stop_process, wait_for
-from tests.test_dashboard import DashboardServer
 from web_tier.metrics_source import DESIRED_INSTANCES, END_TO_END_MS, IMAGE_ERRORS, IMAGES_PROCESSED
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -10,7 +10,6 @@ import base64
 import os
 import shutil
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,8 +20,7 @@ from infra.clients import Clients
 from infra.observe import queue_depth, queue_url
 from infra.provision import provision
 from tests.images import jpeg_bytes, truncated_jpeg, write_images
-from tests.procs import log_text, start_module, stop_process, wait_for
-from tests.test_web import running_web, web_settings
+from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
 SEEDS = range(8)
 
@@ -214,5 +212,6 @@ def test_page_uploads_many_images_and_shows_each_result(system, truth, browser, 
     assert browser.find_element(By.CSS_SELECTOR, dropped).text == truth[2]
     # IMGREC_WRITE_SCREENSHOT=1 refreshes docs/web-ui.png; by default the tree is left untouched.
     shot = SCREENSHOT if os.environ.get("IMGREC_WRITE_SCREENSHOT") == "1" else tmp_path / "web-ui.png"
-    time.sleep(0.3)  # let the thumbnails paint
+    painted = "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+    WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: d.execute_script(painted))  # thumbnails shown
     assert browser.save_screenshot(str(shot))

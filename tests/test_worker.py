@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
@@ -13,6 +12,7 @@ from infra.clients import Clients
 from infra.messages import ImageRequest, ImageResult, output_key
 from infra.observe import queue_depth, queue_url
 from infra.provision import provision
+from tests.helpers import collect, enqueue, upload
 from tests.images import jpeg_bytes, truncated_jpeg
 from tests.procs import log_text, start_module, stop_process, wait_for
 
@@ -38,35 +38,6 @@ def workers(tmp_path):
     yield start
     for proc in started:
         stop_process(proc, timeout=5, sig=signal.SIGKILL)
-
-
-def upload(clients, settings, name: str, data: bytes) -> ImageRequest:
-    key = f"uploads/{time.time_ns()}-{name}"
-    version = clients.s3.put_object(Bucket=settings.in_bucket, Key=key, Body=data)["VersionId"]
-    return ImageRequest.new(key, version, name)
-
-
-def enqueue(clients, settings, requests: list[ImageRequest | str]) -> None:
-    url = queue_url(clients.sqs, settings.req_queue)
-    for r in requests:
-        clients.sqs.send_message(QueueUrl=url, MessageBody=r if isinstance(r, str) else r.to_json())
-
-
-def collect(clients, settings, want: set[str], timeout: float) -> dict[str, list[ImageResult]]:
-    """Drain the response queue until every request id in ``want`` has a result."""
-    url = queue_url(clients.sqs, settings.resp_queue)
-    got: dict[str, list[ImageResult]] = {}
-
-    def poll():
-        resp = clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-        for m in resp.get("Messages", []):
-            r = ImageResult.from_json(m["Body"])
-            got.setdefault(r.request_id, []).append(r)
-            clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
-        return want <= set(got)
-
-    wait_for(poll, timeout, interval=0, what=f"results for {len(want - set(got))} requests")
-    return got
 
 
 def assert_queues_settled(clients, settings):

@@ -38,14 +38,9 @@ from infra.local.ami import ensure_launch_template
 from infra.local.moto_server import MotoServer, free_port
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
-from tests.procs import log_text, start_module, stop_process, wait_for
-from tests.test_controller_scaling import (
-    FleetSampler,
-    collect_results,
-    send_requests,
-    upload_images,
-    worker_pids,
-)
+from tests.fleet import FleetSampler
+from tests.helpers import collect_results, send_requests, upload_images
+from tests.procs import log_text, start_module, stop_process, wait_for, worker_pids
 
 LAUNCH_RE = re.compile(r"^(\S+ \S+) INFO controller\.actuator: launched (i-\w+)", re.M)
 

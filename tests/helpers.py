@@ -1,0 +1,148 @@
+"""Helpers every test module may import (test modules never import each other).
+
+``wait_until`` is how a test waits for something to happen: poll a condition with a
+deadline instead of sleeping a fixed time and hoping it happened. The rest put
+requests on the queues and read results off them, as the web tier would.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+from infra.config import Settings
+from infra.messages import ImageRequest, ImageResult
+from infra.observe import queue_url
+from tests.images import jpeg_bytes
+
+T = TypeVar("T")
+
+
+class WaitTimeout(TimeoutError, AssertionError):
+    """A waited-for condition never held: a test failure that names what was awaited."""
+
+
+def describe(condition: Callable) -> str:
+    """The condition's own source line for a lambda, else its name: what the failure message quotes."""
+    name = getattr(condition, "__name__", repr(condition))
+    if name != "<lambda>":
+        return name
+    try:
+        source = inspect.getsource(condition).strip()
+    except (OSError, TypeError):
+        return name
+    return source[source.index("lambda"):] if "lambda" in source else source
+
+
+@contextmanager
+def flask_app(settings: Settings) -> Iterator:
+    """The real app from ``create_app(settings)`` without its response dispatcher thread; closed at the end."""
+    from web_tier import create_app, get_state
+
+    app = create_app(settings, start_dispatcher=False)
+    app.config["TESTING"] = True
+    try:
+        yield app
+    finally:
+        get_state(app).close()
+
+
+def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.2, what: str | None = None) -> T:
+    """Call ``condition`` until it returns something truthy and return that; fail after ``timeout`` s.
+
+    The failure says what was awaited (``what``, or the condition's source) and the last value seen.
+    Exceptions from ``condition`` propagate: a condition that cannot be evaluated is a failure too.
+    """
+    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+    raise WaitTimeout(f"waited {time.monotonic() - started:.1f} s (limit {timeout:g} s) for "
+                      f"{what or describe(condition)}; last value {value!r:.200}")
+
+
+# ---------------------------------------------------------------- requests in, results out
+
+def upload(clients, settings, name: str, data: bytes) -> ImageRequest:
+    key = f"uploads/{time.time_ns()}-{name}"
+    version = clients.s3.put_object(Bucket=settings.in_bucket, Key=key, Body=data)["VersionId"]
+    return ImageRequest.new(key, version, name)
+
+
+def enqueue(clients, settings, requests: list[ImageRequest | str]) -> None:
+    url = queue_url(clients.sqs, settings.req_queue)
+    for r in requests:
+        clients.sqs.send_message(QueueUrl=url, MessageBody=r if isinstance(r, str) else r.to_json())
+
+
+def collect(clients, settings, want: set[str], timeout: float) -> dict[str, list[ImageResult]]:
+    """Drain the response queue until every request id in ``want`` has a result."""
+    url = queue_url(clients.sqs, settings.resp_queue)
+    got: dict[str, list[ImageResult]] = {}
+
+    def poll():
+        resp = clients.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for m in resp.get("Messages", []):
+            r = ImageResult.from_json(m["Body"])
+            got.setdefault(r.request_id, []).append(r)
+            clients.sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+        return want <= set(got)
+
+    wait_until(poll, timeout, interval=0, what=f"results for {len(want - set(got))} requests")
+    return got
+
+
+def upload_images(s3, settings: Settings, count: int, start: int = 0) -> list[ImageRequest]:
+    """Real JPEGs into the input bucket; the request messages that name their versions."""
+    out = []
+    for i in range(start, start + count):
+        name = f"burst_{i:03d}.jpg"
+        version = s3.put_object(Bucket=settings.in_bucket, Key=name, Body=jpeg_bytes(i),
+                                ContentType="image/jpeg").get("VersionId")
+        out.append(ImageRequest.new(name, version, name))
+    return out
+
+
+def send_requests(sqs, settings: Settings, requests: list[ImageRequest]) -> float:
+    """Enqueue in batches of 10; returns when the last went in (wall clock)."""
+    url = queue_url(sqs, settings.req_queue)
+    for i in range(0, len(requests), 10):
+        chunk = requests[i:i + 10]
+        resp = sqs.send_message_batch(QueueUrl=url, Entries=[
+            {"Id": str(n), "MessageBody": r.to_json()} for n, r in enumerate(chunk)])
+        assert not resp.get("Failed"), resp["Failed"]
+    return time.time()
+
+
+def collect_results(sqs, settings: Settings, want: set[str], timeout: float) -> dict[str, ImageResult]:
+    url = queue_url(sqs, settings.resp_queue)
+    got: dict[str, ImageResult] = {}
+    deadline = time.monotonic() + timeout
+    while not want <= set(got) and time.monotonic() < deadline:
+        resp = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for m in resp.get("Messages", []):
+            result = ImageResult.from_json(m["Body"])
+            got[result.request_id] = result
+            sqs.delete_message(QueueUrl=url, ReceiptHandle=m["ReceiptHandle"])
+    return got
+
+
+def stays_true(condition: Callable[[], object], duration: float, interval: float = 0.05,
+               what: str | None = None) -> None:
+    """Check that ``condition`` holds at every poll for ``duration`` s: for "nothing happens" claims,
+    where there is no event to wait for, only a window to watch. Fails at the first poll where it does not."""
+    deadline = time.monotonic() + duration
+    while True:
+        value = condition()
+        assert value, f"{what or describe(condition)} stopped holding ({value!r:.200})"
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
