@@ -26,6 +26,13 @@ REPO = "https://example.org/imgrec.git"
 
 
 @pytest.fixture
+def settings(settings, tmp_path):
+    """The suite's settings with a models dir of the test's own: these tests write fake artifacts, which
+    must never land on the session's real one (every worker test loads it)."""
+    return settings.replace(model_dir=str(tmp_path / "models"))
+
+
+@pytest.fixture
 def dsettings() -> DeploySettings:
     return DeploySettings(repo_url=REPO, repo_ref="v1.2", allowed_cidr="203.0.113.0/24")
 
@@ -385,7 +392,8 @@ def test_gpu_app_instances_keep_the_torch_cuda_path_and_need_no_artifact(setting
         destroy(gpu, clients)
 
 
-def test_deploy_refuses_without_source_or_with_a_bad_artifact_and_leaves_nothing(settings, dsettings, clients, elbv2):
+def test_deploy_refuses_without_source_or_with_a_bad_artifact_and_leaves_nothing(settings, dsettings, clients, elbv2,
+                                                                                 tmp_path):
     before = snapshot(clients, elbv2)
     with pytest.raises(DeployError, match="IMGREC_REPO_URL"):
         deploy(settings, DeploySettings(), clients)  # the base AMI is not baked and no repo URL is set

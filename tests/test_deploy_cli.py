@@ -24,6 +24,13 @@ from tests.conftest import child_env
 from tests.deploy_helpers import write_artifact
 from tests.procs import ROOT
 
+
+@pytest.fixture
+def settings(settings, tmp_path):
+    """The suite's settings with a models dir of the test's own: these tests write fake artifacts, which
+    must never land on the session's real one (every worker test loads it)."""
+    return settings.replace(model_dir=str(tmp_path / "models"))
+
 REPO = "https://example.org/imgrec.git"
 
 
