@@ -24,8 +24,7 @@ from infra.messages import ImageRequest, reply_queue_name
 from infra.observe import STACK_TAG, bucket_object_count, queue_depth, queue_url
 from infra.provision import provision, reply_queue_urls
 from tests.images import jpeg_bytes, write_images
-from tests.procs import log_text, start_module, stop_process, wait_for
-from tests.test_web import running_web, web_settings
+from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
 SEEDS = range(6)
 INTERLEAVED = int(os.environ.get("IMGREC_SCALEOUT_REQUESTS", "120"))  # the bench sends 400

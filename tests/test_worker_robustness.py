@@ -18,9 +18,9 @@ from infra.clients import Clients
 from infra.messages import ImageResult
 from infra.observe import queue_depth, queue_url
 from infra.provision import provision
+from tests.helpers import enqueue, upload
 from tests.images import jpeg_bytes
 from tests.procs import log_text, start_module, stop_process, wait_for
-from tests.test_worker import enqueue, upload
 
 START_S = 60  # process start + model verification on a busy 2-core box
 

@@ -18,13 +18,13 @@ from infra.deploy.errors import DeployError
 from infra.deploy.settings import DeploySettings
 from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
-from infra.tags import tag_dict
+from infra.tags import Role, tag_dict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 SPEC_TAG = "imgrec:spec"  # hash of what an instance or template version was made from
-BAKED_ROLE = "baked-ami"
+BAKED_ROLE = Role.BAKED_AMI
 LIVE_STATES = ["pending", "running", "stopping", "stopped", "shutting-down"]
 IMDS_V2 = {"HttpTokens": "required", "HttpEndpoint": "enabled"}
 # botocore's own instance_stopped fails on "pending", which a builder is at first: this one waits
