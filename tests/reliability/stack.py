@@ -45,6 +45,10 @@ VISIBILITY_S = 10
 FAULT_MAX_RECEIVES = 6
 
 
+# A restarted controller waits out its dead predecessor's lease before it acts: keep that short here.
+CONTROLLER_LEASE_S = 3.0
+
+
 class ProcStack:
     """moto (shared) <- fault proxy <- runner (instances) + controller + web tier, each its own process."""
 
@@ -56,7 +60,8 @@ class ProcStack:
             {}, endpoint_url=moto_url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), web_port=free_port(),
             receive_wait_s=2, visibility_timeout_s=VISIBILITY_S, max_receive_count=FAULT_MAX_RECEIVES,
-            max_attempts=3, max_instances=4, request_timeout_s=120, **overrides)
+            max_attempts=3, max_instances=4, request_timeout_s=120,
+            **{"controller_lease_s": CONTROLLER_LEASE_S, **overrides})
         self.settings = self.direct.replace(endpoint_url=self.proxy.url)  # what the tiers use
         self.clients = Clients(self.direct)
         self.url = f"http://127.0.0.1:{self.settings.web_port}"
