@@ -212,6 +212,7 @@ def test_page_uploads_many_images_and_shows_each_result(system, truth, browser, 
     assert browser.find_element(By.CSS_SELECTOR, dropped).text == truth[2]
     # IMGREC_WRITE_SCREENSHOT=1 refreshes docs/web-ui.png; by default the tree is left untouched.
     shot = SCREENSHOT if os.environ.get("IMGREC_WRITE_SCREENSHOT") == "1" else tmp_path / "web-ui.png"
-    painted = "return [...document.querySelectorAll('#results img')].every(i => i.complete && i.naturalWidth > 0)"
+    painted = ("return [...document.querySelectorAll('#results img')].every(i => i.complete) && [...document"
+               ".querySelectorAll('#results .card[data-status=\"done\"] img')].every(i => i.naturalWidth > 0)")
     WebDriverWait(browser, 30, poll_frequency=0.1).until(lambda d: d.execute_script(painted))  # thumbnails shown
     assert browser.save_screenshot(str(shot))

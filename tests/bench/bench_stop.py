@@ -10,6 +10,7 @@ optionally sends it a few requests so the worker holds a warm model, then sends 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -26,7 +27,7 @@ GOAL_S = 10.0
 
 def one_run(tmp: Path, n_requests: int) -> tuple[float, float, int]:
     started = time.monotonic()
-    stack = StackProcess(tmp).start()
+    stack = StackProcess(tmp, log_path=tmp.parent / f"{tmp.name}.log").start()
     ready = time.monotonic() - started
     try:
         for i in range(n_requests):
@@ -41,6 +42,8 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--requests", type=int, default=5)
     args = parser.parse_args()
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
     stops = []
     for k in range(args.repeat):
         with tempfile.TemporaryDirectory(prefix="imgrec-bench-stop-") as tmp:
