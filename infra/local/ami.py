@@ -28,6 +28,7 @@ from pathlib import Path
 from botocore.exceptions import ClientError
 
 from infra.config import Settings
+from infra.local.isolation import AMI_MODELS, AMI_MODELS_REL
 from infra.userdata import Source, app_user_data
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,12 @@ class LocalAmi:
     venv: Path
     baked: bool = True
 
+    def ensure_model(self, model: str) -> None:
+        """Bake the model artifact into the AMI (the checkout's cache) before any instance boots from it."""
+        from app_tier import artifact
+
+        artifact.ensure(self.src / AMI_MODELS_REL, model)
+
     @classmethod
     def this_checkout(cls, *, baked: bool = True) -> LocalAmi:
         return cls(ROOT, Path(os.path.realpath(sys.prefix)), baked)
@@ -60,7 +67,10 @@ def launch_template_name(settings: Settings) -> str:
 def local_boot_script(settings: Settings, source: Source | None = None) -> str:
     """The app-tier user data ``deploy`` would write, for these (local) settings; with ``source`` the
     instance installs the project from that repository (the un-baked path), without it the image is baked."""
-    return app_user_data(settings.replace(launch_template=launch_template_name(settings)), source)
+    # A baked local AMI carries the model artifact (the checkout's cache); an un-baked one builds its own.
+    model_dir = AMI_MODELS if source is None else ""
+    return app_user_data(settings.replace(launch_template=launch_template_name(settings), model_dir=model_dir),
+                         source)
 
 
 def ensure_launch_template(ec2, settings: Settings, user_data: str | None = None, *, profile_arn: str = "",

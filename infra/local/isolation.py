@@ -42,6 +42,9 @@ PRIVATE_PATHS = ("/etc/imgrec", "/etc/systemd/system", "/opt/imgrec", "/var/lib/
 # The local "AMI": what an instance's /opt/imgrec holds when baked.
 AMI_SRC = "/opt/imgrec/src"
 AMI_VENV = "/opt/imgrec/venv"
+# The model artifact baked into the local AMI: the checkout's cache, what `make install` builds.
+AMI_MODELS_REL = ".data/models"
+AMI_MODELS = f"{AMI_SRC}/{AMI_MODELS_REL}"
 BAKED_MARK = ".baked"
 SERVICE_USER = "imgrec"
 SERVICE_UID = 64_123  # the image's `imgrec` user, in the instance's own /etc/passwd
@@ -199,6 +202,21 @@ def enter_private_mounts(instance_dir: Path, *, src: Path | None, venv: Path | N
             inside = None
         if inside is not None and inside.is_dir():
             mount("tmpfs", str(inside), "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
+            _show_models(src, inside)
+
+
+def _show_models(src: Path, hidden: Path) -> None:
+    """The AMI's model artifact stays visible (read-only) when the data dir that holds it was hidden."""
+    host = Path(os.path.realpath(src)) / AMI_MODELS_REL
+    target = Path(AMI_MODELS)
+    try:
+        target.relative_to(hidden)
+    except ValueError:
+        return  # not under the hidden folder: the checkout's own copy shows through the read-only bind
+    if host.is_dir():
+        target.mkdir(parents=True, exist_ok=True)
+        mount(str(host), str(target), None, MS_BIND)
+        mount("none", str(target), None, MS_REMOUNT | MS_BIND | MS_RDONLY)
 
 
 def mount_proc() -> None:

@@ -357,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     ami = LocalAmi.this_checkout(baked=not args.unbaked)
+    if ami.baked:
+        ami.ensure_model(settings.model)
     features, hierarchy = detect_features(settings.local_isolation, ami)
     (log.warning if features.off else log.info)("%s", features.summary())
     if hierarchy is not None:
