@@ -54,9 +54,13 @@ def scaling_stack(settings: Settings, tmp_path):
             print(f"---- {proc.args[2]} log (tail) ----\n" + "\n".join(log_text(proc).splitlines()[-25:]))
 
 
+BURST = 300
+
+
 def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack, clients, tmp_path):
     settings = stack.replace(min_instances=1, max_instances=4, target_backlog_per_instance=5)
-    requests = upload_images(clients.s3, settings, 50)
+    # Enough that one lean worker (about 30 images/s here) is still busy when the new instances boot.
+    requests = upload_images(clients.s3, settings, BURST)
     sampler = FleetSampler(clients.ec2, settings)
     with scaling_stack(settings, tmp_path) as (sup, ctl):
         wait_for(lambda: len(worker_pids(sup)) == 1, 30, what="the min-1 fleet's worker")
@@ -75,11 +79,11 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
         counts = [s.running + s.pending for s in sampler.samples]
         print("fleet (running+pending) every 0.2 s:", counts)
         assert counts[0] == 1 and counts[-1] == 1
-        assert sampler.peak == 4 and sampler.peak_running == 4  # 50 messages / 5 = 10, capped at max 4
+        assert sampler.peak == 4 and sampler.peak_running == 4  # BURST messages / 5, capped at max 4
         assert max(counts) <= settings.max_instances
         assert len({results[r.request_id].worker for r in requests}) > 1, "the new instances did no work"
         out = clients.s3.list_objects_v2(Bucket=settings.out_bucket)
-        assert out.get("KeyCount") == 50
+        assert out.get("KeyCount") == BURST
 
         # the instance's init restarts a killed worker (Restart=on-failure, RestartSec=5)
         wait_for(lambda: len(worker_pids(sup)) == 1, 40, what="surplus workers to drain")
@@ -95,7 +99,7 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
         # sent now until their visibility timeout (SQS semantics, same on AWS): let it lapse first. The
         # server shows no sign of an orphaned poll, so this one waits out its known length from the kill.
         time.sleep(max(0.0, killed_at + settings.receive_wait_s + 1 - time.monotonic()))
-        more = upload_images(clients.s3, settings, 3, start=100)
+        more = upload_images(clients.s3, settings, 3, start=BURST)
         send_requests(clients.sqs, settings, more)
         again = collect_results(clients.sqs, settings, {r.request_id for r in more}, 60)
         assert {r.request_id for r in more} <= set(again)
