@@ -240,8 +240,16 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
                             capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], check=True, capture_output=True,
                           text=True).stdout.strip()
+    # As deploy does: the model artifact in S3, fetched and verified at boot (the worker set has no torch
+    # to build one). The session's built artifact is the one uploaded.
+    built = Path(stack.models_dir) / stack.model
+    bucket = f"{stack.prefix}-models"
+    clients.s3.create_bucket(Bucket=bucket)
+    for name in ("model.onnx", "manifest.json"):
+        clients.s3.put_object(Bucket=bucket, Key=f"models/{stack.model}/{name}", Body=(built / name).read_bytes())
     # pip and the preload need more than a t3.micro's 1 GiB; on AWS the install adds swap there.
-    settings = stack.replace(instance_type="t3.medium", launch_template=f"{stack.prefix}-lt")
+    settings = stack.replace(instance_type="t3.medium", launch_template=f"{stack.prefix}-lt",
+                             model_uri=f"s3://{bucket}/models/{stack.model}/")
     ensure_launch_template(clients.ec2, settings, source=Source(f"file://{repo}", branch))
     imds = MetadataServer().start()
     runner = Runner(settings, clients.ec2, FEATURES, ami=LocalAmi.this_checkout(baked=False), hierarchy=HIERARCHY,
