@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from infra.local import isolation
+from infra.local import isolation, units
 from infra.local.units import parse_env_file, parse_timespan, parse_unit, should_restart, start_allowed
 from infra.userdata import Unit
 from infra.userdata import unit as render_unit
@@ -100,6 +100,18 @@ def test_paths_are_rewritten_only_where_they_are_instance_paths(tmp_path):
     out = isolation.rewrite_paths(text, tmp_path)
     assert out == (f"cat {tmp_path}/etc/imgrec/imgrec.env {tmp_path}/var/log/x.log {tmp_path}/opt/imgrec/src "
                    f"/etc/imgrecs /usr/var/log '{tmp_path}/var/lib/imgrec'")
+
+
+@pytest.mark.parametrize(("argv", "expanded"), [
+    (["fetch", "${IMGREC_MODEL_URI}"], ["fetch", "s3://b/models/m/"]),  # our model unit's ExecStart
+    (["x", "$IMGREC_MODEL_URI"], ["x", "s3://b/models/m/"]),
+    (["x", "pre-${IMGREC_MODEL}-post"], ["x", "pre-m-post"]),
+    (["x", "${UNSET}"], ["x", ""]),  # systemd: an unset variable is empty
+    (["sh", "-c", "echo $(pwd)"], ["sh", "-c", "echo $(pwd)"]),  # not a variable reference
+])
+def test_exec_start_substitutes_the_units_environment(argv, expanded):
+    env = {"IMGREC_MODEL_URI": "s3://b/models/m/", "IMGREC_MODEL": "m"}
+    assert units.expand_command(argv, env) == expanded
 
 
 # ------------------------------------------------------------------ the init, real processes

@@ -34,7 +34,16 @@ from enum import StrEnum
 from pathlib import Path
 
 from infra.local import isolation
-from infra.local.units import CLEAN_SIGNALS, Unit, UnitError, parse_env_file, parse_unit, should_restart, start_allowed
+from infra.local.units import (
+    CLEAN_SIGNALS,
+    Unit,
+    UnitError,
+    expand_command,
+    parse_env_file,
+    parse_unit,
+    should_restart,
+    start_allowed,
+)
 
 UNIT_DIR = "/etc/systemd/system"
 WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
@@ -247,7 +256,7 @@ class Init:
                 return self._start_failed(svc, EXIT_USER,
                                           f"Failed to determine user credentials: No such process ({unit.user})")
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        svc.pid = self._spawn(list(unit.exec_start), env, cwd=unit.working_directory or "/", user=user)
+        svc.pid = self._spawn(expand_command(unit.exec_start, env), env, cwd=unit.working_directory or "/", user=user)
         svc.state, svc.result, svc.killed = State.ACTIVE, "", False
         self.say(f"Started {unit.name} (pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
         return None

@@ -188,3 +188,13 @@ def start_allowed(recent_starts: list[float], now: float, interval_s: float, bur
     if interval_s <= 0 or burst <= 0:
         return True
     return sum(1 for t in recent_starts if now - t < interval_s) < burst
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def expand_command(argv: tuple[str, ...] | list[str], env: dict[str, str]) -> list[str]:
+    """systemd's ExecStart substitution: ``${NAME}`` and ``$NAME`` from the unit's environment (its
+    EnvironmentFile), an unset name giving an empty string. (systemd also splits an unbraced ``$NAME``
+    into words; our units use only ``${NAME}``, which stays one argument.)"""
+    return [_VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), word) for word in argv]
