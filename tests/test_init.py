@@ -105,12 +105,14 @@ def test_paths_are_rewritten_only_where_they_are_instance_paths(tmp_path):
 @pytest.mark.parametrize(("argv", "expanded"), [
     (["fetch", "${IMGREC_MODEL_URI}"], ["fetch", "s3://b/models/m/"]),  # our model unit's ExecStart
     (["x", "$IMGREC_MODEL_URI"], ["x", "s3://b/models/m/"]),
+    (["x", "$WORDS"], ["x", "two", "words"]),  # a whole-word $NAME splits at whitespace
+    (["sh", "-c", "echo $IMGREC_MODEL|x"], ["sh", "-c", "echo $IMGREC_MODEL|x"]),  # part of a word: the shell's
     (["x", "pre-${IMGREC_MODEL}-post"], ["x", "pre-m-post"]),
     (["x", "${UNSET}"], ["x", ""]),  # systemd: an unset variable is empty
     (["sh", "-c", "echo $(pwd)"], ["sh", "-c", "echo $(pwd)"]),  # not a variable reference
 ])
 def test_exec_start_substitutes_the_units_environment(argv, expanded):
-    env = {"IMGREC_MODEL_URI": "s3://b/models/m/", "IMGREC_MODEL": "m"}
+    env = {"IMGREC_MODEL_URI": "s3://b/models/m/", "IMGREC_MODEL": "m", "WORDS": "two words"}
     assert units.expand_command(argv, env) == expanded
 
 

@@ -190,11 +190,19 @@ def start_allowed(recent_starts: list[float], now: float, interval_s: float, bur
     return sum(1 for t in recent_starts if now - t < interval_s) < burst
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}|\$([A-Za-z_][A-Za-z0-9_]*)")
+_BRACED = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_WHOLE_WORD = re.compile(r"^\$([A-Za-z_][A-Za-z0-9_]*)$")
 
 
 def expand_command(argv: tuple[str, ...] | list[str], env: dict[str, str]) -> list[str]:
-    """systemd's ExecStart substitution: ``${NAME}`` and ``$NAME`` from the unit's environment (its
-    EnvironmentFile), an unset name giving an empty string. (systemd also splits an unbraced ``$NAME``
-    into words; our units use only ``${NAME}``, which stays one argument.)"""
-    return [_VAR.sub(lambda m: env.get(m.group(1) or m.group(2), ""), word) for word in argv]
+    """systemd's ExecStart substitution from the unit's environment (its EnvironmentFile): ``${NAME}``
+    anywhere in a word, and ``$NAME`` as a word of its own, split at whitespace; an unset name is empty.
+    A ``$NAME`` inside a longer word is left alone (for a shell the unit runs to expand)."""
+    out: list[str] = []
+    for word in argv:
+        whole = _WHOLE_WORD.match(word)
+        if whole:
+            out.extend(env.get(whole.group(1), "").split())
+        else:
+            out.append(_BRACED.sub(lambda m: env.get(m.group(1), ""), word))
+    return out
