@@ -260,8 +260,9 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
         assert set(results) == ids and {r.worker for r in results.values()} == {iid}
         src = host_file(runner, iid, "/opt/imgrec/src")
         assert not host_file(runner, iid, "/opt/imgrec/.baked").exists()
-        assert subprocess.run(["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True,
-                              text=True).stdout.strip() == head
+        # the install chowns /opt/imgrec to the imgrec user: git on the host needs safe.directory to read it
+        assert subprocess.run(["git", "-c", "safe.directory=*", "-C", str(src), "rev-parse", "HEAD"],
+                              capture_output=True, text=True).stdout.strip() == head
         assert host_file(runner, iid, "/opt/imgrec/venv/bin/python").exists()
         assert "model weights ready" in console and "local image: python3 python3-venv python3-pip git present" \
             in console
