@@ -229,7 +229,7 @@ def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_not
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(1500)
+@pytest.mark.timeout(2400)
 def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path, caplog):
     """git fetch from a file:// clone of this checkout's committed HEAD, pip from the package registry."""
     caplog.set_level(logging.INFO, logger="infra.local.runner")
@@ -249,7 +249,7 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
     try:
         (iid,) = Ec2Actuator(clients.ec2, settings).launch(1)
         ids = send_images(clients, settings, 2)
-        settle(runner, lambda: runner.instances[iid].phase.value != "booting", timeout=1200, what="the install")
+        settle(runner, lambda: runner.instances[iid].phase.value != "booting", timeout=2000, what="the install")
         console = (runner.base / iid / "console.log").read_text()
         assert runner.instances[iid].phase.value == "up", console[-4000:]
         results = {}
