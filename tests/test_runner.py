@@ -264,8 +264,8 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
         assert subprocess.run(["git", "-c", "safe.directory=*", "-C", str(src), "rev-parse", "HEAD"],
                               capture_output=True, text=True).stdout.strip() == head
         assert host_file(runner, iid, "/opt/imgrec/venv/bin/python").exists()
-        assert "model weights ready" in console and "local image: python3 python3-venv python3-pip git present" \
-            in console
+        assert "imgrec: model weights ready" in console
+        assert "local image: python3 python3-venv python3-pip git present" in console
     finally:
         runner.stop_all(timeout=10)
         imds.stop()
