@@ -132,7 +132,7 @@ def _apt_get() -> str:
     checks = "\n".join(f"    {pkg}) {cmd} >/dev/null 2>&1 || missing=\"$missing {pkg}\";;"
                        for pkg, cmd in APT_PROVIDES.items())
     return ("#!/bin/bash\n# local image: packages are checked, never installed (that would change the host)\n"
-            "[ \"$1\" = install ] || exit 0\nmissing=\nfor pkg in \"${@:2}\"; do\n  case \"$pkg\" in\n"
-            f"    -*) ;;\n{checks}\n    *) missing=\"$missing $pkg\";;\n  esac\ndone\n"
+            "[ \"$1\" = install ] || exit 0\nmissing=\nasked=\nfor pkg in \"${@:2}\"; do\n  case \"$pkg\" in\n"
+            f"    -*) continue;;\n{checks}\n    *) missing=\"$missing $pkg\";;\n  esac\n  asked=\"$asked $pkg\"\ndone\n"
             "if [ -n \"$missing\" ]; then echo \"local image lacks:$missing (apt-get is not run on the host)\" >&2; "
-            "exit 100; fi\necho \"local image: ${*:2} present\"\n")
+            "exit 100; fi\necho \"local image:$asked present (apt-get is not run on the host)\"\n")

@@ -572,33 +572,6 @@ def serve(init: Init, sock_name: str) -> int:
     return 0
 
 
-def _children_of(ppid: int) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
-                    out.append(int(entry.name))
-    return out
-
-
-def _finish_children() -> None:
-    """Without a PID namespace: SIGKILL what is left below us (we are its subreaper), as the kernel
-    does for a PID namespace whose init exits."""
-    deadline = time.monotonic() + 2.0
-    while time.monotonic() < deadline:
-        kids = _children_of(os.getpid())
-        if not kids:
-            return
-        for pid in kids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0]:
-                pass
-        time.sleep(0.02)
-
-
 def _wrapper(child: int) -> int:
     """The parent outside the PID namespace: relays SIGTERM/SIGINT to the init (PID 1 inside)."""
     def relay(signum, _frame):
@@ -659,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
     finally:
         if not args.namespaces:
-            _finish_children()
+            isolation.finish_children()
 
 
 if __name__ == "__main__":

@@ -16,11 +16,13 @@ Standard library only: the init imports this before anything else.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import re
 import signal
 import stat
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -225,6 +227,34 @@ def mount_proc() -> None:
 
 
 # ---------------------------------------------------------------- without namespaces
+
+def children_of(ppid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(entry.name))
+    return out
+
+
+def finish_children() -> None:
+    """Without a PID namespace: SIGKILL what is left below us (we are its subreaper), as the kernel
+    does for a PID namespace whose init exits."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        kids = children_of(os.getpid())
+        if not kids:
+            return
+        for pid in kids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        time.sleep(0.02)
+
+
 
 _PATH_RE = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(p) for p in PRIVATE_PATHS) + r")(?=[/\s'\";:)]|$)")
 
