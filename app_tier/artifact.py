@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -27,11 +26,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from app_tier.classifier import ModelUnavailable
+from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, file_sha256
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.onnx"
-MANIFEST_FILE = "manifest.json"
+MODEL_FILE = ARTIFACT_MODEL_FILE
+MANIFEST_FILE = ARTIFACT_MANIFEST_FILE
 MANIFEST_FORMAT = 1
 BUILD_TIMEOUT_S = 600
 
@@ -81,12 +81,7 @@ class Manifest:
         return json.dumps(body, indent=1, sort_keys=True) + "\n"
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256_of = file_sha256
 
 
 def artifact_dir(models_dir: str | Path, model: str) -> Path:

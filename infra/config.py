@@ -9,6 +9,7 @@ AWS error minutes later.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 from collections.abc import Mapping
@@ -29,6 +30,15 @@ DEFAULT_MODEL_URI = ""  # empty: no download at boot (local, or the torch runtim
 # The model artifact: `<models dir>/<model>/` locally, `<IMGREC_MODEL_URI>` (an S3 prefix) on AWS.
 ARTIFACT_MODEL_FILE = "model.onnx"
 ARTIFACT_MANIFEST_FILE = "manifest.json"
+
+
+def file_sha256(path) -> str:
+    """The artifact's checksum, as the manifest records it; one definition for the worker and deploy."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 DEFAULT_REQUEST_TIMEOUT_S = 300.0
 DEFAULT_VISIBILITY_TIMEOUT_S = 60
 DEFAULT_RECEIVE_WAIT_S = 20

@@ -13,7 +13,6 @@ A new build has a new sha256, hence new keys, a new URI and a new launch-templat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
-from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, Settings
+from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, Settings, file_sha256
 from infra.deploy.errors import DeployError
 from infra.provision import delete_bucket, ensure_bucket
 from infra.report import Report
@@ -68,14 +67,6 @@ def uri_keys(uri: str) -> tuple[str, tuple[str, str]]:
     return bucket, (prefix + ARTIFACT_MODEL_FILE, prefix + ARTIFACT_MANIFEST_FILE)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def local_artifact(settings: Settings) -> LocalArtifact:
     """The artifact under ``<models dir>/<model>/``, refused unless its file matches its manifest."""
     directory = Path(settings.models_dir) / settings.model
@@ -90,7 +81,7 @@ def local_artifact(settings: Settings) -> LocalArtifact:
         raise DeployError(f"manifest {manifest_path} is not a model manifest ({err}): {BUILD_HINT}") from None
     if model != settings.model:
         raise DeployError(f"manifest {manifest_path} is for model {model!r}, not IMGREC_MODEL={settings.model!r}")
-    actual = _sha256(model_path)
+    actual = file_sha256(model_path)
     if actual != expected:
         raise DeployError(f"model file {model_path} has sha256 {actual}, but manifest {manifest_path} says "
                           f"{expected}: refusing to upload a corrupt or mismatched model; {BUILD_HINT}")
@@ -114,7 +105,7 @@ def upload_artifact(s3, settings: Settings, artifact: LocalArtifact, report: Rep
     for name, key in zip((ARTIFACT_MODEL_FILE, ARTIFACT_MANIFEST_FILE),
                          artifact_keys(artifact.model, artifact.sha256), strict=True):
         path = artifact.path(name)
-        sha = _sha256(path)
+        sha = file_sha256(path)
         if _uploaded_sha(s3, bucket, key) == sha:
             report.add(f"s3://{bucket}/{key}", "unchanged")
             continue

@@ -100,7 +100,7 @@ class Hierarchy:
         removed = []
         for group in self.base.glob(f"{GROUP_PREFIX}*"):
             pid = group.name[len(GROUP_PREFIX):]
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not pid_alive(int(pid)):
                 for child in sorted(group.iterdir(), reverse=True):
                     if child.is_dir():
                         InstanceGroup(child, self.version).remove()
@@ -110,7 +110,8 @@ class Hierarchy:
         return removed
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` exists (another user's process counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -32,6 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
 from infra.local.ami import LocalAmi, ensure_launch_template
+from infra.local.cgroups import pid_alive
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
 
 log = logging.getLogger(__name__)
@@ -54,16 +55,6 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim_pidfile(path: Path) -> None:
     """One local stack per data dir: a second `make run` says who is running."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +63,7 @@ def claim_pidfile(path: Path) -> None:
             pid = int(path.read_text().strip() or 0)
         except ValueError:
             pid = 0
-        if pid and pid != os.getpid() and _pid_alive(pid):
+        if pid and pid != os.getpid() and pid_alive(pid):
             raise AlreadyRunning(f"a local stack is already running (pid {pid}); stop it with Ctrl-C in its "
                                  f"terminal or `kill {pid}`")
     path.write_text(str(os.getpid()))
