@@ -46,8 +46,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
 
-    from infra.clients import Clients
+    from infra.clients import Clients, local_aws_files
+    from infra.config import LOCAL_ENDPOINT
 
+    local = settings.replace(endpoint_url=LOCAL_ENDPOINT)
+    if args.command == "status" and settings.endpoint_url is None and local_aws_files(local)[0].is_file():
+        # `make run` is up here (its keys file exists only while it runs): read it, as the workload's --monitor does.
+        print(f"AWS_ENDPOINT_URL is unset and a local stack is running: status of {LOCAL_ENDPOINT}", file=sys.stderr)
+        settings = local
     clients = Clients(settings)
     if args.command in ("deploy", "destroy", "bake"):
         from infra.deploy.cli import run
