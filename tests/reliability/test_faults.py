@@ -8,6 +8,7 @@ response queue and DLQ empty.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -17,6 +18,7 @@ import urllib.error
 import urllib.request
 import uuid
 
+import psutil
 import pytest
 import requests
 
@@ -116,9 +118,22 @@ def test_controller_sigkill_and_restart_mid_run(proc_stack):
     submitted = submit_all(stack.url, first)
     pid = stack.kill("controller")
     TALLY.fault(f"SIGKILL controller pid {pid}")
-    more = submit_all(stack.url, rest)  # the backlog grows while no controller runs
-    before_restart = len(stack.log("controller"))  # both controllers append to one log
-    stack.start_tier("controller")
+    # The workers pause while no controller runs, so the new one meets a backlog (the lean worker would
+    # otherwise drain it before the new controller's lease wait is over) and must act on it.
+    paused = stack.workers()
+    for w in paused:
+        w.suspend()
+    try:
+        more = submit_all(stack.url, rest)  # the backlog grows while no controller runs
+        before_restart = len(stack.log("controller"))  # both controllers append to one log
+        stack.start_tier("controller")
+        wants_max = f"desired={stack.direct.max_instances} "
+        wait_for(lambda: wants_max in stack.log("controller")[before_restart:], 60,
+                 what="the restarted controller sizing the fleet for the backlog")
+    finally:
+        for w in paused:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.resume()
     submitted.ids.update(more.ids)
     finish(stack, prefix, submitted, "controller SIGKILL + restart")
     # The new controller took over: it scaled with the backlog and brings the fleet back to min.
