@@ -95,6 +95,23 @@ def test_our_worker_unit_parses_with_the_fields_we_rely_on(settings):
     assert (unit.start_limit_interval_s, unit.start_limit_burst) == (10.0, 5)  # systemd's defaults
 
 
+def test_our_model_unit_is_a_oneshot_the_worker_requires_and_follows(settings):
+    worker = parse_unit("imgrec-worker.service", render_unit(Unit.WORKER, settings, after=(Unit.MODEL,)))
+    model = parse_unit("imgrec-model.service", render_unit(Unit.MODEL, settings))
+    assert (model.type, model.oneshot, model.remain_after_exit) == ("oneshot", True, True)
+    assert worker.requires == worker.after == ("imgrec-model.service",)  # network-online.target is not a service
+    assert (worker.type, worker.oneshot) == ("simple", False)
+
+
+@pytest.mark.parametrize(("text", "error"), [
+    ("Type=forking", "Type=forking is not one of"),
+    ("Type=oneshot\nRemainAfterExit=maybe", "not a boolean"),
+])
+def test_unit_fields_we_cannot_honour_are_refused(text, error):
+    with pytest.raises(units.UnitError, match=error):
+        parse_unit("x.service", f"[Service]\nExecStart=/bin/true\n{text}\n")
+
+
 def test_paths_are_rewritten_only_where_they_are_instance_paths(tmp_path):
     text = "cat /etc/imgrec/imgrec.env /var/log/x.log /opt/imgrec/src /etc/imgrecs /usr/var/log '/var/lib/imgrec'"
     out = isolation.rewrite_paths(text, tmp_path)
@@ -301,3 +318,48 @@ def test_a_unit_that_cannot_start_fails_as_systemd_says(instances, mode):
     # a missing EnvironmentFile: no process at all, result 'resources', no restart
     assert inst.unit("noenv.service") == {"state": "failed", "pid": 0, "restarts": 0, "result": "resources"}
     assert "noenv refused" in inst.console()
+
+
+def _fetch_then_work(fetch_exit: int) -> str:
+    """A oneshot 'fetch' (1 s, then exit ``fetch_exit``) and a 'work' unit that Requires= and is After= it."""
+    fetch = ("[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+             f"ExecStart=/bin/sh -c 'sleep 1; echo fetched > /var/log/fetch; exit {fetch_exit}'\n")
+    work = ("[Unit]\nRequires=fetch.service\nAfter=fetch.service network-online.target\n[Service]\n"
+            "ExecStart=/bin/sh -c 'cat /var/log/fetch > /var/log/work.out; exec sleep 60'\n")
+    return f"""#!/bin/bash
+cat > /etc/systemd/system/fetch.service <<'EOF'
+{fetch}EOF
+cat > /etc/systemd/system/work.service <<'EOF'
+{work}EOF
+systemctl daemon-reload
+systemctl start work.service && echo "start returned 0 with fetch $(systemctl is-active fetch)" \
+  || echo "start returned $?"
+"""
+
+
+@pytest.mark.parametrize("mode", PARAMS)
+def test_a_unit_starts_only_after_the_oneshot_it_requires_has_finished(instances, mode):
+    inst = instances(_fetch_then_work(0), mode=mode)
+    assert inst.booted()["boot"] == "ok", inst.console()
+    out = inst.wait(lambda: inst.path("/var/log/work.out").exists() and inst.path("/var/log/work.out").read_text(),
+                    what="the work unit's output")
+    assert out.strip() == "fetched"  # it ran after the oneshot's ExecStart had exited, not beside it
+    console = inst.console()
+    assert "start returned 0 with fetch active" in console  # systemctl start waited for the oneshot
+    assert console.index("Finished fetch.service.") < console.index("Started work.service")
+    assert inst.unit("fetch.service") == {"state": "active", "pid": 0, "restarts": 0, "result": "success"}
+    assert inst.unit("work.service")["state"] == "active"
+    assert inst.systemctl("stop", "fetch").returncode == 0  # RemainAfterExit: stopping it kills nothing
+    assert inst.unit("fetch.service")["state"] == "inactive"
+
+
+@pytest.mark.parametrize("mode", PARAMS)
+def test_a_failed_oneshot_fails_the_unit_that_requires_it(instances, mode):
+    inst = instances(_fetch_then_work(3), mode=mode)
+    assert inst.booted()["boot"] == "ok", inst.console()
+    console = inst.console()
+    assert "start returned 1" in console, console
+    assert "Failed to start fetch.service." in console and "Dependency failed for work.service" in console
+    assert "Started work.service" not in console and not inst.path("/var/log/work.out").exists()
+    assert inst.unit("fetch.service")["result"] == "exit-code"
+    assert inst.unit("work.service") == {"state": "failed", "pid": 0, "restarts": 0, "result": "dependency"}

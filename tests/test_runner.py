@@ -276,6 +276,9 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
         # The worker set has no torch: the model unit fetched the artifact from S3 and verified it.
         console = (runner.base / iid / "console.log").read_text()  # now, after the worker answered
         assert "imgrec-model.service: Main process exited, code=exited, status=0/SUCCESS" in console
+        # Requires=/After=: the worker started once the artifact was in place, so it never crashed for want of it.
+        assert console.index("Finished imgrec-model.service.") < console.index("Started imgrec-worker.service")
+        assert "imgrec-worker.service: Main process exited" not in console
         assert re.search(r"model artifact /var/lib/imgrec/models/\S+ ok: sha256 [0-9a-f]{64}", console)
         assert "local image: python3 python3-venv python3-pip git present" in console
     finally:

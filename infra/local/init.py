@@ -6,7 +6,8 @@ instance's memory cgroup, enters its namespaces (``infra.local.isolation``), run
 user data with bash as cloud-init would, and serves ``systemctl`` (the shim in the
 instance's PATH, ``infra/local/systemctl.py``) over a unix socket: ``daemon-reload``,
 ``enable [--now]``, ``start``, ``stop``, ``restart``, ``is-active``, ``status``. Units
-are honoured as systemd does (``infra.local.units``): Restart=on-failure within
+are honoured as systemd does (``infra.local.units``): Type=oneshot (``systemctl start``
+answers when it exited) with RemainAfterExit, Requires= and After=, Restart=on-failure within
 StartLimitIntervalSec/StartLimitBurst, KillSignal then SIGKILL after TimeoutStopSec,
 KillMode, User, WorkingDirectory, EnvironmentFile. SIGTERM to the init is the
 instance shutting down (EC2 stop or terminate): every unit is stopped that way.
@@ -34,6 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from infra.local import isolation
+from infra.local.spawn import EXIT_NAMES, EXIT_USER, describe_exit, spawn
 from infra.local.units import (
     CLEAN_SIGNALS,
     Unit,
@@ -49,11 +51,7 @@ UNIT_DIR = "/etc/systemd/system"
 WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 FIRST_BOOT_DONE = "first-boot-done"  # in the instance folder: cloud-init runs user data once per instance
 TICK_S = 0.1
-BOOT_KILL_S = 2.0
-# systemd's exit statuses for a unit that fails before exec (systemd.exec(5), "Process exit codes").
-EXIT_CHDIR, EXIT_EXEC, EXIT_GROUP, EXIT_USER = 200, 203, 216, 217
-EXIT_NAMES = {EXIT_CHDIR: "CHDIR", EXIT_EXEC: "EXEC", EXIT_GROUP: "GROUP", EXIT_USER: "USER"}
-MAX_FD = 4096  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
+BOOT_KILL_S = 2.0  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
 
 
 class Boot(StrEnum):
@@ -66,6 +64,7 @@ class State(StrEnum):
     """systemd's ActiveState, with the sub-state that matters here."""
 
     INACTIVE = "inactive"
+    ACTIVATING = "activating"  # a oneshot's ExecStart running, or waiting for a unit it is After=
     ACTIVE = "active"
     DEACTIVATING = "deactivating"
     AUTO_RESTART = "auto-restart"  # activating (auto-restart) in systemd's terms
@@ -84,15 +83,6 @@ class Service:
     killed: bool = False  # SIGKILL sent after TimeoutStopSec
     waiters: list[socket.socket] = field(default_factory=list)  # systemctl calls waiting for this stop
     result: str = ""
-
-
-def describe_exit(status: int) -> tuple[int | None, int | None, str]:
-    """(exit code, killing signal, systemd's wording) for a waitpid status."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        return None, sig, f"code=killed, status={sig}/{signal.Signals(sig).name.removeprefix('SIG')}"
-    code = os.WEXITSTATUS(status)
-    return code, None, f"code=exited, status={code}/{'SUCCESS' if code == 0 else EXIT_NAMES.get(code, 'FAILURE')}"
 
 
 class Init:
@@ -115,6 +105,7 @@ class Init:
         self.env = dict(os.environ)
         self._status_dirty = True
         self._deferred: list[tuple[list[str], list[str], socket.socket, bool]] = []
+        self._starting: list[tuple[list[str], socket.socket]] = []  # systemctl start waiting for jobs to end
 
     # ------------------------------------------------------------ output
 
@@ -189,47 +180,35 @@ class Init:
             self.boot, self.boot_exit = Boot.FAILED, None
             self.say("user data is not a shell script (#!); cloud-init would not run it as one")
             return
-        self.boot_pid = self._spawn(["/bin/bash", str(self.user_data)], self.env, cwd="/", user=None)
+        self.boot_pid = spawn(self.console, ["/bin/bash", str(self.user_data)], self.env, cwd="/", user=None)
         self.say(f"running user data (bash, pid {self.boot_pid})")
 
-    def _spawn(self, argv: list[str], env: dict[str, str], *, cwd: str, user: pwd.struct_passwd | None) -> int:
-        """fork + exec, as systemd does; a failure between them exits with systemd's status for that step
-        (200/CHDIR, 203/EXEC, 216/GROUP, 217/USER), which the init then sees like any exit.
-
-        Not subprocess.Popen: it reaps finished children of its own behind a waitpid(-1) loop.
-        """
-        pid = os.fork()
-        if pid:
-            return pid
-        step = EXIT_EXEC
-        try:
-            os.setsid()  # its own process group: KillMode=control-group reaches what it forks
-            isolation.set_parent_death_signal()  # the instance's init gone means the instance is gone
-            null = os.open(os.devnull, os.O_RDONLY)
-            os.dup2(null, 0)
-            os.dup2(self.console, 1)
-            os.dup2(self.console, 2)
-            os.closerange(3, MAX_FD)
-            step = EXIT_CHDIR
-            os.chdir(cwd)
-            if user is not None:
-                step = EXIT_GROUP
-                os.setgroups([])
-                os.setgid(user.pw_gid)
-                step = EXIT_USER
-                os.setuid(user.pw_uid)
-            step = EXIT_EXEC
-            os.execvpe(argv[0], argv, env)
-        except BaseException as err:  # noqa: BLE001 - the child must never return into the init's loop
-            with contextlib.suppress(OSError):
-                os.write(2, f"init: {argv[0]}: failed at step {EXIT_NAMES.get(step, step)}: {err}\n".encode())
-        os._exit(step)
-
     def start(self, name: str) -> str | None:
-        """Start a unit; an error text (systemctl prints it) or None."""
+        """Start a unit and what it Requires=; an error text (systemctl prints it) or None.
+
+        A unit After= one whose start job is still running (a oneshot) waits in ``activating``: the worker
+        never runs beside the model fetch it needs. A required unit that fails fails this one too.
+        """
         svc = self.service(name)
-        if svc.state in (State.ACTIVE, State.DEACTIVATING):
+        if svc.state in (State.ACTIVE, State.ACTIVATING, State.DEACTIVATING):
             return None
+        for dep in svc.unit.requires:
+            error = self.start(dep)
+            if error or self.service(dep).state == State.FAILED:
+                return self._dependency_failed(svc, dep)
+        waiting = [d for d in svc.unit.after if d in self.services and self.services[d].state == State.ACTIVATING]
+        if waiting:
+            svc.state, svc.pid, svc.result = State.ACTIVATING, 0, ""
+            self.say(f"{svc.unit.name}: waiting for {', '.join(waiting)} (After=)")
+            return None
+        return self._exec(svc)
+
+    def _dependency_failed(self, svc: Service, dep: str) -> str:
+        svc.state, svc.pid, svc.result = State.FAILED, 0, "dependency"
+        self.say(f"Dependency failed for {svc.unit.name} ({dep}).")
+        return f"A dependency job for {svc.unit.name} failed ({dep}). See the console for details."
+
+    def _exec(self, svc: Service) -> str | None:
         unit, now = svc.unit, self.clock()
         if not start_allowed(svc.starts, now, unit.start_limit_interval_s, unit.start_limit_burst):
             svc.state, svc.result = State.FAILED, "start-limit-hit"
@@ -256,9 +235,11 @@ class Init:
                 return self._start_failed(svc, EXIT_USER,
                                           f"Failed to determine user credentials: No such process ({unit.user})")
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        svc.pid = self._spawn(expand_command(unit.exec_start, env), env, cwd=unit.working_directory or "/", user=user)
-        svc.state, svc.result, svc.killed = State.ACTIVE, "", False
-        self.say(f"Started {unit.name} (pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
+        svc.pid = spawn(self.console, expand_command(unit.exec_start, env), env, cwd=unit.working_directory or "/", user=user)
+        svc.state = State.ACTIVATING if unit.oneshot else State.ACTIVE
+        svc.result, svc.killed = "", False
+        self.say(f"{'Starting' if unit.oneshot else 'Started'} {unit.name} "
+                 f"(pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
         return None
 
     def _start_failed(self, svc: Service, code: int, why: str) -> None:
@@ -290,6 +271,9 @@ class Init:
         if svc.state == State.AUTO_RESTART:
             svc.state = State.INACTIVE
             self.say(f"{svc.unit.name}: pending restart cancelled by stop")
+        if svc.pid == 0 and svc.state in (State.ACTIVE, State.ACTIVATING):  # no process: RemainAfterExit, waiting
+            svc.state = State.INACTIVE
+            self.say(f"Stopped {svc.unit.name}.")
         if svc.state not in (State.ACTIVE, State.DEACTIVATING):
             if waiter is not None:
                 _reply(waiter, 0, "")
@@ -307,6 +291,8 @@ class Init:
 
     @staticmethod
     def _kill(svc: Service, sig: int, *, whole_group: bool) -> None:
+        if svc.pid <= 0:  # kill(0) would signal the init's own group
+            return
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if whole_group:
                 os.killpg(svc.pid, sig)
@@ -337,7 +323,7 @@ class Init:
             self.say(f"user data finished: {words}" + ("" if code == 0 else " - BOOT FAILED"))
             return
         svc = next((s for s in self.services.values() if s.pid == pid and s.state in
-                    (State.ACTIVE, State.DEACTIVATING)), None)
+                    (State.ACTIVE, State.ACTIVATING, State.DEACTIVATING)), None)
         if svc is None:
             return  # an orphan reparented to us; reaped
         unit = svc.unit
@@ -353,7 +339,15 @@ class Init:
             svc.waiters.clear()
             return
         svc.pid = 0
+        if unit.oneshot and code == 0:
+            svc.state = State.ACTIVE if unit.remain_after_exit else State.INACTIVE
+            svc.result = "success"
+            self.say(f"{unit.name}: Main process exited, {words}")
+            self.say(f"Finished {unit.name}.")
+            return
         self._ended(svc, code, sig, words)
+        if unit.oneshot:
+            self.say(f"Failed to start {unit.name}.")
 
     def _ended(self, svc: Service, code: int | None, sig: int | None, words: str) -> None:
         """A unit's main process ended by itself: restart it or mark it inactive/failed, as systemd does."""
@@ -377,6 +371,8 @@ class Init:
                 svc.restarts += 1
                 self.say(f"{svc.unit.name}: Scheduled restart job, restart counter is at {svc.restarts}.")
                 self.start(svc.unit.name)
+            elif svc.state == State.ACTIVATING and not svc.pid:
+                self._after_ready(svc)
             elif svc.state == State.DEACTIVATING and not svc.killed and now >= svc.stop_deadline:
                 self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
                 svc.killed = True
@@ -384,6 +380,18 @@ class Init:
         if self.shutting_down and self.boot_pid and now - self.boot_killed_at > BOOT_KILL_S:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.boot_pid, signal.SIGKILL)
+
+    def _after_ready(self, svc: Service) -> None:
+        """A unit waiting on After= starts once those jobs ended, or fails if one it Requires= did not start."""
+        deps = [self.services[d] for d in svc.unit.after if d in self.services]
+        if any(d.state == State.ACTIVATING for d in deps):
+            return
+        failed = next((d for d in deps if d.unit.name in svc.unit.requires and d.state != State.ACTIVE
+                       and not (d.unit.oneshot and d.result == "success")), None)
+        if failed is not None:
+            self._dependency_failed(svc, failed.unit.name)
+        else:
+            self._exec(svc)
 
     def shutdown(self) -> None:
         if self.shutting_down:
@@ -399,7 +407,7 @@ class Init:
 
     def done(self) -> bool:
         return self.shutting_down and not self.boot_pid and all(
-            s.state not in (State.ACTIVE, State.DEACTIVATING) for s in self.services.values())
+            s.state not in (State.ACTIVE, State.ACTIVATING, State.DEACTIVATING) for s in self.services.values())
 
     # ------------------------------------------------------------ systemctl
 
@@ -470,8 +478,25 @@ class Init:
                 link.unlink()
 
     def _start_all(self, names: list[str], conn: socket.socket) -> None:
+        """As ``systemctl start``: answers when the start jobs ended (a oneshot's ExecStart has exited)."""
         errors = [e for e in (self.start(n) for n in names) if e]
-        _reply(conn, 1 if errors else 0, "\n".join(errors))
+        if errors:
+            return _reply(conn, 1, "\n".join(errors))
+        self._starting.append((names, conn))
+        return self._answer_starts()
+
+    def _answer_starts(self) -> None:
+        keep = []
+        for names, conn in self._starting:
+            states = {n: self.services[n] for n in names}
+            if any(s.state == State.ACTIVATING for s in states.values()):
+                keep.append((names, conn))
+                continue
+            errors = [f"Job for {n} failed because "
+                      f"{'a dependency job failed' if s.result == 'dependency' else 'its process exited with an error'}"
+                      for n, s in states.items() if s.state in (State.FAILED, State.AUTO_RESTART)]
+            _reply(conn, 1 if errors else 0, "\n".join(errors))
+        self._starting = keep
 
     def _stop_all(self, names: list[str], conn: socket.socket) -> None:
         for n in names:
@@ -486,6 +511,7 @@ class Init:
         return None
 
     def run_deferred(self) -> None:
+        self._answer_starts()
         keep = []
         for pending, names, conn, then_start in self._deferred:
             if all(self.services[n].state != State.DEACTIVATING for n in pending):

@@ -1,9 +1,10 @@
 """systemd unit files and EnvironmentFiles as plain data, and the rules systemd applies to them.
 
 Pure functions only (standard library, no I/O), so the local init (``infra.local.init``)
-and its tests share one reading of the fields our units use: ExecStart, User, Group,
-WorkingDirectory, Environment, EnvironmentFile, Restart, RestartSec, KillSignal,
-KillMode, TimeoutStopSec, StartLimitIntervalSec and StartLimitBurst. Defaults are
+and its tests share one reading of the fields our units use: Type (simple, oneshot),
+RemainAfterExit, Requires, After, ExecStart, User, Group, WorkingDirectory, Environment,
+EnvironmentFile, Restart, RestartSec, KillSignal, KillMode, TimeoutStopSec,
+StartLimitIntervalSec and StartLimitBurst. Defaults are
 systemd's own (systemd.service(5), systemd.kill(5), systemd.unit(5)).
 """
 
@@ -22,6 +23,7 @@ DEFAULT_RESTART_S = 0.1
 # Exits systemd counts as clean for Restart=on-failure: code 0, or one of these signals.
 CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 RESTART_POLICIES = ("no", "on-success", "on-failure", "on-abnormal", "on-abort", "always")
+SERVICE_TYPES = ("simple", "exec", "oneshot")  # exec reads as simple here: both count as started once forked
 _TIME_UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "sec": 1.0, "second": 1.0,
                "seconds": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0, "minutes": 60.0, "h": 3600.0,
                "hr": 3600.0, "hour": 3600.0, "hours": 3600.0}
@@ -48,6 +50,27 @@ class Unit:
     start_limit_interval_s: float = DEFAULT_START_LIMIT_INTERVAL_S
     start_limit_burst: int = DEFAULT_START_LIMIT_BURST
     wanted_by: tuple[str, ...] = ()
+    type: str = "simple"
+    remain_after_exit: bool = False
+    requires: tuple[str, ...] = ()  # services only: targets are not emulated
+    after: tuple[str, ...] = ()
+
+    @property
+    def oneshot(self) -> bool:
+        return self.type == "oneshot"
+
+
+def parse_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "yes", "true", "on"):
+        return True
+    if value in ("0", "no", "false", "off"):
+        return False
+    raise UnitError(f"not a boolean: {text!r}")
+
+
+def _services(words: str) -> tuple[str, ...]:
+    return tuple(w for w in words.split() if w.endswith(".service"))
 
 
 def parse_timespan(text: str) -> float:
@@ -125,6 +148,10 @@ def parse_unit(name: str, text: str) -> Unit:
     restart = values.get("Restart", "no")
     if restart not in RESTART_POLICIES:
         raise UnitError(f"{name}: Restart={restart} is not one of {', '.join(RESTART_POLICIES)}")
+    kind = values.get("Type", "simple")
+    if kind not in SERVICE_TYPES:
+        raise UnitError(f"{name}: Type={kind} is not one of {', '.join(SERVICE_TYPES)}")
+    deps = {key: " ".join(v for k, v in sec.get("Unit", []) if k == key) for key in ("Requires", "After")}
     try:
         return Unit(
             name=name, exec_start=tuple(shlex.split(exec_start)), user=values.get("User", ""),
@@ -139,6 +166,8 @@ def parse_unit(name: str, text: str) -> Unit:
                                                                str(DEFAULT_START_LIMIT_INTERVAL_S))),
             start_limit_burst=int(unit_sec.get("StartLimitBurst", DEFAULT_START_LIMIT_BURST)),
             wanted_by=tuple(dict(sec.get("Install", [])).get("WantedBy", "").split()),
+            type=kind, remain_after_exit=parse_bool(values.get("RemainAfterExit", "no")),
+            requires=_services(deps["Requires"]), after=_services(deps["After"]),
         )
     except (UnitError, ValueError) as err:
         raise UnitError(f"{name}: {err}") from None
