@@ -94,6 +94,17 @@ def start_child(name: str, module: str, settings: Settings, log_dir: Path, role_
     return Child(name, proc)
 
 
+def say(*parts: object, sep: str = " ", err: bool = False) -> None:
+    """print, except that a reader gone (`make run | tee`: Ctrl-C ends tee too) must not stop the teardown:
+    the first broken pipe points the stream at /dev/null, so every later line (and the exit's flush) is dropped."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        print(*parts, sep=sep, file=stream, flush=True)
+    except (BrokenPipeError, ValueError):
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+
+
 def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
     """SIGTERM every tier at once (moto stays up while they drain), wait, SIGKILL the process groups
     that remain; moto last."""
@@ -109,7 +120,7 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
         wait_s = {"runner": STOP_GRACE_RUNNER_S, "moto": STOP_GRACE_MOTO_S}.get(child.name, grace / 2)
         try:
             child.proc.wait(max(0.0, started + wait_s - time.monotonic()))
-            print(f"  {child.name} stopped ({time.monotonic() - started:.1f} s after SIGTERM)", flush=True)
+            say(f"  {child.name} stopped ({time.monotonic() - started:.1f} s after SIGTERM)")
         except subprocess.TimeoutExpired:
             log.warning("%s did not stop in %.0f s; killing it", child.name, wait_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -177,12 +188,12 @@ def run(settings: Settings) -> int:
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
         web_id = ensure_web_instance(clients.ec2, settings, account.web_profile_arn, report)
-        print(report, provision(settings, clients), sep="\n", flush=True)
+        say(report, provision(settings, clients), sep="\n")
         credential_server = CredentialServer(
             settings, make_client("sts", settings, credentials=account.ec2_service)).start()
         settings = settings.replace(launch_template=ensure_launch_template(
             clients.ec2, settings, profile_arn=account.app_profile_arn))
-        print(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary(), flush=True)
+        say(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary())
         # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
         # file) and hands each instance its own profile's role. The tiers run as the web role.
         roles = {"runner": {}, "controller": credential_server.env_for_role(account.web_role, web_id),
@@ -193,7 +204,7 @@ def run(settings: Settings) -> int:
             children.append(start_child(name, "web_tier", settings, log_dir, roles["web"], **env))
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
-        print(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
+        say(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
               f"  AWS endpoint {settings.endpoint_url} (moto; IAM {iam})\n"
               f"  AWS keys     {local_aws_files(settings)[0]} (administrator, profile default; config beside it)\n"
               f"  logs         {log_dir}/\n"
@@ -204,18 +215,18 @@ def run(settings: Settings) -> int:
         while True:
             for child in children:
                 if child.proc.poll() is not None:
-                    print(f"{child.name} exited with code {child.proc.returncode}; see {log_dir}/{child.name}.log",
-                          file=sys.stderr, flush=True)
+                    say(f"{child.name} exited with code {child.proc.returncode}; see {log_dir}/{child.name}.log",
+                        err=True)
                     return 1
             if time.monotonic() >= next_status:
                 try:
-                    print(time.strftime("%H:%M:%S"), status_line(settings, clients), flush=True)
+                    say(time.strftime("%H:%M:%S"), status_line(settings, clients))
                 except Exception as err:  # a status line must never take the stack down
-                    print(f"status unavailable: {err}", flush=True)
+                    say(f"status unavailable: {err}")
                 next_status = time.monotonic() + STATUS_EVERY_S
             time.sleep(0.2)
     except KeyboardInterrupt:
-        print("\nstopping…", flush=True)
+        say("\nstopping…")
         return 0
     finally:
         stopping = time.monotonic()
@@ -231,7 +242,7 @@ def run(settings: Settings) -> int:
         remove_admin_credentials(settings)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
-        print(f"local stack stopped ({time.monotonic() - stopping:.1f} s)", flush=True)
+        say(f"local stack stopped ({time.monotonic() - stopping:.1f} s)")
 
 
 def main() -> int:
