@@ -19,7 +19,6 @@ supervisor replaces it. Signal handlers only set flags; the main thread acts on 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
@@ -141,14 +140,8 @@ class Worker:
     """One app-tier instance's worker. Build it in the process that runs it (never across a fork)."""
 
     def __init__(self, settings: Settings, classifier: Classifier, *, instance_id: str,
-                 clients: Clients | None = None, max_messages: int | None = None, until_empty: bool = False,
-                 inference_gate=None):
+                 clients: Clients | None = None, max_messages: int | None = None, until_empty: bool = False):
         self.settings = settings
-        # Local backend only: many "instances" share one host's cores. A semaphore with one slot
-        # per core, shared by all forked workers, keeps inferences from time-slicing each other
-        # (measured: 2.3x the CPU per image with 19 workers on 2 cores without it). On AWS each
-        # instance has its own cores and there is no gate.
-        self._gate = inference_gate if inference_gate is not None else contextlib.nullcontext()
         self.classifier = classifier
         self.instance_id = instance_id
         self.clients = clients or Clients(settings)
@@ -444,11 +437,10 @@ class Worker:
         if not ready:
             return
         inputs = self.classifier.stack([i.tensor for i in ready])
-        with self._gate:
-            started, cpu_started = time.monotonic(), time.thread_time()
-            predictions = self.classifier.infer(inputs)
-            batch.infer_ms = (time.monotonic() - started) * 1000
-            batch.infer_cpu_ms = (time.thread_time() - cpu_started) * 1000
+        started, cpu_started = time.monotonic(), time.thread_time()
+        predictions = self.classifier.infer(inputs)
+        batch.infer_ms = (time.monotonic() - started) * 1000
+        batch.infer_cpu_ms = (time.thread_time() - cpu_started) * 1000
         for item, pred in zip(ready, predictions, strict=True):
             item.prediction, item.state, item.tensor = pred, ItemState.DONE, None
 

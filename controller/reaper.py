@@ -22,8 +22,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from infra.config import Settings
 from infra.jobstore import JobStore
 from infra.messages import BadMessage, ImageResult
-from infra.observe import OWNER_TAG, STACK_TAG, QueueDepth, owner_alive, queue_depth, queue_url
+from infra.observe import QueueDepth, owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_urls
+from infra.tags import OWNER_TAG, STACK_TAG
 
 log = logging.getLogger(__name__)
 

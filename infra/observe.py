@@ -10,7 +10,7 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.tags import HEALTH_TAG, HEARTBEAT_TAG, OWNER_TAG, ROLE_TAG, STACK_TAG  # noqa: F401 - re-exported for existing importers
+from infra.tags import HEALTH_TAG, HEARTBEAT_TAG, OWNER_TAG
 
 log = logging.getLogger(__name__)
 

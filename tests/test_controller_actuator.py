@@ -9,7 +9,8 @@ from controller.actuator import Ec2Actuator, choose_removals, recent_activity
 from controller.loop import Action, Controller
 from infra.messages import ImageRequest
 from infra.metrics import Metric
-from infra.observe import STACK_TAG, Instance, InstanceState, app_instances, queue_url
+from infra.observe import Instance, InstanceState, app_instances, queue_url
+from infra.tags import STACK_TAG
 from infra.userdata import ENV_FILE, app_user_data
 from tests.helpers import wait_until
 

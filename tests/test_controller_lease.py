@@ -12,7 +12,8 @@ import pytest
 from controller.lease import LEASE_ID, Lease, LeaseAction, LeaseMemory, LeaseView, decide, is_leader
 from controller.reaper import ReapAction, ReplyQueueView
 from controller.reaper import decide as reap
-from infra.observe import HEARTBEAT_TAG, OWNER_TAG, STACK_TAG, QueueDepth, app_instances
+from infra.observe import QueueDepth, app_instances
+from infra.tags import HEARTBEAT_TAG, OWNER_TAG, STACK_TAG
 from tests.procs import log_text, start_module, stop_process, wait_for
 
 D = 10.0

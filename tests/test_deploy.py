@@ -18,7 +18,7 @@ from infra.deploy.errors import DeployError
 from infra.deploy.iam import Arns, account_id, app_policy, web_policy
 from infra.deploy.model import artifact_keys, model_bucket_name
 from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
-from infra.observe import ROLE_TAG, STACK_TAG
+from infra.tags import ROLE_TAG, STACK_TAG
 from infra.userdata import ENV_FILE, INSTANCE_DATA_DIR, UNIT_DIR
 from tests.deploy_helpers import env_from_script, snapshot, tags, write_artifact, written_files
 

@@ -18,7 +18,7 @@ from infra.deploy.deploy import confirm, deploy, destroy, plan_text
 from infra.deploy.errors import NotConfirmed
 from infra.deploy.pricing import USD_PER_HOUR, alb_usd_per_hour, ebs_usd_per_hour, estimate_max_hourly
 from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
-from infra.observe import ROLE_TAG, STACK_TAG
+from infra.tags import ROLE_TAG, STACK_TAG
 from infra.userdata import Source, bake_script
 from tests.conftest import child_env
 from tests.deploy_helpers import write_artifact

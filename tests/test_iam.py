@@ -8,7 +8,7 @@ import pytest
 
 from infra.config import Settings
 from infra.deploy.iam import UNSCOPED_ACTIONS, Arns, app_policy, partition_for, web_policy
-from infra.observe import STACK_TAG
+from infra.tags import STACK_TAG
 
 ARNS = Arns("eu-west-1", "111122223333")
 SETTINGS = Settings(prefix="lp", region="eu-west-1", metrics_namespace="NsX")

@@ -8,8 +8,8 @@ import pytest
 from botocore.exceptions import ClientError
 
 from infra.messages import reply_queue_name
-from infra.observe import STACK_TAG
 from infra.provision import provision, teardown
+from infra.tags import STACK_TAG
 from tests.conftest import child_env
 
 

@@ -148,10 +148,9 @@ def test_timeout_gives_504_with_job_id_and_the_job_stays_queryable(moto_server, 
     provision(settings, clients)
     with running_web(settings, tmp_path / "web.log") as proc:
         for field in ("myfile", "inputFile"):
-            started = time.monotonic()
-            resp = requests.post(proc.base + "/", files={field: ("slow.jpg", jpeg_bytes(2))}, timeout=30)
+            # a 1 s request timeout answers 504 rather than hanging: the client's own 10 s bound fails a hang
+            resp = requests.post(proc.base + "/", files={field: ("slow.jpg", jpeg_bytes(2))}, timeout=10)
             assert resp.status_code == 504, resp.text
-            assert time.monotonic() - started < 10
             job_id = resp.headers["X-Job-Id"]
             assert job_id in resp.text
             job = requests.get(f"{proc.base}/api/jobs/{job_id}", timeout=10).json()
@@ -221,10 +220,8 @@ def test_signal_stops_cleanly(moto_server, tmp_path, sig):
     try:
         wait_for(lambda: "listening on" in log_text(proc), 30, what="web tier start")
         assert f"http://{settings.web_host}:{settings.web_port}/" in log_text(proc)
-        started = time.monotonic()
         proc.send_signal(sig)
-        assert proc.wait(15) == 0, log_text(proc)
-        assert time.monotonic() - started < 10
+        assert proc.wait(10) == 0, log_text(proc)  # a stop that hangs fails here (TimeoutExpired)
         # With no result outstanding the dispatcher's long poll is not waited out (it is a daemon).
         text = log_text(proc)
         assert "web tier stopped" in text and ("dispatcher stopped" in text or "still in a long poll" in text)

@@ -23,8 +23,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
 from infra.messages import reply_queue_name
-from infra.observe import HEARTBEAT_TAG, OWNER_TAG, ROLE_TAG, STACK_TAG, owner_alive, queue_depth, queue_url
+from infra.observe import owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_attributes
+from infra.tags import HEARTBEAT_TAG, OWNER_TAG, ROLE_TAG, STACK_TAG
 
 log = logging.getLogger(__name__)
 

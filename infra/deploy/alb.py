@@ -18,9 +18,8 @@ from botocore.exceptions import ClientError
 from infra.config import Settings
 from infra.deploy.compute import wait
 from infra.deploy.errors import DeployError
-from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
-from infra.tags import owned_by
+from infra.tags import ROLE_TAG, STACK_TAG, owned_by
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,8 @@ from botocore.waiter import WaiterModel, create_waiter_with_client
 from infra.config import DEFAULT_AMI_ID, Settings
 from infra.deploy.errors import DeployError
 from infra.deploy.settings import DeploySettings
-from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
-from infra.tags import Role, tag_dict
+from infra.tags import ROLE_TAG, STACK_TAG, Role, tag_dict
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -68,10 +68,9 @@ from infra.deploy.network import (
 )
 from infra.deploy.pricing import estimate_max_hourly
 from infra.deploy.settings import DeploySettings
-from infra.observe import STACK_TAG
 from infra.provision import provision, teardown
 from infra.report import Report
-from infra.tags import owned_by
+from infra.tags import STACK_TAG, owned_by
 from infra.userdata import ONNX_RUNTIME, Role, Source, app_user_data, instance_settings, web_user_data, worker_runtime
 
 log = logging.getLogger(__name__)

@@ -20,9 +20,8 @@ from infra.config import Settings
 from infra.deploy.errors import DeployError
 from infra.deploy.model import uri_keys
 from infra.messages import REPLY_INFIX
-from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
-from infra.tags import owned_by
+from infra.tags import ROLE_TAG, STACK_TAG, owned_by
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from infra.config import Settings
 from infra.deploy.compute import retry_while
 from infra.deploy.errors import DeployError
 from infra.deploy.settings import DeploySettings
-from infra.observe import ROLE_TAG, STACK_TAG
 from infra.report import Report
-from infra.tags import owned_by
+from infra.tags import ROLE_TAG, STACK_TAG, owned_by
 
 log = logging.getLogger(__name__)
 

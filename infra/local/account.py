@@ -50,9 +50,8 @@ from infra.deploy.iam import (
 )
 from infra.deploy.settings import DEFAULT_WEB_INSTANCE_TYPE
 from infra.local.moto_iam import service_user_name, set_enforcement
-from infra.observe import ROLE_TAG, STACK_TAG
 from infra.provision import Report
-from infra.tags import Role
+from infra.tags import ROLE_TAG, STACK_TAG, Role
 
 log = logging.getLogger(__name__)
 

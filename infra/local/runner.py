@@ -42,8 +42,9 @@ from infra.config import Settings
 from infra.local import cgroups, isolation
 from infra.local.ami import ROOT, LocalAmi, write_shims
 from infra.local.imds import Metadata, MetadataServer
-from infra.observe import HEALTH_TAG, FleetReader, InstanceState
+from infra.observe import FleetReader, InstanceState
 from infra.process import settings_and_logging
+from infra.tags import HEALTH_TAG
 
 log = logging.getLogger(__name__)
 
