@@ -13,9 +13,9 @@ _STARTED = time.monotonic()
 
 
 @pytest.fixture(scope="module")
-def proc_stack(moto_server, tmp_path_factory):
+def proc_stack(tmp_path_factory):
     """The tiers as separate processes behind a fault proxy; stopped (and killed if need be) at the end."""
-    stack = ProcStack(moto_server.url, tmp_path_factory.mktemp("procstack"))
+    stack = ProcStack(tmp_path_factory.mktemp("procstack"))
     try:
         yield stack.start()
     finally:

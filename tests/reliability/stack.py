@@ -2,8 +2,10 @@
 
 ``python -m infra up`` stops everything when one child exits (what a person at a
 terminal wants), so the fault cases run the tiers themselves with tests/procs.py:
-supervisor (forked workers), controller and web tier, all pointed at a
-``FaultProxy`` in front of the moto server; the test's own checks go to moto directly.
+runner (instances), controller and web tier, all pointed at a ``FaultProxy`` in front of
+the stack's own moto server, with IAM enforced as in ``make run``: the runner hands each
+instance its profile's role, the controller and web tier run as the web role, and the
+test's own checks go to moto directly with the administrator's keys.
 Also here: submitting images through the JSON API and the end-of-case audit
 (every job answered, one output object per image, queues empty).
 """
@@ -25,10 +27,12 @@ from pathlib import Path
 import psutil
 import requests
 
-from infra.clients import Clients
+from infra.clients import Clients, make_client
 from infra.config import Settings
+from infra.local.account import LocalAccount, open_account, remove_admin_credentials
 from infra.local.ami import ensure_launch_template
-from infra.local.moto_server import free_port
+from infra.local.credentials import CredentialServer
+from infra.local.moto_server import MotoServer, free_port
 from infra.local.runner import consoles_text
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
 from infra.provision import provision
@@ -50,12 +54,16 @@ CONTROLLER_LEASE_S = 3.0
 
 
 class ProcStack:
-    """moto (shared) <- fault proxy <- runner (instances) + controller + web tier, each its own process."""
+    """moto (its own: IAM enforced) <- fault proxy <- runner (instances) + controller + web tier, each its own
+    process."""
 
-    def __init__(self, moto_url: str, data_dir: Path, **overrides):
+    def __init__(self, data_dir: Path, **overrides):
         prefix = f"r{uuid.uuid4().hex[:8]}"
-        moto_port = int(moto_url.rsplit(":", 1)[1])
-        self.proxy = FaultProxy(moto_port).start()
+        self.logs = Path(data_dir) / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.moto = MotoServer(port=free_port(), log_file=open(self.logs / "moto.log", "ab"))  # noqa: SIM115
+        moto_url = self.moto.url
+        self.proxy = FaultProxy(self.moto.port).start()
         self.direct = Settings.from_env(
             {}, endpoint_url=moto_url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), web_port=free_port(),
@@ -63,15 +71,23 @@ class ProcStack:
             max_attempts=3, max_instances=4, request_timeout_s=120,
             **{"controller_lease_s": CONTROLLER_LEASE_S, **overrides})
         self.settings = self.direct.replace(endpoint_url=self.proxy.url)  # what the tiers use
-        self.clients = Clients(self.direct)
+        self.clients: Clients | None = None  # the administrator's, once the account exists
+        self.account: LocalAccount | None = None
+        self.credential_server: CredentialServer | None = None
         self.url = f"http://127.0.0.1:{self.settings.web_port}"
-        self.logs = Path(data_dir) / "logs"
         self.procs: dict[str, subprocess.Popen] = {}
 
     def start(self) -> ProcStack:
-        self.logs.mkdir(parents=True, exist_ok=True)
+        self.moto.start()
+        # As `make run`: roles, profiles and an administrator, then enforcement. The keys file names the
+        # proxy's endpoint, so the runner (which plays EC2 with those keys) finds it.
+        self.account, _ = open_account(self.settings)
+        self.clients = Clients(self.direct, credentials=self.account.admin)
         provision(self.direct, self.clients)
-        self.settings = self.settings.replace(launch_template=ensure_launch_template(self.clients.ec2, self.settings))
+        self.credential_server = CredentialServer(
+            self.direct, make_client("sts", self.direct, credentials=self.account.ec2_service)).start()
+        self.settings = self.settings.replace(launch_template=ensure_launch_template(
+            self.clients.ec2, self.settings, profile_arn=self.account.app_profile_arn))
         self.start_tier("runner")
         self.start_tier("controller")
         self.start_tier("web")
@@ -81,7 +97,8 @@ class ProcStack:
 
     def start_tier(self, name: str) -> subprocess.Popen:
         module = {"runner": "infra.local.runner", "controller": "controller", "web": "web_tier"}[name]
-        self.procs[name] = start_module(module, self.settings, log_path=self.logs / f"{name}.log")
+        role = {} if name == "runner" else self.credential_server.env_for_role(self.account.web_role)
+        self.procs[name] = start_module(module, self.settings, log_path=self.logs / f"{name}.log", **role)
         return self.procs[name]
 
     def restart_web(self) -> float:
@@ -126,6 +143,10 @@ class ProcStack:
             if name in self.procs:
                 stop_process(self.procs[name], timeout=15)
         self.proxy.stop()
+        if self.credential_server is not None:
+            self.credential_server.stop()
+        self.moto.stop()
+        remove_admin_credentials(self.direct)
 
     def log(self, name: str) -> str:
         path = self.logs / f"{name}.log"

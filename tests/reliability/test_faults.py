@@ -21,7 +21,9 @@ import uuid
 import psutil
 import pytest
 import requests
+from botocore.exceptions import ClientError
 
+from infra.clients import Clients
 from tests.images import jpeg_bytes
 from tests.procs import wait_for
 from tests.reliability.faultproxy import Fault
@@ -212,3 +214,15 @@ def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     assert more.client_errors >= 1, "the submission-time outage was not seen by the client"
     for name in ("web", "controller", "runner"):
         assert stack.procs[name].poll() is None, f"{name} died during the outage"
+
+
+def test_every_fault_case_ran_within_the_tiers_roles(proc_stack):
+    """Last in the module: the faults above ran with IAM enforced, and no tier was ever denied."""
+    stack = proc_stack
+    stranger = Clients(stack.direct)  # the test environment's keys: not an identity of this account
+    with pytest.raises(ClientError) as denied:
+        stranger.sqs.list_queues()
+    assert denied.value.response["Error"]["Code"] in ("InvalidClientTokenId", "AccessDenied", "403")
+    logs = "".join(p.read_text(errors="replace") for p in stack.logs.glob("*.log") if p.name != "moto.log")
+    logs += stack.consoles()
+    assert "AccessDenied" not in logs and "not authorized" not in logs
