@@ -67,5 +67,9 @@ def serve_in_thread(app: Flask, threads: int = 32) -> Iterator[str]:
         # Let handlers still sleeping finish, then close every socket from inside the loop's own
         # thread (closing them from here races its select()); an empty map ends the loop.
         server.task_dispatcher.shutdown(cancel_pending=True, timeout=10)
-        server.trigger.pull_trigger(lambda: [d.close() for d in list(server._map.values())])
+        try:
+            server.trigger.pull_trigger(lambda: [d.close() for d in list(server._map.values())])
+        except OSError:  # the trigger is closed: the loop has already closed every socket and ended
+            pass
         thread.join(timeout=5)
+        assert not thread.is_alive(), "the stub server's loop did not end"

@@ -86,10 +86,16 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
         assert out.get("KeyCount") == BURST
 
         # the instance's init restarts a killed worker (Restart=on-failure, RestartSec=5)
-        wait_for(lambda: len(worker_pids(sup)) == 1, 40, what="surplus workers to drain")
+        # The scaled-in instances must be gone first: a worker still draining on one of them would pass for
+        # the victim's replacement below.
+        halted = sampler.peak - settings.min_instances
+        wait_for(lambda: consoles_text(settings.data_dir).count("instance halted") >= halted
+                 and len(worker_pids(sup)) == 1, 40, what="surplus instances halted, one worker left")
         (victim,) = worker_pids(sup)
         os.kill(victim, signal.SIGKILL)
         killed_at = time.monotonic()
+        wait_for(lambda: "imgrec-worker.service: Main process exited, code=killed, status=9/KILL"
+                 in consoles_text(settings.data_dir), 20, what="the init seeing the kill")
         wait_for(lambda: len(worker_pids(sup)) == 1 and worker_pids(sup) != [victim], 20,
                  what="a replacement worker")
         consoles = consoles_text(settings.data_dir)

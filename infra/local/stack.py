@@ -205,12 +205,11 @@ def run(settings: Settings) -> int:
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         say(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
-              f"  AWS endpoint {settings.endpoint_url} (moto; IAM {iam})\n"
-              f"  AWS keys     {local_aws_files(settings)[0]} (administrator, profile default; config beside it)\n"
-              f"  logs         {log_dir}/\n"
-              f"  instances    {data_dir / 'instances'}/<id>/console.log (each boots from its user data;"
-              f" isolation: see {log_dir}/runner.log)\nCtrl-C stops everything.\n",
-              flush=True)
+            f"  AWS endpoint {settings.endpoint_url} (moto; IAM {iam})\n"
+            f"  AWS keys     {local_aws_files(settings)[0]} (administrator, profile default; config beside it)\n"
+            f"  logs         {log_dir}/\n"
+            f"  instances    {data_dir / 'instances'}/<id>/console.log (each boots from its user data;"
+            f" isolation: see {log_dir}/runner.log)\nCtrl-C stops everything.\n")
         next_status = time.monotonic() + 2
         while True:
             for child in children:
@@ -264,6 +263,10 @@ def main() -> int:
         return 1
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class StackProcess:
     """`python -m infra up` in a child process, for tests and `make bench`.
 
@@ -298,8 +301,11 @@ class StackProcess:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
+            # SIGINT back to its default in the child: a caller started in the background of a script
+            # inherits it ignored, and Python then installs no KeyboardInterrupt, so "Ctrl-C" would do nothing.
             self.proc = subprocess.Popen([sys.executable, "-m", "infra", "up"], cwd=ROOT, env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=_default_sigint)
         deadline = time.monotonic() + timeout
         clients = None
         while time.monotonic() < deadline:
