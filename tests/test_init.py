@@ -17,6 +17,7 @@ from infra.local import isolation, units
 from infra.local.units import parse_env_file, parse_timespan, parse_unit, should_restart, start_allowed
 from infra.userdata import Unit
 from infra.userdata import unit as render_unit
+from tests.helpers import stays_true
 from tests.localinst import MODES, NAMESPACES, InitUnderTest, mode_param
 
 PARAMS = [mode_param(m) for m in MODES]
@@ -197,18 +198,16 @@ def test_a_killed_unit_restarts_after_restart_sec_and_a_clean_exit_does_not(inst
         "[Service]\nExecStart=/bin/true\nRestart=on-failure\nRestartSec=0.1\n")
     assert inst.systemctl("start", "once").returncode == 0
     inst.wait(lambda: inst.unit("once.service").get("state") == "inactive", what="a clean exit")
-    time.sleep(0.5)
-    assert inst.unit("once.service")["restarts"] == 0
+    stays_true(lambda: inst.unit("once.service")["restarts"] == 0, 0.5, what="no restart after a clean exit")
 
 
 @pytest.mark.parametrize("mode", PARAMS)
 def test_stop_sends_kill_signal_and_waits_for_the_exit(instances, mode):
     unit = ("[Service]\nKillSignal=SIGUSR1\nExecStart=/bin/sh -c 'trap \"echo usr1 > /var/log/sig; exit 0\" USR1; "
-            "while :; do sleep 0.1; done'\n")
+            "touch /var/log/trapped; while :; do sleep 0.1; done'\n")
     inst = instances(boot_with("trap.service", unit), mode=mode)
     inst.booted()
-    inst.wait(lambda: inst.unit("trap.service").get("state") == "active", what="start")
-    time.sleep(0.3)  # let sh install its trap
+    inst.wait(lambda: inst.path("/var/log/trapped").exists(), what="sh to install its trap")
     out = inst.systemctl("stop", "trap.service")
     assert out.returncode == 0, out.stderr
     assert inst.path("/var/log/sig").read_text().strip() == "usr1"  # stop returned only after it handled the signal
@@ -217,11 +216,10 @@ def test_stop_sends_kill_signal_and_waits_for_the_exit(instances, mode):
 
 @pytest.mark.parametrize("mode", PARAMS)
 def test_timeout_stop_sec_then_sigkill(instances, mode):
-    unit = "[Service]\nTimeoutStopSec=1500ms\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'\n"
+    unit = "[Service]\nTimeoutStopSec=1500ms\nExecStart=/bin/sh -c 'trap \"\" TERM; touch /var/log/trapped; while :; do sleep 0.1; done'\n"
     inst = instances(boot_with("stubborn.service", unit), mode=mode)
     inst.booted()
-    inst.wait(lambda: inst.unit("stubborn.service").get("state") == "active", what="start")
-    time.sleep(0.3)
+    inst.wait(lambda: inst.path("/var/log/trapped").exists(), what="sh to install its trap")
     started = time.monotonic()
     assert inst.systemctl("stop", "stubborn").returncode == 0
     took = time.monotonic() - started
@@ -232,29 +230,31 @@ def test_timeout_stop_sec_then_sigkill(instances, mode):
 
 @pytest.mark.parametrize("mode", PARAMS)
 def test_kill_mode_mixed_sigkills_what_is_left_after_the_main_process(instances, mode):
-    unit = ("[Service]\nKillMode=mixed\nExecStart=/bin/sh -c 'sleep 300 & echo $! > /var/log/child; "
-            "trap \"exit 0\" TERM; while :; do sleep 0.1; done'\n")
+    unit = ("[Service]\nKillMode=mixed\nExecStart=/bin/sh -c 'sleep 300 & trap \"exit 0\" TERM; "
+            "echo $! > /var/log/child; while :; do sleep 0.1; done'\n")
     inst = instances(boot_with("mixed.service", unit), mode=mode)
     inst.booted()
     inst.wait(lambda: inst.path("/var/log/child").exists() and inst.path("/var/log/child").read_text().strip(),
               what="the child pid")
-    child = _host_pid_of(inst, "sleep 300")
-    time.sleep(0.3)
+    child = _host_pid_of(inst, "sleep 300")  # the child file is written after the trap is installed
     assert inst.systemctl("stop", "mixed").returncode == 0
     inst.wait(lambda: not _alive(child), timeout=5, what="the unit's leftover child to be killed")
 
 
 @pytest.mark.parametrize("mode", PARAMS)
 def test_shutdown_stops_every_unit_with_the_same_semantics(instances, mode):
-    polite = "[Service]\nExecStart=/bin/sh -c 'trap \"echo term > /var/log/polite; exit 0\" TERM; while :; do sleep 0.1; done'\n"
-    stubborn = "[Service]\nTimeoutStopSec=1\nExecStart=/bin/sh -c 'trap \"\" TERM; while :; do sleep 0.1; done'\n"
+    polite = ("[Service]\nExecStart=/bin/sh -c 'trap \"echo term > /var/log/polite; exit 0\" TERM; "
+              "touch /var/log/polite.trapped; while :; do sleep 0.1; done'\n")
+    stubborn = ("[Service]\nTimeoutStopSec=1\nExecStart=/bin/sh -c 'trap \"\" TERM; touch /var/log/stubborn.trapped; "
+                "while :; do sleep 0.1; done'\n")
     extra = f"cat > /etc/systemd/system/stubborn.service <<'EOF'\n{stubborn}EOF\nsystemctl enable --now stubborn"
     inst = instances(boot_with("polite.service", polite, extra), mode=mode)
     inst.booted()
     inst.wait(lambda: all(inst.unit(u).get("state") == "active" for u in ("polite.service", "stubborn.service")),
               what="both units")
     pids = [_host_pid_of(inst, "while")]
-    time.sleep(0.3)
+    inst.wait(lambda: all(inst.path(f"/var/log/{u}.trapped").exists() for u in ("polite", "stubborn")),
+              what="both traps installed")
     took = inst.shutdown()
     assert inst.proc.returncode == 0
     assert 0.9 <= took < 5, took  # the stubborn unit's TimeoutStopSec, then SIGKILL
