@@ -3,10 +3,12 @@ health and clean shutdown. The real app runs as `python -m web_tier` against the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -140,6 +142,26 @@ def test_healthz_is_503_when_resources_are_missing(moto_server, tmp_path):
         # and an upload then fails cleanly rather than hanging
         resp = requests.post(proc.base + "/", files={"myfile": ("a.jpg", jpeg_bytes(1))}, timeout=60)
         assert resp.status_code == 503 and "unavailable" in resp.text
+        # SIGTERM while the main loop is busy with connections stops it: raised from the signal handler, it
+        # used to be swallowed as an "uncaptured" channel error and the process served on until killed
+        done, answered = threading.Event(), []
+
+        def busy():
+            with requests.Session() as session:
+                while not done.is_set():
+                    with contextlib.suppress(requests.RequestException):
+                        answered.append(session.get(proc.base + "/api/jobs/none", timeout=5).status_code)
+
+        clients = [threading.Thread(target=busy, daemon=True) for _ in range(8)]
+        for t in clients:
+            t.start()
+        try:
+            wait_for(lambda: len(answered) >= 50, 30, what="the clients being answered")
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(10) == 0, log_text(proc)
+        finally:
+            done.set()
+        assert "SIGTERM received, stopping" in log_text(proc) and "uncaptured" not in log_text(proc)
 
 
 def test_timeout_gives_504_with_job_id_and_the_job_stays_queryable(moto_server, tmp_path):

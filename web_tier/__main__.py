@@ -18,12 +18,19 @@ from infra.process import settings_and_logging
 log = logging.getLogger("web_tier")
 
 
-class _Stop(Exception):
-    """Raised in the main thread by the signal handler to leave waitress's loop."""
+LOOP_TICK_S = 0.2  # how often waitress's loop looks at the stop flag (a signal also wakes its poll)
 
 
-def _raise_stop(signum, _frame):
-    raise _Stop(signal.Signals(signum).name)
+class _StopFlag:
+    """Set by SIGTERM/SIGINT; the loop below checks it between passes. Raising from the handler instead
+    lost the signal whenever it landed while waitress was handling a channel: waitress logs any exception
+    there as "uncaptured" and closes that channel, and the process kept serving until SIGKILL."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum, _frame) -> None:
+        self.signal = signal.Signals(signum).name
 
 
 def listen_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -66,15 +73,16 @@ def main() -> int:
         log.error("cannot listen on %s:%s: %s", settings.web_host, settings.web_port, err)
         state.close(dispatcher_timeout=0)
         return 1
-    previous = {sig: signal.signal(sig, _raise_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    stop = _StopFlag()
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
     log.info("web tier listening on http://%s:%s/ (%d threads, %s; request queue %s, job table %s)",
              settings.web_host, server.effective_port, settings.web_threads,
              "port shared with sibling processes" if settings.web_processes > 1 else "sole process on the port",
              settings.req_queue, settings.jobs_table)
     try:
-        server.run()
-    except _Stop as why:
-        log.info("%s received, stopping", why)
+        while stop.signal is None:
+            server.asyncore.loop(timeout=LOOP_TICK_S, map=server._map, use_poll=True, count=1)
+        log.info("%s received, stopping", stop.signal)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
