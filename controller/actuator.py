@@ -102,6 +102,21 @@ class Ec2Actuator:
     def fleet(self) -> list[Instance]:
         return self._fleet.read()
 
+    def ended(self, instance_ids: list[str]) -> set[str]:
+        """Those of ``instance_ids`` EC2 already lists as terminated. An instance whose boot failed between two
+        fleet reads is never seen live; without this it would count as pending for the whole unseen grace."""
+        if not instance_ids:
+            return set()
+        try:
+            reservations = self.ec2.describe_instances(InstanceIds=list(instance_ids))["Reservations"]
+        except ClientError as err:
+            if err.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+                return set()  # not listed yet: AWS's describe may lag a fresh run_instances
+            log.error("describe_instances failed for %s", instance_ids)
+            raise
+        return {i["InstanceId"] for r in reservations for i in r["Instances"]
+                if InstanceState(i["State"]["Name"]) not in LIVE_STATES}
+
     def launch(self, n: int, fleet: list[Instance] | None = None) -> list[str]:
         """Bring ``n`` more instances up (warm-pool stopped ones first); returns their ids."""
         if n <= 0:

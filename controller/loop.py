@@ -86,6 +86,8 @@ class Controller:
         counts = count_by_state(fleet)
         seen = {i.id for i in fleet}
         self._launched = {i: t for i, t in self._launched.items() if i not in seen and now - t < UNSEEN_LAUNCH_GRACE_S}
+        for gone in self.actuator.ended(list(self._launched)):
+            del self._launched[gone]
         obs = Observation(
             visible=depth.visible, in_flight=depth.in_flight,
             pending=counts[InstanceState.PENDING] + len(self._launched),

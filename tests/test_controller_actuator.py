@@ -144,6 +144,21 @@ def test_controller_ticks_scale_out_and_back(stack, clients):
                                                   "RunningInstances"}
 
 
+def test_a_launch_that_dies_before_any_fleet_read_is_replaced_at_the_next_tick(stack, clients):
+    """A boot that fails within a tick: the instance is terminated before the controller ever lists it live.
+    It must not count as pending for the 30 s grace an unlisted launch gets."""
+    settings = stack.replace(min_instances=1, max_instances=3)
+    now = [1000.0]
+    ctl = Controller(settings, clients, clock=lambda: now[0])
+    first = ctl.step()
+    assert first.action == Action.LAUNCH and len(first.changed) == 1
+    clients.ec2.terminate_instances(InstanceIds=list(first.changed))  # what the runner does to a failed boot
+    now[0] += 1.0
+    tick = ctl.step()
+    assert tick.action == Action.LAUNCH and tick.pending == 0 and set(tick.changed).isdisjoint(first.changed), tick
+    assert len(app_instances(clients.ec2, settings)) == 1
+
+
 def test_controller_survives_a_missing_queue(settings, clients):
     ctl = Controller(settings, clients)  # nothing provisioned
     assert ctl.step() is None
