@@ -127,6 +127,12 @@ class Init:
         tmp.write_text(json.dumps(data))
         tmp.replace(self.dir / "status.json")
 
+    def _send(self, conn: socket.socket, code: int, out: str) -> None:
+        """A systemctl answer, after status.json: whoever reads it once systemctl returned sees the new state."""
+        self._status_dirty = True
+        self.write_status()
+        _reply(conn, code, out)
+
     # ------------------------------------------------------------ paths and units
 
     def path(self, p: str) -> str:
@@ -276,7 +282,7 @@ class Init:
             self.say(f"Stopped {svc.unit.name}.")
         if svc.state not in (State.ACTIVE, State.DEACTIVATING):
             if waiter is not None:
-                _reply(waiter, 0, "")
+                self._send(waiter, 0, "")
             return
         if waiter is not None:
             svc.waiters.append(waiter)
@@ -335,7 +341,7 @@ class Init:
             self.say(f"{unit.name}: Main process exited, {words}")
             self.say(f"Stopped {unit.name}." + (" (killed after TimeoutStopSec)" if svc.killed else ""))
             for w in svc.waiters:
-                _reply(w, 0, "")
+                self._send(w, 0, "")
             svc.waiters.clear()
             return
         svc.pid = 0
@@ -416,12 +422,12 @@ class Init:
         flags = {a for a in args if a.startswith("-")}
         words = [a for a in args if not a.startswith("-")]
         if not words:
-            return _reply(conn, 1, "systemctl: no command")
+            return self._send(conn, 1, "systemctl: no command")
         verb, names = words[0], [n if "." in n else f"{n}.service" for n in words[1:]]
         try:
             if verb == "daemon-reload":
                 self.daemon_reload()
-                return _reply(conn, 0, "")
+                return self._send(conn, 0, "")
             if verb in ("enable", "disable"):
                 for n in names:
                     self.service(n)
@@ -431,7 +437,7 @@ class Init:
                     return self._start_all(names, conn)
                 if "--now" in flags:
                     return self._stop_all(names, conn)
-                return _reply(conn, 0, "")
+                return self._send(conn, 0, "")
             if verb == "start":
                 return self._start_all(names, conn)
             if verb == "stop":
@@ -444,24 +450,24 @@ class Init:
                 states = [self.service(n).state for n in names]
                 if verb == "is-enabled":
                     out = ["enabled" if n in self.enabled else "disabled" for n in names]
-                    return _reply(conn, 0 if all(n in self.enabled for n in names) else 1, "\n".join(out))
+                    return self._send(conn, 0 if all(n in self.enabled for n in names) else 1, "\n".join(out))
                 out = [s.value if s != State.AUTO_RESTART else "activating" for s in states]
                 ok = {"is-failed": all(s == State.FAILED for s in states)}.get(verb, all(s == State.ACTIVE
                                                                                          for s in states))
                 if verb == "status":
                     out = [f"{n}: {s.value} (pid {self.services[n].pid}, restarts {self.services[n].restarts})"
                            for n, s in zip(names, states, strict=True)]
-                return _reply(conn, 0 if ok else 3, "\n".join(out))
+                return self._send(conn, 0 if ok else 3, "\n".join(out))
             if verb == "reset-failed":
                 for n in names:
                     svc = self.service(n)
                     svc.starts.clear()
                     if svc.state == State.FAILED:
                         svc.state = State.INACTIVE
-                return _reply(conn, 0, "")
+                return self._send(conn, 0, "")
         except (OSError, UnitError) as err:
-            return _reply(conn, 5, f"Failed: {err}")
-        return _reply(conn, 1, f"systemctl (local init): unknown command {verb!r}")
+            return self._send(conn, 5, f"Failed: {err}")
+        return self._send(conn, 1, f"systemctl (local init): unknown command {verb!r}")
 
     def _wants(self, name: str, enable: bool) -> None:
         """systemctl enable's symlink in multi-user.target.wants, which the next boot starts."""
@@ -481,7 +487,7 @@ class Init:
         """As ``systemctl start``: answers when the start jobs ended (a oneshot's ExecStart has exited)."""
         errors = [e for e in (self.start(n) for n in names) if e]
         if errors:
-            return _reply(conn, 1, "\n".join(errors))
+            return self._send(conn, 1, "\n".join(errors))
         self._starting.append((names, conn))
         return self._answer_starts()
 
@@ -495,7 +501,7 @@ class Init:
             errors = [f"Job for {n} failed because "
                       f"{'a dependency job failed' if s.result == 'dependency' else 'its process exited with an error'}"
                       for n, s in states.items() if s.state in (State.FAILED, State.AUTO_RESTART)]
-            _reply(conn, 1 if errors else 0, "\n".join(errors))
+            self._send(conn, 1 if errors else 0, "\n".join(errors))
         self._starting = keep
 
     def _stop_all(self, names: list[str], conn: socket.socket) -> None:
@@ -506,7 +512,7 @@ class Init:
     def _after_stop(self, names: list[str], conn: socket.socket, *, then_start: bool) -> None:
         pending = [n for n in names if self.services[n].state == State.DEACTIVATING]
         if not pending:
-            return self._start_all(names, conn) if then_start else _reply(conn, 0, "")
+            return self._start_all(names, conn) if then_start else self._send(conn, 0, "")
         self._deferred.append((pending, names, conn, then_start))
         return None
 
@@ -518,7 +524,7 @@ class Init:
                 if then_start:
                     self._start_all(names, conn)
                 else:
-                    _reply(conn, 0, "")
+                    self._send(conn, 0, "")
             else:
                 keep.append((pending, names, conn, then_start))
         self._deferred = keep

@@ -14,6 +14,7 @@ import socket
 import sys
 
 EXIT_NO_INIT = 1
+QUERIES = frozenset({"is-active", "is-failed", "is-enabled", "status"})
 
 
 def main(argv: list[str]) -> int:
@@ -42,7 +43,9 @@ def main(argv: list[str]) -> int:
         print("systemctl: the instance's init hung up without an answer", file=sys.stderr)
         return EXIT_NO_INIT
     if reply.get("out"):
-        print(reply["out"], file=sys.stderr if reply["code"] else sys.stdout)
+        # A query's answer is stdout whatever its exit status, as systemd's ("inactive" with exit 3).
+        query = next((a for a in argv if not a.startswith("-")), "") in QUERIES
+        print(reply["out"], file=sys.stdout if query or not reply["code"] else sys.stderr)
     return int(reply["code"])
 
 
