@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-DEFAULT_DATASET = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "imagenet-sample-200"
+DEFAULT_DATASET = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "imagenet-sample-200"
 RATIO_GOAL = 0.8
 OVERHEAD_GOAL_MS = 30.0
 
