@@ -192,25 +192,32 @@ class Dispatcher(threading.Thread):
         received_at = time.time()
         done, results = [], []
         for msg in messages:
-            result = self.route(msg, received_at)
+            result = self.parse(msg)
             if result is None:
                 done.append(msg)  # garbled: would fail forever
             else:
                 results.append((msg, result))
-        persisted = self._persist_pool.map(lambda mr: self.persist(mr[1], received_at), results)
+        # Record first, then answer: a client that reads its job right after its answer sees it done, from
+        # any web process. A failed write still answers (the message stays and is recorded on redelivery).
+        persisted = list(self._persist_pool.map(lambda mr: self.persist(mr[1], received_at), results))
+        for _, result in results:
+            self.route(result, received_at)
         done += [msg for (msg, _), ok in zip(results, persisted, strict=True) if ok]
         if done:
             self._delete_batch(done)
         return len(messages)
 
-    def route(self, msg: dict, received_at: float) -> ImageResult | None:
-        """Parse one message and wake whoever waits for it; None when it is garbled."""
+    def parse(self, msg: dict) -> ImageResult | None:
+        """The result a message carries; None when it is garbled."""
         try:
-            result = ImageResult.from_json(msg.get("Body", ""))
+            return ImageResult.from_json(msg.get("Body", ""))
         except BadMessage as err:
             self.stats.garbled += 1
             log.warning("dropping garbled response message %s: %s", msg.get("MessageId"), err)
             return None
+
+    def route(self, result: ImageResult, received_at: float) -> None:
+        """Wake whoever waits for this result."""
         woken = self.router.deliver(result)
         self.stats.results += 1
         self.stats.failed += 0 if result.ok else 1
@@ -219,7 +226,6 @@ class Dispatcher(threading.Thread):
         self.stats.latencies.append((received_at, total_ms, result.infer_ms))
         log.debug("result %s for %s: %s (waiters %d)", result.request_id, result.name,
                   result.label if result.ok else result.error, woken)
-        return result
 
     def persist(self, result: ImageResult, received_at: float) -> bool:
         """Record a result in the job store; False leaves its message to come back."""
