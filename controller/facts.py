@@ -288,6 +288,8 @@ class Learner:
         if not self.ticks:
             return 0.0
         tick = self.ticks[-1]
+        if tick.backlog > 0 and self._idle_under(tick):
+            return 0.0  # workers that long-poll would have taken visible messages: the count is stale
         known_to = self.covered[1] if self.covered else tick.since
         known_to = max(tick.since, min(known_to, now - self.settle_s))  # metrics are complete up to here
         unknown = max(0.0, now - known_to)  # ... and for the rest, the latest rate
@@ -314,6 +316,14 @@ class Learner:
         known_to = max(tick.since, min(self.covered[1], now - self.settle_s))
         held = HELD_PER_INSTANCE * max(1, len(tick.running))
         return max(0.0, self._done(tick.since, known_to) - tick.backlog - held)
+
+    def _idle_under(self, tick: TickRecord) -> bool:
+        """Whether the newest measured window had serving instances throughout that did nothing, while the
+        queue count now seen was already the count then."""
+        if self.evaluated_to is None or self.recent > 0 or tick.since > self.evaluated_to - self.window_s:
+            return False
+        window = [k for k in self.ticks if self.evaluated_to - self.window_s <= k.t < self.evaluated_to]
+        return bool(window) and all(self.serving(k) >= 1 for k in window)
 
     def facts(self, now: float | None = None) -> Facts:
         measured = {n: p.rate for n, p in self.curve.items()}

@@ -37,7 +37,7 @@ from infra.prices import BILLING_MINIMUM_S
 MIN_BUSY_FRACTION = 0.25  # a launch must keep the new instance this busy over its billed time
 MIN_GAIN = 0.10  # ... and, when the target is out of reach, cut the drain time by at least this much
 NEAR_BEST = 0.05  # of the fleets that pay their way, the smallest within this of the fastest
-KEEP_SLACK = 0.04  # an instance whose removal delays the drain by less than this (+1 s) adds nothing
+KEEP_SHARE = 0.25  # an instance that adds less than this share of one instance's rate is surplus
 MAX_UTILISATION = 0.9  # a stream of arrivals gets capacity for arrivals / this
 
 
@@ -237,22 +237,19 @@ def choose_launch(table: list[Plan], obs: Observation, facts: Facts, cfg: Policy
 
 
 def keep_for(obs: Observation, facts: Facts, cfg: PolicySettings, drain_now: float) -> int:
-    """The fewest instances (from those active: serving first, then the soonest ready) that drain nearly as
-    fast as all of them, do the work the fleet has lately been doing, and keep up with arrivals. With
-    instances that each add their share, removing one mid-drain saves no instance-time (the same work
-    is done by fewer, for longer) and only delays the last image: so an instance goes when it would idle."""
-    backlog = obs.backlog if obs.backlog_estimate is None else obs.backlog_estimate
-    serving = min(obs.active, obs.running if obs.serving is None else obs.serving)
-    booting = sorted(max(0.0, facts.boot_s - a) for a in obs.booting_ages)
-    allowed = drain_now * (1 + KEEP_SLACK) + 1.0
+    """The fewest instances worth keeping: those still booting only if they will be ready before the
+    backlog is gone, and no more than still add ``KEEP_SHARE`` of an instance's rate each (instances on
+    EC2 all do; instances sharing a laptop's cores do not); never fewer than lately did work or a stream
+    of arrivals needs. Removing an instance that adds its share mid-drain would save no instance-time
+    (the same work is done by fewer, for longer) and only delay the last image: so it goes when it idles."""
     floor = max(steady_need(facts, cfg), busy_need(facts, cfg))
-    for k in range(0, obs.active + 1):
-        if k < floor:
-            continue
-        drain = drain_time(backlog, min(serving, k), booting[: max(0, k - serving)], facts.capacity, facts.arrival)
-        if drain <= allowed:
-            return k
-    return obs.active
+    if drain_now <= max(1.0, cfg.scale_in_window_s):
+        return min(obs.active, floor)  # the backlog is about gone: what works lately, or a stream, needs
+    serving = min(obs.active, obs.running if obs.serving is None else obs.serving)
+    useful = serving + sum(1 for age in obs.booting_ages if facts.boot_s - age < drain_now)
+    adds = next((k for k in range(1, cfg.max_instances + 1)
+                 if facts.capacity(k + 1) - facts.capacity(k) < KEEP_SHARE * facts.rate), cfg.max_instances)
+    return min(obs.active, max(floor, min(useful, adds)))
 
 
 def busy_need(facts: Facts, cfg: PolicySettings) -> int:
