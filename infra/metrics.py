@@ -69,3 +69,20 @@ def read_period(seconds: float) -> int:
         if want <= period:
             return period
     return math.ceil(want / 60) * 60
+
+
+def launch_refusals(cloudwatch, namespace: str, prefix: str, seconds: int = 60) -> dict[str, int]:
+    """RunInstances refusals the controller published lately: {"capacity": n, "throttled": m} (zeros omitted).
+    For status lines; raises what CloudWatch raises."""
+    from datetime import UTC, datetime, timedelta
+
+    end = datetime.now(UTC)
+    period = max(60, math.ceil(seconds / 60) * 60)
+    queries = [{"Id": qid, "ReturnData": True, "MetricStat": {
+        "Metric": {"Namespace": namespace, "MetricName": str(metric), "Dimensions": stack_dimensions(prefix)},
+        "Period": period, "Stat": "Sum"}} for qid, metric in (("capacity", Metric.CAPACITY_ERRORS),
+                                                             ("throttled", Metric.THROTTLED_CALLS))]
+    resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=seconds),
+                                      EndTime=end + timedelta(seconds=1))
+    out = {r["Id"]: int(sum(r.get("Values", []))) for r in resp.get("MetricDataResults", [])}
+    return {k: v for k, v in out.items() if v}
