@@ -221,6 +221,9 @@ def choose_launch(table: list[Plan], obs: Observation, facts: Facts, cfg: Policy
     drain whose launches all pay their way, if it is clearly faster than launching nothing."""
     now, steady = table[0], steady_need(facts, cfg)
     must = max(0, steady - obs.active)
+    backlog = obs.backlog if obs.backlog_estimate is None else obs.backlog_estimate
+    if obs.active == 0 and backlog > 0:
+        must = max(must, 1)  # from zero, a backlog needs one instance whatever the sums say
     if now.drain_s <= cfg.latency_target_s and must == 0:
         return now
     paying = [p for p in table[1:] if p.busy >= MIN_BUSY_FRACTION or p.add <= must]

@@ -82,6 +82,9 @@ class SimInstance:
     credits_at: float = 0.0
     credit_check: float | None = None  # a pending event for when its credits run out
     fresh: bool = False  # started an image since its completion was last scheduled
+    boot_cpu_left: float = 0.0  # shared-CPU mode: CPU-seconds of boot still to run (0: waiting, or done)
+    boot_cpu_rate: float = 0.0  # cores its boot gets now
+    boot_version: int = 0
 
 
 @dataclass
@@ -158,6 +161,8 @@ class Simulation:
                 self._complete(*args)
             elif kind == "ready":
                 self._ready(*args)
+            elif kind == "boot_cpu":
+                self._boot_cpu(*args)
             elif kind == "gone":
                 self._gone(*args)
             elif kind == "credit":
@@ -184,6 +189,8 @@ class Simulation:
             if inst.working:
                 inst.work_left -= (at - inst.since) * inst.rate_now
                 inst.since = at
+            if inst.boot_cpu_left > 0:
+                inst.boot_cpu_left -= (at - self.t) * inst.boot_cpu_rate
         self.t = at
 
     def _finished(self) -> bool:
@@ -207,14 +214,26 @@ class Simulation:
         inst = self._new_instance(self.t)
         inst.name = name
         self.launches += 1
-        self._push(self.t + inst.boot_s, "ready", inst.id)
-        self._rates()
+        if self.w.cores is None:  # its own machine: the boot takes its time, whatever else runs
+            self._push(self.t + inst.boot_s, "ready", inst.id)
+        else:  # shared cores: a wait, then CPU work that competes with everything else running
+            cpu = min(self.w.boot_cpu_s, inst.boot_s)
+            self._push(self.t + inst.boot_s - cpu, "boot_cpu", inst.id)
         return inst.id
 
-    def _ready(self, iid: str) -> None:
+    def _boot_cpu(self, iid: str) -> None:
         inst = self.instances[iid]
-        if inst.terminated_at is not None:
+        if inst.terminated_at is None:
+            inst.boot_cpu_left = min(self.w.boot_cpu_s, inst.boot_s)
+            self._rates()
+
+    def _ready(self, iid: str, version: int | None = None) -> None:
+        inst = self.instances[iid]
+        if inst.terminated_at is not None or inst.ready_at is not None:
             return
+        if version is not None and version != inst.boot_version:
+            return
+        inst.boot_cpu_left, inst.boot_cpu_rate = 0.0, 0.0
         inst.ready_at = self.t
         self._rates()
         self._feed(inst)
@@ -276,10 +295,10 @@ class Simulation:
         self._rates()
 
     # ------------------------------------------------------------ rates (shared CPU, credits)
-    def _rate_for(self, inst: SimInstance, busy: int, avail: float) -> float:
+    def _rate_for(self, inst: SimInstance, cpu: float | None) -> float:
         rate = self.w.rate
-        if self.w.cores is not None:
-            rate = min(rate, avail / max(1, busy) / max(1e-9, self.w.cpu_per_image))
+        if cpu is not None:
+            rate = min(rate, cpu / max(1e-9, self.w.cpu_per_image))
         if self.w.credits_start is not None:
             inst.credits += (self.t - inst.credits_at) * (self.w.credits_per_s - (1.0 if inst.working else 0.0))
             inst.credits = min(inst.credits, 86400 * self.w.credits_per_s)
@@ -289,16 +308,35 @@ class Simulation:
                 rate *= self.w.baseline_rate_factor
         return rate
 
+    def _shares(self, busy: list[SimInstance], booting: list[SimInstance], live: int) -> dict[str, float]:
+        """Shared-CPU mode: cores per consumer, processor sharing with caps (water-filling). A worker wants at most
+        what its own ceiling makes it do (images/s x CPU per image, the emulated AWS's share included), a boot
+        one core."""
+        demand = {i.id: self.w.rate * self.w.cpu_per_image for i in busy}
+        demand.update({i.id: 1.0 for i in booting})
+        left = max(0.05 * self.w.cores, self.w.cores - self.w.idle_cpu * live)
+        out: dict[str, float] = {}
+        for iid, want in sorted(demand.items(), key=lambda kv: kv[1]):
+            share = left / (len(demand) - len(out))
+            out[iid] = min(want, share)
+            left -= out[iid]
+        return out
+
     def _rates(self) -> None:
         live = [i for i in self.instances.values() if i.terminated_at is None or i.working]
         busy = [i for i in live if i.working]
-        avail = 0.0
+        shares: dict[str, float] | None = None
         if self.w.cores is not None:
-            booting = [i for i in live if i.ready_at is None and not i.at_rest and i.boot_s > 0]
-            boot_cpu = sum(self.w.boot_cpu_s / i.boot_s for i in booting)
-            avail = max(0.05 * self.w.cores, self.w.cores - boot_cpu - self.w.idle_cpu * len(live))
+            booting = [i for i in live if i.boot_cpu_left > 0 and i.terminated_at is None]
+            shares = self._shares(busy, booting, len(live))
+            for inst in booting:
+                rate = shares[inst.id]
+                if rate != inst.boot_cpu_rate:
+                    inst.boot_cpu_rate = rate
+                    inst.boot_version += 1
+                    self._push(self.t + inst.boot_cpu_left / max(rate, 1e-9), "ready", inst.id, inst.boot_version)
         for inst in busy:
-            rate = self._rate_for(inst, len(busy), avail)
+            rate = self._rate_for(inst, None if shares is None else shares[inst.id])
             if inst.fresh or rate != inst.rate_now:
                 inst.fresh, inst.rate_now = False, rate
                 inst.version += 1

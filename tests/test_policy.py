@@ -296,6 +296,13 @@ def test_work_scale_in_sequences(why, start, steps, expected):
     assert out == expected, why
 
 
+def test_work_from_zero_wakes_for_a_few_messages():
+    """Min 0: a launch that would work 1 s of its billed minute still happens when nothing else would drain."""
+    cfg = replace(WORK, min_instances=0)
+    assert decide(obs_for(3, serving=0), held(0), cfg).desired == 1
+    assert decide(obs_for(0, serving=0), held(0), cfg).desired == 0
+
+
 def test_work_keeps_instances_inside_their_paid_minute():
     d = decide(obs_for(0, serving=6, prepaid=4, now=100.0), held(6), WORK)
     assert d.desired == 4 and "paid first minute" in d.reason
