@@ -67,7 +67,8 @@ def one_run(name: str, env: dict[str, str], burst: int, dataset: Path, tmp: Path
         cpu0 = tree_cpu(root)
         result = run_workload(WorkloadConfig(
             url=stack.url, image_folder=dataset, prediction_file=dataset / "labels.csv", num_request=burst,
-            repeat=True, monitor=True, rest_timeout_s=5, settings=stack.settings, progress=False))
+            repeat=True, monitor=True, monitor_png=stack.data_dir / "timeline.png", rest_timeout_s=5,
+            settings=stack.settings, progress=False))
         cpu = tree_cpu(root) - cpu0
         drain = max(r.end_s for r in result.records) - min(r.start_s for r in result.records)
         launched = len(LAUNCH_RE.findall(log.read_text())) - launched_before

@@ -40,7 +40,8 @@ def measure(env: dict[str, str], images: int, dataset: Path, tmp: Path) -> tuple
         time.sleep(3)
         result = run_workload(WorkloadConfig(
             url=stack.url, image_folder=dataset, prediction_file=dataset / "labels.csv", num_request=images,
-            repeat=True, monitor=True, rest_timeout_s=20, settings=stack.settings, progress=False))
+            repeat=True, monitor=True, monitor_png=stack.data_dir / "timeline.png", rest_timeout_s=20,
+            settings=stack.settings, progress=False))
     finally:
         stack.stop()
     first = min(r.start_s for r in result.records)
