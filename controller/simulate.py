@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-credits", choices=("unlimited", "standard"), default="unlimited",
                         help="t3 credits: `standard` starts an instance with none and throttles it to its baseline")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--seeds", type=int, default=0,
+                        help="also check the targets for this many more seeds (boot times, phases, arrivals)")
     args = parser.parse_args(argv)
 
     world = WORLDS[args.world]
@@ -231,7 +233,23 @@ def main(argv: list[str] | None = None) -> int:
     if lines:
         print(f"\ntargets ({world.name} timings, latency target {latency_target:g} s):")
         print("\n".join(lines))
+    if args.seeds:
+        robustness(world, chosen_policies, args.seed, args.seeds, latency_target)
     return 0
+
+
+def robustness(world: World, chosen: dict, first: int, count: int, latency_target: float) -> None:
+    """The targets again for other seeds: how much the verdicts hang on one draw."""
+    met: dict[str, int] = {}
+    for seed in range(first + 1, first + 1 + count):
+        results = {w: {p: simulate(world, p, pol, arrivals, w, seed) for p, pol in chosen.items()
+                       if p == "work (default)" or p.startswith("fixed")}
+                   for w, arrivals in workloads(seed).items() if not w.startswith("course")}
+        for line in targets(world, results, latency_target):
+            name = line[:24].strip()
+            met[name] = met.get(name, 0) + ("MISSED" not in line)
+    print(f"\ntargets met over {count} more seeds ({first + 1}..{first + count}): "
+          + ", ".join(f"{name} {n}/{count}" for name, n in met.items()))
 
 
 def _jsonable(value):

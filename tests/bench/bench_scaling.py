@@ -3,14 +3,15 @@
 For each setting, a fresh local stack (``python -m infra up`` with free ports, strict AWS at its
 defaults) and one burst of ``--burst`` images from ``--dataset`` by the workload generator (100
 concurrent clients, as the course's). Settings: the default (``IMGREC_SCALING=work``), a fixed fleet of
-one and of two (``IMGREC_MIN_INSTANCES=IMGREC_MAX_INSTANCES=n``), in alternating order, ``--runs`` times.
+one and of two (``IMGREC_MIN_INSTANCES=IMGREC_MAX_INSTANCES=n``), ``--runs`` rounds in rotating order (each
+setting first, second and third once in three rounds), after one warm-up burst that is not counted.
 Per run: drain (first request sent to last answer), images/s, instances launched, peak, and CPU per
 image over every process of the stack (CPU-seconds of the whole process tree during the burst, exited
 processes included through their parents, divided by the images).
 
 Prints the issue's target (figures, not assertions): the default's median images/s >= 0.9x the best fixed
 fleet's (best = shortest median drain), its median CPU per image within 1.2x that fleet's. Other sessions
-share this machine: the runs alternate so that load hits every setting alike.
+share this machine: the order rotates so that load and position hit every setting alike.
 
     .venv/bin/python -m tests.bench.bench_scaling [--runs 3] [--burst 200] [--dataset ...]
 """
@@ -90,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     runs: dict[str, list[dict]] = {name: [] for name in SETTINGS}
     with tempfile.TemporaryDirectory(prefix="imgrec-bench-scaling-") as tmp:
+        warm = one_run("warm-up", {}, args.burst, args.dataset, Path(tmp))  # caches, the model file, moto's imports
+        print(f"warm-up (not counted): drain {warm['drain_s']:.1f} s", flush=True)
+        names = list(SETTINGS)
         for k in range(args.runs):
-            order = list(SETTINGS) if k % 2 == 0 else list(reversed(SETTINGS))
+            order = names[k % len(names):] + names[:k % len(names)]
             for name in order:
                 r = one_run(name, SETTINGS[name], args.burst, args.dataset, Path(tmp))
                 runs[name].append(r)
@@ -101,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     med = {name: {key: statistics.median(r[key] for r in rs) for key in ("drain_s", "images_per_s", "cpu_ms",
                                                                         "launched")}
            for name, rs in runs.items()}
-    print(f"\n==== {args.burst}-image burst, median of {args.runs} alternating runs (this machine, "
+    print(f"\n==== {args.burst}-image burst, median of {args.runs} rotating runs (this machine, "
           f"{psutil.cpu_count()} cores, shared with other sessions) ====")
     print(f"{'setting':<16}{'drain s':>9}{'images/s':>10}{'CPU ms/image':>14}{'launched':>10}")
     for name, m in med.items():
