@@ -5,12 +5,13 @@
 ``torch.onnx``'s (torch folds the batch norms with a square root that is not IEEE-exact on
 AVX-512, and pads with separate ``Pad`` nodes), so equality is checked where it matters:
 the same layers with the same weights (within a few float32 ulps) and the same logits
-(within 1e-4) and labels as the torch export and the torch runtime itself.
+(within 1e-4) and labels as the torch export and the torch runtime itself, here on generated
+images (the suite reads no ../shared); ``tests/bench/bench_fresh_run.py`` checks the 200 shared
+ImageNet photos the same way.
 """
 
 from __future__ import annotations
 
-import csv
 import pickle
 import subprocess
 import sys
@@ -31,7 +32,6 @@ from tests.procs import ROOT
 
 MODEL = "efficientnet_lite0"
 LOGIT_TOLERANCE = 1e-4
-SHARED_SAMPLE = ROOT.parent / "shared" / "datasets" / "imagenet-sample-200"
 
 
 @pytest.fixture(scope="module")
@@ -137,17 +137,6 @@ def test_the_torch_free_graph_has_the_torch_exports_layers_and_weights(builds):
 def test_the_torch_free_artifact_gives_the_torch_paths_logits_within_1e_4(sessions, torch_eager):
     images = [decode_image(jpeg_bytes(seed, size=(500, 375))) for seed in range(16)]
     worst = compare(sessions, torch_eager, images)
-    assert max(worst.values()) <= LOGIT_TOLERANCE, worst
-
-
-@pytest.mark.skipif(not (SHARED_SAMPLE / "labels.csv").is_file(), reason=f"no {SHARED_SAMPLE}")
-def test_on_the_shared_imagenet_sample_every_label_equals_the_torch_paths(sessions, torch_eager):
-    rows = list(csv.DictReader((SHARED_SAMPLE / "labels.csv").open()))
-    worst: dict[str, float] = {}
-    for start in range(0, len(rows), 20):
-        images = [decode_image((SHARED_SAMPLE / r["file"]).read_bytes()) for r in rows[start:start + 20]]
-        for key, value in compare(sessions, torch_eager, images).items():
-            worst[key] = max(worst.get(key, 0.0), value)
     assert max(worst.values()) <= LOGIT_TOLERANCE, worst
 
 
