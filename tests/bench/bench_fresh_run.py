@@ -71,23 +71,42 @@ def installed(venv: Path) -> list[str]:
     return sorted(line.split("==")[0].lower() for line in out.split())
 
 
-def run_make_run(clone: Path, env: dict[str, str], web_port: int, timeout: float) -> dict:
-    """`make run` in its own session; times to the run stamp (install done) and to /healthz 200; then Ctrl-C."""
+def classify(web: str, image: tuple[str, bytes], timeout: float) -> str | None:
+    """POST / (the course API) one image and wait for its label; None while the stack cannot answer yet."""
+    import requests
+
+    try:
+        resp = requests.post(f"{web}/", files={"myfile": image}, timeout=timeout)
+    except requests.RequestException:
+        return None
+    return resp.text if resp.status_code == 200 else None
+
+
+def run_make_run(clone: Path, env: dict[str, str], web_port: int, timeout: float,
+                 image: tuple[str, bytes]) -> dict:
+    """`make run` in its own session; times to the run stamp (install done), to /healthz 200 and to the first
+    image classified by the stack's own instance (so the torch-less venv really serves); then Ctrl-C."""
     log = clone / "make-run.log"
     url = f"http://127.0.0.1:{web_port}/healthz"
     started = time.monotonic()
     with open(log, "wb") as out:
         proc = subprocess.Popen(["make", "run"], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
-    installed_at = healthy_at = None
+    installed_at = healthy_at = classified_at = label = None
     try:
         while time.monotonic() - started < timeout and proc.poll() is None:
-            if installed_at is None and list((clone / ".venv").glob(".installed-run-*")):
+            if installed_at is None and list((clone / ".venv").glob(".installed-*")):
                 installed_at = time.monotonic() - started
             if healthy(url):
                 healthy_at = time.monotonic() - started
                 break
             time.sleep(0.25)
+        while healthy_at is not None and time.monotonic() - started < timeout and proc.poll() is None:
+            label = classify(f"http://127.0.0.1:{web_port}", image, timeout=60)
+            if label is not None:
+                classified_at = time.monotonic() - started
+                break
+            time.sleep(0.5)
     finally:
         stop_started = time.monotonic()
         if proc.poll() is None:
@@ -99,8 +118,8 @@ def run_make_run(clone: Path, env: dict[str, str], web_port: int, timeout: float
             proc.wait()
         stopped_s = time.monotonic() - stop_started
     leftover = subprocess.run(["pgrep", "-s", str(proc.pid)], capture_output=True, text=True).stdout.split()
-    return {"install_s": installed_at, "healthy_s": healthy_at, "stop_s": stopped_s, "code": proc.returncode,
-            "leftover": leftover, "log": log}
+    return {"install_s": installed_at, "healthy_s": healthy_at, "classified_s": classified_at, "label": label,
+            "stop_s": stopped_s, "code": proc.returncode, "leftover": leftover, "log": log}
 
 
 def check_artifact(artifact: Path, dataset: Path, tmp: Path) -> dict:
@@ -156,7 +175,15 @@ def main(argv: list[str] | None = None) -> int:
         env = clean_env(clone, endpoint_port, web_port)
         print(f"fresh clone of {args.repo} at {head} in {clone}; Python {sys.version.split()[0]}; "
               f"moto on :{endpoint_port}, web on :{web_port}")
-        r = run_make_run(clone, env, web_port, args.timeout)
+        dataset = Path(args.dataset)
+        sample = sorted(dataset.glob("*.JPEG"))[:1]
+        if sample:
+            image = (sample[0].name, sample[0].read_bytes())
+        else:
+            from tests.images import jpeg_bytes
+
+            image = ("generated.jpg", jpeg_bytes(1))
+        r = run_make_run(clone, env, web_port, args.timeout, image)
         venv = clone / ".venv"
         if r["healthy_s"] is None:
             print(f"`make run` never answered /healthz (exit {r['code']}); its output ends:\n"
@@ -168,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         torch_probe = subprocess.run([str(venv / "bin" / "python"), "-c", "import torch"], capture_output=True,
                                      text=True)
         torch_fails = torch_probe.returncode != 0 and "No module named 'torch'" in torch_probe.stderr
-        print(f"make run: install (venv + run sets + artifact) {r['install_s']:.1f} s; first /healthz 200 "
+        install = f"{r['install_s']:.1f} s" if r["install_s"] is not None else "not seen"
+        print(f"make run: install (venv + run sets + artifact) {install}; first /healthz 200 "
               f"{r['healthy_s']:.1f} s after the command (target <= {HEALTHY_TARGET_S} s: "
               f"{'met' if r['healthy_s'] <= HEALTHY_TARGET_S else 'MISSED'})")
+        print(f"make run: first image classified {r['classified_s']:.1f} s after the command ({r['label']!r})"
+              if r["classified_s"] is not None else "make run: no image classified before the timeout")
+        ok &= r["classified_s"] is not None
         print(f"make run: venv {size:.0f} MB, {len(names)} distributions (target <= {VENV_TARGET_MB} MB: "
               f"{'met' if size <= VENV_TARGET_MB else 'MISSED'}); torch or test tools installed: "
               f"{', '.join(bad) or 'none'}; `import torch` in it: "
@@ -180,7 +211,6 @@ def main(argv: list[str] | None = None) -> int:
         ok &= r["healthy_s"] <= HEALTHY_TARGET_S and size <= VENV_TARGET_MB and torch_fails and not bad
         ok &= not r["leftover"]
 
-        dataset = Path(args.dataset)
         artifact = clone / ".data" / "models" / "efficientnet_lite0"
         if (dataset / "labels.csv").is_file():
             a = check_artifact(artifact, dataset, base)
