@@ -49,12 +49,13 @@ from infra.config import PROFILE_DEFAULTS, Settings
 AWS = World(name="aws", rate=27.6, boot_median_s=32.0, boot_sigma=0.15, pending_s=6.4, billing_minimum_s=60.0,
             count_lag_s=60.0, ec2_lag_s=2.0, ingest_s=2.0)
 # This machine, measured (README "Performance" and tests/bench): 2 cores shared by every instance, the
-# emulated AWS and the web tier; 47 ms of CPU per image over every process at one instance; a worker's own
-# ceiling 37 images per CPU-second; an instance boot about a CPU-second and 2.5 s from run_instances to
-# ready; the strict emulation's default lags (1 s).
+# emulated AWS and the web tier; 47 ms of CPU per image over every process at one instance (issue 19's
+# measurement); a worker's own ceiling 37 images per CPU-second (README "Runtimes"); an instance boot 0.6
+# CPU-s (six at once, tests/bench/bench_simulate.py) and 1.6-3.5 s from run_instances to ready with the
+# 1 s EC2 lag, depending on the machine's load; the strict emulation's default lags (1 s).
 LOCAL = World(name="local", rate=37.0, boot_median_s=2.5, boot_sigma=0.2, pending_s=0.2, billing_minimum_s=60.0,
               count_lag_s=1.0, ec2_lag_s=1.0, ingest_s=1.0, cores=float(os.cpu_count() or 2), cpu_per_image=0.047,
-              boot_cpu_s=1.0, idle_cpu=0.01)
+              boot_cpu_s=0.6, idle_cpu=0.02)
 WORLDS = {"aws": AWS, "local": LOCAL}
 BURSTS = (100, 1_000, 10_000, 100_000)
 POISSON_RATE = 40.0  # images/s
