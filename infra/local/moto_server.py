@@ -7,12 +7,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -109,11 +111,58 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and IAM corrections
-    from infra.local import moto_fixes, moto_iam, moto_speedups
+# Corrections that are always on, one module per behaviour moto gets wrong (each says AWS's wording and why).
+ALWAYS_ON = ("moto_fixes",)
+# Those for a service moto loads only when a request first needs it (CloudFormation's parser imports every
+# resource model moto has: 1-2 s and ~150 MB, which a run that never uses it should not pay for).
+ON_LOAD = {"cloudformation": ("moto_speedups:cloudformation", "moto_cfn_buckets", "moto_cfn_events",
+                              "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets")}
+_load_lock = threading.Lock()
+
+
+def _apply(names: tuple[str, ...]) -> None:
+    for name in names:
+        module, _, function = name.partition(":")
+        getattr(importlib.import_module(f"infra.local.{module}"), function or "apply")()
+
+
+def apply_corrections(*, lazily: bool = False) -> None:
+    """Every correction now, or (``lazily``) each service's as moto loads that service's backend."""
+    from moto import backends
+
+    _apply(ALWAYS_ON)
+    if not lazily:
+        for names in ON_LOAD.values():
+            _apply(names)
+        return
+    original = backends._import_backend
+
+    def _import_backend(module_name: str, backends_name: str):
+        found = original(module_name, backends_name)
+        if module_name in ON_LOAD:
+            with _load_lock:  # a request that races the warm-up waits until the corrections are in
+                _apply(ON_LOAD[module_name])
+        return found
+
+    backends._import_backend = _import_backend
+
+
+def warm_up(service: str = "cloudformation") -> threading.Thread:
+    """Load ``service``'s backend (and its corrections) in the background while the server starts answering:
+    the local stack's first request for it then does not wait for the import."""
+    from moto import backends
+
+    thread = threading.Thread(target=backends.get_backend, args=(service,), name=f"warm-{service}", daemon=True)
+    thread.start()
+    return thread
+
+
+if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and corrections
+    from infra.local import moto_iam, moto_speedups
 
     moto_speedups.apply()
-    moto_fixes.apply()
+    apply_corrections(lazily=True)
+    warm_up()
     moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
     from moto.server import main
 
