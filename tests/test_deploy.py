@@ -7,16 +7,16 @@ import json
 import subprocess
 
 import pytest
+from infra.deploy.alb import HEALTH_PATH, alb_name, idle_timeout_s, target_group_name
+from infra.deploy.dashboard import CONTROLLER_METRICS, WORKER_METRICS, dashboard_name
+from infra.deploy.iam import Arns, account_id, app_policy, web_policy
+from infra.deploy.model import artifact_keys, model_bucket_name
 
 from controller.actuator import Ec2Actuator
 from infra.clients import make_client
 from infra.config import Settings
-from infra.deploy.alb import HEALTH_PATH, alb_name, idle_timeout_s, target_group_name
-from infra.deploy.dashboard import CONTROLLER_METRICS, WORKER_METRICS, dashboard_name
 from infra.deploy.deploy import deploy, destroy, launch_template_name
 from infra.deploy.errors import DeployError
-from infra.deploy.iam import Arns, account_id, app_policy, web_policy
-from infra.deploy.model import artifact_keys, model_bucket_name
 from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
 from infra.tags import ROLE_TAG, STACK_TAG
 from infra.userdata import ENV_FILE, INSTANCE_DATA_DIR, UNIT_DIR

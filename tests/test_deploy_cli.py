@@ -9,11 +9,11 @@ import subprocess
 import sys
 
 import pytest
+from infra.deploy.compute import resolve_image
 
 from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy.bake import bake
-from infra.deploy.compute import resolve_image
 from infra.deploy.deploy import confirm, deploy, destroy, plan_text
 from infra.deploy.errors import NotConfirmed
 from infra.deploy.pricing import USD_PER_HOUR, alb_usd_per_hour, ebs_usd_per_hour, estimate_max_hourly

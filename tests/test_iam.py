@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import pytest
+from infra.deploy.iam import UNSCOPED_ACTIONS, Arns, app_policy, partition_for, web_policy
 
 from infra.config import Settings
-from infra.deploy.iam import UNSCOPED_ACTIONS, Arns, app_policy, partition_for, web_policy
 from infra.tags import STACK_TAG
 
 ARNS = Arns("eu-west-1", "111122223333")
