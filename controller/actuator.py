@@ -145,7 +145,8 @@ class Ec2Actuator:
             "TagSpecifications": [{"ResourceType": "instance", "Tags": stack_tags(s.prefix, Role.APP, **{NAME_TAG: name})}],
         }
         if s.launch_template:
-            kwargs["LaunchTemplate"] = {"LaunchTemplateName": s.launch_template}
+            # $Latest: CloudFormation adds a version per stack update but leaves the default at 1
+            kwargs["LaunchTemplate"] = {"LaunchTemplateName": s.launch_template, "Version": "$Latest"}
         else:
             kwargs.update(ImageId=s.ami_id, InstanceType=s.instance_type, UserData=user_data(s))
         started = time.monotonic()

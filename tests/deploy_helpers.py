@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, Settings
+from infra.observe import LIVE_STATES
 
-LIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
+LIVE = [str(s) for s in LIVE_STATES]
 
 
 def write_artifact(settings: Settings, body: bytes = b"onnx-bytes-for-tests", *, manifest_sha: str | None = None,
@@ -29,7 +30,12 @@ def write_artifact(settings: Settings, body: bytes = b"onnx-bytes-for-tests", *,
 def snapshot(clients, elbv2) -> dict[str, list]:
     """Every resource kind deploy touches, account-wide, so before/after compare exactly."""
     ec2, iam = clients.ec2, clients.iam
+    stacks = clients.cloudformation.describe_stacks()["Stacks"]
     return {
+        "stacks": sorted(st["StackName"] for st in stacks if st["StackStatus"] != "DELETE_COMPLETE"),
+        "web groups": sorted(g["AutoScalingGroupName"] for g in
+                             clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]),
+        "tables": sorted(clients.dynamodb.list_tables()["TableNames"]),
         "buckets": sorted(b["Name"] for b in clients.s3.list_buckets()["Buckets"]),
         "queues": sorted(clients.sqs.list_queues().get("QueueUrls", [])),
         "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),

@@ -51,20 +51,23 @@ class Deployment:
 
 
 def check_buckets(s3, settings: Settings) -> None:
-    """Bucket names are global: one another account owns, or one here outside any stack, stops deploy now."""
+    """Bucket names are global: one another account owns, or one here outside any stack, stops deploy now.
+    Another account's bucket answers HeadBucket with 403 on AWS (200 on moto); it is never in our own list."""
+    mine = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
     for bucket in (settings.in_bucket, settings.out_bucket):
+        if bucket in mine:
+            raise DeployError(f"bucket {bucket} already exists in this account, outside stack {settings.prefix}: "
+                              "delete it, or set IMGREC_PREFIX (or IMGREC_IN_BUCKET / IMGREC_OUT_BUCKET) to other names")
         try:
             s3.head_bucket(Bucket=bucket)
         except ClientError as err:
             code = err.response["Error"]["Code"]
-            if code == OTHER_ACCOUNT:
-                raise DeployError(f"bucket {bucket} belongs to another AWS account (bucket names are global): set "
-                                  "IMGREC_PREFIX to a name of your own (your user or course id) and deploy again") from None
             if code in ("404", "NoSuchBucket", "NotFound"):
                 continue
-            raise
-        raise DeployError(f"bucket {bucket} already exists in this account, outside stack {settings.prefix}: delete "
-                          "it, or set IMGREC_PREFIX (or IMGREC_IN_BUCKET / IMGREC_OUT_BUCKET) to other names")
+            if code != OTHER_ACCOUNT:
+                raise
+        raise DeployError(f"bucket {bucket} belongs to another AWS account (bucket names are global): set "
+                          "IMGREC_PREFIX to a name of your own (your user or course id) and deploy again")
 
 
 def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[str, dict[str, str], Image]:

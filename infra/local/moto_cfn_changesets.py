@@ -1,12 +1,12 @@
 """moto 5.2's change sets say only Add, Modify or Remove per resource, from the raw template text: no
 ``Replacement`` flag, resources whose condition is false listed as added, and a parameter change that modifies
-resources listed as no change at all; and a change set with nothing to change is refused with UpdateStack's
-"No updates are to be performed" error instead of being made with status FAILED and AWS's "didn't contain
-changes" reason (what `aws cloudformation deploy` reads as "No changes to deploy"). Corrected in our launcher: the plan is worked out as AWS describes it,
-with whether each modified resource will be replaced, judged against AWS's own resource schemas (their
-``createOnlyProperties``, as cfn-lint carries them).
-
-AWS: "Replacement: For the Modify action, indicates whether CloudFormation will replace the resource by
+resources listed as no change at all; executing an update neither deletes a resource whose condition became
+false nor creates one whose condition became true (unless something happens to read it); and a change set with
+nothing to change is refused with UpdateStack's "No updates are to be performed" error instead of being made
+with status FAILED and AWS's "didn't contain changes" reason (what `aws cloudformation deploy` reads as "No
+changes to deploy"). Corrected in our launcher: the plan is worked out as AWS describes it, with whether each
+modified resource will be replaced, judged against AWS's own resource schemas (their ``createOnlyProperties``,
+as cfn-lint carries them), and an update executes exactly that plan. AWS: "Replacement: For the Modify action, indicates whether CloudFormation will replace the resource by
 creating a new one and deleting the old one. This value depends on the value of the RequiresRecreation property
 in the ResourceTargetDefinition structure. For example, if the RequiresRecreation field is Always and the
 Evaluation field is Static, Replacement is True. If the RequiresRecreation field is Always and the Evaluation
@@ -74,7 +74,9 @@ def _live(resources_map, resource_json: dict) -> bool:
 
 def _detail(name: str, recreate: bool, source: str, causing: str | None = None) -> dict:
     target = {"Attribute": "Properties", "Name": name, "RequiresRecreation": "Always" if recreate else "Never"}
-    detail = {"Target": target, "Evaluation": "Static" if source == "DirectModification" else "Dynamic",
+    # A template edit or a parameter's new value is known now (Static); a resource's attribute only once that
+    # resource has been updated (Dynamic).
+    detail = {"Target": target, "Evaluation": "Dynamic" if source == "ResourceAttribute" else "Static",
               "ChangeSource": source}
     if causing:
         detail["CausingEntity"] = causing
@@ -125,16 +127,78 @@ def plan(old_map, old_json: dict, new_map, new_json: dict, region: str) -> list[
     return out
 
 
-def diff(self) -> list:
-    from moto.cloudformation.models import Change
+def _resolved(resources_map, template: dict, parameters: dict):
+    """A resource map for ``template`` and ``parameters`` with parameters and conditions worked out, nothing made."""
     from moto.cloudformation.parsing import ResourceMap
 
+    new_map = ResourceMap(resources_map.stack_id, resources_map["AWS::StackName"], parameters, resources_map.tags,
+                          region_name=resources_map._region_name, account_id=resources_map._account_id,
+                          template=template, cross_stack_resources=resources_map.cross_stack_resources)
+    new_map.load()
+    return new_map
+
+
+KEPT_POLICIES = ("Retain", "RetainExceptOnCreate")  # a resource removed from the stack by an update stays
+PASSES = 5  # resources others still depend on go (or come) in a later pass
+
+
+def update(self, template: dict, parameters: dict | None = None) -> None:
+    """Execute the plan ``plan`` works out: remove, then add, then modify, as CloudFormation does."""
+    from moto.cloudformation.parsing import parse_and_update_resource
+
+    parameters = parameters if parameters is not None else self.input_parameters
+    actions = plan(self, self._resource_json_map, _resolved(self, template, parameters), template["Resources"],
+                   self._region_name)
+    pending = [lid for action, lid, _ in reversed(actions) if action == "Remove"]
+    for _ in range(PASSES):
+        left, last = [], None
+        for lid in pending:
+            if self._resource_json_map[lid].get("DeletionPolicy") not in KEPT_POLICIES:
+                try:
+                    self._delete_resource(self._parsed_resources[lid], self._resource_json_map[lid])
+                except Exception as err:  # noqa: BLE001 - another resource still depends on it: next pass
+                    left.append(lid)
+                    last = err
+                    continue
+            self._parsed_resources.pop(lid, None)
+        pending = left
+        if not pending:
+            break
+    if pending:
+        raise last
+    self._template, self.input_parameters = template, parameters
+    self.load_mapping()
+    self.load_parameters()
+    self.load_conditions()
+    self._resource_json_map = template["Resources"]
+    for action, lid, _ in actions:
+        if action == "Add":
+            _ = self[lid]  # the lazy map makes it (and whatever it reads first)
+    pending = [lid for action, lid, _ in actions if action == "Modify"]
+    for _ in range(PASSES):
+        left = []
+        for lid in pending:
+            try:
+                changed = parse_and_update_resource(lid, self._resource_json_map[lid], self,
+                                                    account_id=self._account_id, region_name=self._region_name)
+            except Exception as err:  # noqa: BLE001 - a dependency not updated yet: next pass
+                left.append(lid)
+                last = err
+                continue
+            if changed is not None:
+                self._parsed_resources[lid] = changed
+        pending = left
+        if not pending:
+            return
+    raise last
+
+
+def diff(self) -> list:
+    from moto.cloudformation.models import Change
+
     stack = self.stack
-    new_map = ResourceMap(stack.stack_id, stack.name, self.parameters, stack.tags, region_name=stack.region_name,
-                          account_id=stack.account_id, template=self.template_dict,
-                          cross_stack_resources=stack.cross_stack_resources)
-    new_map.load()  # parameters and conditions only: nothing is created
     old_map = stack.resource_map
+    new_map = _resolved(old_map, self.template_dict, self.parameters)
     changes = []
     for action, lid, extra in plan(old_map, old_map._resource_json_map, new_map, self.template_dict["Resources"],
                                    stack.region_name):
@@ -171,9 +235,11 @@ def apply() -> None:
     if _applied:
         return
     from moto.cloudformation.models import ChangeSet
+    from moto.cloudformation.parsing import ResourceMap
     from moto.cloudformation.responses import CloudFormationResponse
 
     ChangeSet.diff = diff
+    ResourceMap.update = update
     CloudFormationResponse.create_change_set = _no_refusal(CloudFormationResponse.create_change_set)
     _applied = True
     log.debug("moto fix applied: change sets with replacement flags, conditions and parameters")

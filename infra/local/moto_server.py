@@ -116,7 +116,8 @@ ALWAYS_ON = ("moto_fixes",)
 # Those for a service moto loads only when a request first needs it (CloudFormation's parser imports every
 # resource model moto has: 1-2 s and ~150 MB, which a run that never uses it should not pay for).
 ON_LOAD = {"cloudformation": ("moto_speedups:cloudformation", "moto_cfn_buckets", "moto_cfn_events",
-                              "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets")}
+                              "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets",
+                              "moto_cfn_load_balancers", "moto_cfn_deletions")}
 _load_lock = threading.Lock()
 
 
