@@ -1,8 +1,8 @@
 """Thin EC2 actuation: launch app-tier instances and remove surplus ones.
 
 Only the EC2 (and, for the idle signal, CloudWatch) API is used, so the same code
-drives real AWS and the local moto server; locally the supervisor turns moto's
-instances into worker processes. Which instances go on scale-in is a pure choice
+drives real AWS and the local moto server; locally the instance runner boots moto's
+instances from their user data. Which instances go on scale-in is a pure choice
 (``choose_removals``): pending ones first (they hold no work), then idle ones (no
 ``ImagesProcessed`` data points lately), then the newest. The worker's two-stage
 SIGTERM is the last line of defence for a busy one.

@@ -1,9 +1,9 @@
 """moto 5.2's CloudFormation records only stack-level events; AWS records one per resource operation, and
 a failed one says why. Corrected in our launcher.
 
-AWS: "DescribeStackEvents: Returns all stack related events for a specified stack in reverse chronological
-order" and each event's ``ResourceStatusReason`` is "Success/failure message associated with the resource"
-(https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_StackEvent.html). `python -m infra
+AWS: DescribeStackEvents "Returns all stack related events for a specified stack in reverse chronological order"
+(https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_DescribeStackEvents.html); each names
+its resource and status, and a failed one carries a ``ResourceStatusReason``. `python -m infra
 deploy` reports a failed deployment by the failing resource and its reason, read from these events; on plain
 moto there is none to read.
 """

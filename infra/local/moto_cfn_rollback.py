@@ -3,10 +3,13 @@
 our launcher: a failed create deletes what it made, newest first, and ends ``ROLLBACK_COMPLETE``; a failed
 update re-applies the previous template and parameters and ends ``UPDATE_ROLLBACK_COMPLETE``.
 
-AWS: "By default, if a stack operation fails, CloudFormation rolls back the stack to the last known stable
-state ... During a rollback, CloudFormation deletes the resources created in the stack operation before the
-provisioning failure" (https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/stack-failure-options.html;
-RetainExceptOnCreate: https://aws.amazon.com/about-aws/whats-new/2023/07/aws-cloudformation-deletion-policies-dev-test-cycle/).
+AWS: "Rolls back the specified stack to the last known stable state from CREATE_FAILED or UPDATE_FAILED stack
+statuses. This operation will delete a stack if it doesn't contain a last known stable state."
+(https://docs.aws.amazon.com/AWSCloudFormation/latest/APIReference/API_RollbackStack.html), which is what a stack
+operation does by default when a resource fails; and "RetainExceptOnCreate behaves like Retain for stack
+operations, except for the stack operation that initially created the resource. If the stack operation that
+created the resource is rolled back, CloudFormation deletes the resource."
+(https://docs.aws.amazon.com/cdk/api/v2/docs/aws-cdk-lib.CfnDeletionPolicy.html).
 A deployment that fails midway must leave nothing behind, and say which resource failed and why.
 """
 
