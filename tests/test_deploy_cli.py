@@ -15,8 +15,8 @@ from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy.bake import bake
 from infra.deploy.deploy import confirm, deploy, destroy
+from infra.deploy.ec2 import resolve_image
 from infra.deploy.errors import NotConfirmed
-from infra.deploy.images import resolve_image
 from infra.deploy.pricing import USD_PER_HOUR, alb_usd_per_hour, ebs_usd_per_hour, estimate_max_hourly
 from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
 from infra.tags import ROLE_TAG, STACK_TAG

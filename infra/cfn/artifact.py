@@ -75,6 +75,16 @@ def local_artifact(settings: Settings) -> LocalArtifact:
     return LocalArtifact(directory, model, actual)
 
 
+def checksum(settings: Settings) -> str:
+    """The artifact's sha256 as its manifest states it, without reading the model file: for a stack whose
+    instances verify the file themselves (``local_artifact`` verifies it here, before an upload)."""
+    path = Path(settings.models_dir) / settings.model / ARTIFACT_MANIFEST_FILE
+    try:
+        return json.loads(path.read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ArtifactMissing(f"no usable model manifest at {path} ({err}): {BUILD_HINT}") from None
+
+
 def _uploaded_sha(s3, bucket: str, key: str) -> str | None:
     try:
         return s3.head_object(Bucket=bucket, Key=key).get("Metadata", {}).get(SHA_METADATA)

@@ -183,14 +183,20 @@ def execute(cfn, change_plan: Plan, *, wait_s: float = 1800.0, poll_s: float = 1
 def apply(cfn, name: str, body: str, parameters: Mapping[str, str], *, tags: Mapping[str, str] | None = None,
           confirm: Callable[[Plan], bool] = lambda p: True, wait_s: float = 1800.0, poll_s: float = 10.0
           ) -> tuple[Plan, dict | None]:
-    """Plan, ask ``confirm`` (False: discard it), execute; returns the plan and the stack (None if not done)."""
+    """Plan, ask ``confirm`` (it sees an empty plan too; False or an exception discards the change set),
+    execute; returns the plan and the stack (None if not done). A stack a failed create left is deleted first."""
     stack = describe(cfn, name)
     if stack and stack["StackStatus"] in DEAD_STATES:
-        log.warning("stack %s is %s: deleting it before creating it again", name, stack["StackStatus"])
+        log.warning("stack %s is %s (an earlier operation failed): deleting it first", name, stack["StackStatus"])
         delete(cfn, name, wait_s=wait_s, poll_s=poll_s)
     change_plan = plan(cfn, name, body, parameters, tags={STACK_TAG: name, **(tags or {})}, wait_s=wait_s,
                        poll_s=poll_s)
-    if change_plan.change_set_id is not None and not confirm(change_plan):
+    try:
+        go = confirm(change_plan)
+    except BaseException:
+        discard(cfn, change_plan)
+        raise
+    if not go:
         discard(cfn, change_plan)
         return change_plan, None
     return change_plan, execute(cfn, change_plan, wait_s=wait_s, poll_s=poll_s)

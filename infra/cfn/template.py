@@ -60,8 +60,10 @@ STAND_INS = {"cfnrefprefix": "Prefix", "cfnrefapptype.cfn": "AppInstanceType", "
 VARIABLE_NAMES = frozenset({"ImageIdValue", "AppModelUri", "AppServices", "AppWorkerNeeds", "AppRequirements",
                             "AppPreload"})
 REFERENCE = re.compile(r"\{\{([A-Za-z0-9:.]+)\}\}")
-DATA_RESOURCES = ("InputBucket", "OutputBucket", "DeadLetterQueue", "RequestQueue", "ResponseQueue", "JobsTable")
-CAPABILITIES = ["CAPABILITY_NAMED_IAM"]
+# Values user data takes literally: no quotes, spaces or `$` (deploy's settings check the same patterns).
+REPO_URL_PATTERN = r"^((https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+)?$"
+REPO_REF_PATTERN = r"^[A-Za-z0-9._/-]{1,100}$"
+KEY_NAME_PATTERN = r"^[A-Za-z0-9._-]{0,255}$"
 
 
 class TemplateError(ValueError):
@@ -103,14 +105,13 @@ def parameters(settings: Settings) -> dict:
         "ModelArtifactSha256": _parameter("String", "sha256 of the model artifact (its manifest's); empty for torch",
                                           "", AllowedPattern=r"^([0-9a-f]{64})?$"),
         "RepoUrl": _parameter("String", "git URL instances install the project from; empty: a baked image", "",
-                              AllowedPattern=r"^((https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+)?$"),
-        "RepoRef": _parameter("String", "git branch, tag or commit to install", "main",
-                              AllowedPattern=r"^[A-Za-z0-9._/-]{1,100}$"),
+                              AllowedPattern=REPO_URL_PATTERN),
+        "RepoRef": _parameter("String", "git branch, tag or commit to install", "main", AllowedPattern=REPO_REF_PATTERN),
         "AllowedCidr": _parameter("String", "who may reach the web port (the load balancer's with several)",
                                   "0.0.0.0/0", AllowedPattern=r"^[0-9./]+$"),
         "SshCidr": _parameter("String", "who may SSH to the web instances; empty: nobody", "",
                               AllowedPattern=r"^([0-9./]+)?$"),
-        "KeyName": _parameter("String", "EC2 key pair for SSH; empty: none", "", AllowedPattern=r"^[A-Za-z0-9._-]*$"),
+        "KeyName": _parameter("String", "EC2 key pair for SSH; empty: none", "", AllowedPattern=KEY_NAME_PATTERN),
         "VpcId": _parameter("AWS::EC2::VPC::Id", "the VPC (deploy picks the default VPC)"),
         "SubnetIds": _parameter("List<AWS::EC2::Subnet::Id>", "public subnets in at least two zones for the web "
                                 "instances and load balancer (deploy picks the default VPC's)"),

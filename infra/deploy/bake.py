@@ -16,18 +16,17 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
-from botocore.exceptions import ClientError, WaiterError
+from botocore.exceptions import WaiterError
 from botocore.waiter import WaiterModel, create_waiter_with_client
 
 from infra.cfn.changes import default_network
 from infra.clients import make_client
 from infra.config import Settings
+from infra.deploy.ec2 import delete_group, resolve_image
 from infra.deploy.errors import DeployError
-from infra.deploy.images import resolve_image
 from infra.deploy.settings import DeploySettings
 from infra.report import Report
 from infra.tags import NAME_TAG, REF_TAG, Role, stack_tags
@@ -38,7 +37,6 @@ log = logging.getLogger(__name__)
 BUILD_TIMEOUT_S = 45 * 60.0
 IMAGE_TIMEOUT_S = 30 * 60.0
 VISIBLE_TIMEOUT_S = 120.0  # how long a just-made instance or image may stay invisible to Describe* calls
-GROUP_RELEASE_TIMEOUT_S = 300.0  # the terminated builder's interface holds its group for a while
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 IMAGE_NOT_FOUND = "InvalidAMIID.NotFound"
 IMDS_V2 = {"HttpTokens": "required", "HttpEndpoint": "enabled"}
@@ -96,20 +94,6 @@ def _builder_group(ec2, settings: Settings, report: Report) -> str:
     return group
 
 
-def _delete_group(ec2, group: str, report: Report, poll_s: float) -> None:
-    deadline = time.monotonic() + GROUP_RELEASE_TIMEOUT_S
-    while True:
-        try:
-            ec2.delete_security_group(GroupId=group)
-            report.add(f"security group {group}", "deleted")
-            return
-        except ClientError as err:
-            if err.response["Error"]["Code"] != "DependencyViolation" or time.monotonic() > deadline:
-                log.error("delete_security_group %s failed", group)
-                raise
-            time.sleep(max(poll_s, 1.0))
-
-
 def bake(settings: Settings, dsettings: DeploySettings, clients, *, build_timeout_s: float = BUILD_TIMEOUT_S,
          poll_s: float | None = None, on_launched: Callable[[str], None] | None = None) -> tuple[str, Report]:
     """Build an AMI from the base image; returns its id and a report."""
@@ -157,5 +141,5 @@ def bake(settings: Settings, dsettings: DeploySettings, clients, *, build_timeou
             wait(ec2, "BuilderTerminated", f"builder {builder} to terminate", IMAGE_TIMEOUT_S, poll_s,
                  InstanceIds=[builder])
             report.add(f"builder instance {builder}", "terminated")
-        _delete_group(ec2, group, report, poll_s)
+        delete_group(ec2, group, group, report, poll_s=poll_s)
     return image_id, report

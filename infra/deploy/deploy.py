@@ -28,8 +28,8 @@ from infra.cfn.template import TemplateError, idle_timeout_s, render, stack_para
 from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy import legacy
+from infra.deploy.ec2 import Image, delete_baked_images, resolve_image
 from infra.deploy.errors import DeployError, NotConfirmed
-from infra.deploy.images import Image, delete_baked_images, resolve_image
 from infra.deploy.pricing import estimate_max_hourly
 from infra.deploy.settings import DeploySettings
 from infra.observe import LIVE_STATES
@@ -151,21 +151,11 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
     go on (None: it did not; an empty change set has nothing to approve)."""
     poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
     body, params, image = prepare(settings, dsettings, clients)
-    cfn, name = clients.cloudformation, stack_name(settings)
-    stack = changes.describe(cfn, name)
-    if stack and stack["StackStatus"] in changes.DEAD_STATES:
-        print(f"stack {name} is {stack['StackStatus']} (an earlier deploy failed): deleting it first", flush=True)
-        changes.delete(cfn, name, wait_s=wait_s, poll_s=poll_s)
-    plan = changes.plan(cfn, name, body, params, tags={STACK_TAG: settings.prefix}, wait_s=wait_s, poll_s=poll_s)
-    try:
-        go = approve(plan_text(settings, dsettings, image, plan), plan)
-    except (NotConfirmed, KeyboardInterrupt):
-        changes.discard(cfn, plan)
-        raise
-    if not go:
-        changes.discard(cfn, plan)
+    plan, stack = changes.apply(clients.cloudformation, stack_name(settings), body, params,
+                                confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
+                                wait_s=wait_s, poll_s=poll_s)
+    if stack is None:
         return None
-    stack = changes.execute(cfn, plan, wait_s=wait_s, poll_s=poll_s)
     outputs = changes.outputs(stack)
     report = Report()
     if params["ModelArtifactSha256"]:  # after the stack exists; app instances wait for it at boot

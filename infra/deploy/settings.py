@@ -14,7 +14,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from infra.cfn.template import DEFAULT_BASE_IMAGE, MAX_WEB_INSTANCES
+from infra.cfn.template import (
+    DEFAULT_BASE_IMAGE,
+    KEY_NAME_PATTERN,
+    MAX_WEB_INSTANCES,
+    REPO_REF_PATTERN,
+    REPO_URL_PATTERN,
+)
 from infra.config import INSTANCE_TYPE_RE, ConfigError, env_field, values_from_env
 
 DEFAULT_WEB_INSTANCE_TYPE = "t3.small"
@@ -30,10 +36,8 @@ DEFAULT_ROOT_VOLUME_GB = 16
 DEFAULT_AMI_PARAMETER = DEFAULT_BASE_IMAGE
 DEPLOY_ONLY_NOTE = "deploy only: "
 
-# These values are written into a shell script (user data): no quotes, spaces or `$`.
-REPO_URL_RE = re.compile(r"^(https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+$")
-REPO_REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
+# These values are written into a shell script (user data): the template's own patterns.
+REPO_URL_RE, REPO_REF_RE, KEY_NAME_RE = (re.compile(p) for p in (REPO_URL_PATTERN, REPO_REF_PATTERN, KEY_NAME_PATTERN))
 SSM_PARAMETER_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
 
 

@@ -148,12 +148,19 @@ def apply_corrections(*, lazily: bool = False) -> None:
     backends._import_backend = _import_backend
 
 
-def warm_up(service: str = "cloudformation") -> threading.Thread:
-    """Load ``service``'s backend (and its corrections) in the background while the server starts answering:
-    the local stack's first request for it then does not wait for the import."""
+def warm_up() -> threading.Thread:
+    """Load CloudFormation's backend (and its corrections) and build SSM's (it loads AWS's public parameters,
+    which a stack's image parameter reads) in the background while the server starts answering: the local
+    stack's first change set then waits for neither. moto builds backends under its own lock."""
     from moto import backends
+    from moto.core import DEFAULT_ACCOUNT_ID
 
-    thread = threading.Thread(target=backends.get_backend, args=(service,), name=f"warm-{service}", daemon=True)
+    def load() -> None:
+        backends.get_backend("cloudformation")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        backends.get_backend("ssm")[DEFAULT_ACCOUNT_ID][region]
+
+    thread = threading.Thread(target=load, name="warm-up", daemon=True)
     thread.start()
     return thread
 

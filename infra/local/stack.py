@@ -171,10 +171,10 @@ def provision_stack(settings: Settings, clients, ami: LocalAmi | None = None,
 
     ami = ami or LocalAmi.this_checkout()
     ami.ensure_model(settings.model)
-    built = artifact.local_artifact(settings.replace(model_dir=str(ami.models_dir)))
+    sha = artifact.checksum(settings.replace(model_dir=str(ami.models_dir)))  # its instances verify the file
     vpc, subnets = changes.default_network(clients.ec2)
     _, outputs = put(settings, clients, **{"ImageId": settings.ami_id, "VpcId": vpc, "SubnetIds": subnets,
-                                           "ModelArtifactSha256": built.sha256, **values})
+                                           "ModelArtifactSha256": sha, **values})
     return settings.replace(launch_template=names.launch_template_name(settings)), outputs
 
 
@@ -220,20 +220,20 @@ def run(settings: Settings) -> int:
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
         ami = LocalAmi.this_checkout()
+        # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
+        # file) and hands each instance its own profile's role. It starts while the stack goes up.
+        children.append(start_child("runner", "infra.local.runner", settings, log_dir, {}))
+        credential_server = CredentialServer(
+            settings, make_client("sts", settings, credentials=account.ec2_service)).start()
         settings, outputs = provision_stack(settings, clients, ami)
         web_id = web_instances(clients.ec2, settings)[0].id
         say(report, f"stack {settings.prefix}: {', '.join(sorted(outputs))}", sep="\n")
-        credential_server = CredentialServer(
-            settings, make_client("sts", settings, credentials=account.ec2_service)).start()
-        say(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary())
-        # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
-        # file) and hands each instance its own profile's role. The tiers run as the web role.
-        web_role = credential_server.env_for_role(account.web_role, web_id)
-        children.append(start_child("runner", "infra.local.runner", settings, log_dir, {}))
+        web_role = credential_server.env_for_role(account.web_role, web_id)  # the tiers run as the web role
         for name, env in web_processes(settings):
             children.append(start_child(name, "web_tier", settings, log_dir, web_role, **env))
         say(upload_artifact(settings, clients, outputs, ami))
         children.append(start_child("controller", "controller", settings, log_dir, web_role))
+        say(detect_features(settings.local_isolation, ami)[0].summary())
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         say(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"

@@ -1,9 +1,11 @@
-"""The image instances boot from: the base (the latest Amazon Linux 2023, from AWS's public SSM parameter,
-or ``IMGREC_AMI_ID``) or one `python -m infra bake` made; and the images bake made, for destroy."""
+"""EC2 pieces deploy, destroy and bake share: the image instances boot from (the latest Amazon Linux 2023 from
+AWS's public SSM parameter, ``IMGREC_AMI_ID``, or one `python -m infra bake` made), the images bake made, and
+deleting a security group once terminated instances have let go of it."""
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from botocore.exceptions import ClientError
@@ -60,3 +62,18 @@ def delete_baked_images(ec2, settings: Settings, report: Report) -> None:
         for snap in snaps:
             ec2.delete_snapshot(SnapshotId=snap)
         report.add(f"image {image['ImageId']}", f"deregistered, {len(snaps)} snapshot(s) deleted")
+
+
+def delete_group(ec2, group_id: str, name: str, report: Report, *, timeout_s: float = 300.0, poll_s: float = 5.0):
+    """Retried while the interfaces of just-terminated instances still hold the group (no waiter shows that)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            ec2.delete_security_group(GroupId=group_id)
+            report.add(f"security group {name}", "deleted")
+            return
+        except ClientError as err:
+            if err.response["Error"]["Code"] != "DependencyViolation" or time.monotonic() > deadline:
+                log.error("delete_security_group %s (%s) failed", name, group_id)
+                raise
+            time.sleep(max(poll_s, 1.0))
