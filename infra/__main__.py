@@ -12,11 +12,15 @@ from infra.config import ConfigError, Settings, table_rows
 
 
 def settings_table() -> list[tuple[str, str, str]]:
-    """Rows of the README's configuration table: every process's settings, then the deploy-only ones
-    (assembled here, in the command line that may import the deployer, not in the runtime contract)."""
+    """Rows of the README's configuration table: every process's settings, then the deploy-only ones, then the
+    strict local AWS's (assembled here, in the command line that may import the deployer and the emulator, not in
+    the runtime contract)."""
     from infra.deploy.settings import DEPLOY_ONLY_NOTE, DeploySettings
+    from infra.local.strict.settings import NOTE as STRICT_NOTE
+    from infra.local.strict.settings import StrictSettings
 
-    return table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
+    return (table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
+            + table_rows(StrictSettings, note=STRICT_NOTE))
 
 
 def main(argv: list[str] | None = None) -> int:

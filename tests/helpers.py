@@ -38,6 +38,25 @@ def describe(condition: Callable) -> str:
 
 
 @contextmanager
+def strict_aws(settings: Settings, **values) -> Iterator[None]:
+    """The strict local AWS tuned for this test's resources only (its ``settings.prefix`` is the scope), for the
+    block: ``with strict_aws(settings, sqs_count_lag_s=60): ...``. Faults injected for the scope end with it."""
+    from infra.local.strict.client import scoped
+
+    with scoped(settings.endpoint_url, settings.prefix, **values):
+        yield
+
+
+def wait_listed(ec2, instance_ids: list[str], timeout: float = 20.0) -> list[str]:
+    """Wait until EC2 lists these new instances (AWS, and the strict local AWS, are eventually consistent:
+    a fresh instance is NotFound for a moment); botocore's ``instance_exists`` waiter retries NotFound."""
+    if instance_ids:
+        ec2.get_waiter("instance_exists").wait(InstanceIds=list(instance_ids),
+                                               WaiterConfig={"Delay": 0.2, "MaxAttempts": int(timeout / 0.2)})
+    return list(instance_ids)
+
+
+@contextmanager
 def flask_app(settings: Settings) -> Iterator:
     """The real app from ``create_app(settings)`` without its response dispatcher thread; closed at the end."""
     from web_tier import create_app, get_state

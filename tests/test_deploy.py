@@ -13,7 +13,7 @@ from controller.actuator import Ec2Actuator
 from infra.cfn import changes, names
 from infra.cfn.dashboard import dashboard_body
 from infra.cfn.template import idle_timeout_s
-from infra.clients import make_client
+from infra.clients import Clients, make_client
 from infra.config import Settings
 from infra.deploy.deploy import deploy, destroy
 from infra.deploy.errors import DeployError
@@ -30,7 +30,7 @@ from infra.userdata import (
     web_user_data,
 )
 from tests.deploy_helpers import env_from_script, snapshot, tags, write_artifact, written_files
-from tests.helpers import template_user_data
+from tests.helpers import template_user_data, wait_listed
 
 REPO = "https://example.org/imgrec.git"
 
@@ -63,6 +63,10 @@ def latest_al2023(settings) -> str:
 
 
 def web_instances(ec2, settings) -> list[dict]:
+    """The stack's live web instances, once EC2 lists what its web group launched."""
+    from infra.cfn.stack import web_group_instances
+
+    wait_listed(ec2, web_group_instances(Clients(settings), settings) or [])
     return sorted((i for r in ec2.describe_instances(Filters=[
         {"Name": f"tag:{STACK_TAG}", "Values": [settings.prefix]}, {"Name": f"tag:{ROLE_TAG}", "Values": ["web"]},
         {"Name": "instance-state-name", "Values": ["running", "pending"]}])["Reservations"] for i in r["Instances"]),
@@ -194,6 +198,7 @@ def test_deploy_redeploy_destroy_restores_every_resource_list(settings, dsetting
     foreign = ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": NAME_TAG, "Value": s.app_instance_name(99)}]}])["Instances"][0]
     s3.put_object(Bucket=s.in_bucket, Key="a.jpg", Body=b"x")
+    wait_listed(ec2, [launched, foreign["InstanceId"]])  # launched a while before: EC2 lists them by now
     try:
         report = dict(destroy(s, clients).lines)
         assert report[f"web instance {web_inst['InstanceId']}"] == report[f"app instance {launched}"] == "terminated"
@@ -216,7 +221,7 @@ def test_the_ami_path_boots_with_the_same_units_and_env_file_as_the_launch_templ
         web_script = template_user_data(clients.ec2, names.web_launch_template_name(settings.prefix))
         controller = Settings.from_env(env_from_script(web_script, ENV_FILE))  # what the controller runs with
         assert controller.launch_template == names.launch_template_name(settings)
-        iid = Ec2Actuator(clients.ec2, controller.replace(launch_template="")).launch(1)[0]
+        (iid,) = wait_listed(clients.ec2, Ec2Actuator(clients.ec2, controller.replace(launch_template="")).launch(1))
         attr = clients.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")
         import base64
 
@@ -312,7 +317,7 @@ def test_the_plan_says_what_is_replaced_before_anything_changes(settings, dsetti
         name = names.launch_template_name(settings)
         assert lt_data(clients.ec2, name)["InstanceType"] == "c5.large"
         assert lt_data(clients.ec2, name, "$Default")["InstanceType"] == "t3.micro"
-        (iid,) = Ec2Actuator(clients.ec2, bigger.replace(launch_template=name)).launch(1)
+        (iid,) = wait_listed(clients.ec2, Ec2Actuator(clients.ec2, bigger.replace(launch_template=name)).launch(1))
         launched = clients.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
         assert launched["InstanceType"] == "c5.large"
     finally:
@@ -331,7 +336,7 @@ def test_gpu_app_instances_keep_the_torch_cuda_path_and_need_no_artifact(setting
         assert script.replace(unit, "") == app_user_data(inst.replace(runtime="torch"), Source(REPO, "v1.2"))
         env = env_from_script(script, ENV_FILE)
         assert env["IMGREC_RUNTIME"] == "torch" and env["IMGREC_MODEL_URI"] == ""
-        assert "REQUIREMENTS='requirements/worker.txt requirements/torch.txt'" in script
+        assert "REQUIREMENTS='requirements/worker.txt requirements/model.txt requirements/torch.txt'" in script
         assert "for unit in imgrec-worker.service; do" in script
         assert done.report.lines == []  # nothing uploaded
     finally:

@@ -23,6 +23,7 @@ from infra.tags import ROLE_TAG, STACK_TAG
 from infra.userdata import Source, bake_script
 from tests.conftest import child_env
 from tests.deploy_helpers import write_artifact
+from tests.helpers import strict_aws, wait_listed
 from tests.procs import ROOT
 
 
@@ -167,8 +168,9 @@ def test_bake_builds_a_tagged_image_that_deploy_uses_without_a_repo(settings, cl
     builders = []
 
     def guest_powers_off(instance_id: str) -> None:
-        # What bake.sh's final `shutdown -h now` does on a real builder.
+        # What bake.sh's final `shutdown -h now` does on a real builder, minutes later (EC2 lists it by then).
         builders.append(instance_id)
+        wait_listed(ec2, [instance_id])
         ec2.stop_instances(InstanceIds=[instance_id])
 
     image_id, report = bake(s, d, clients, on_launched=guest_powers_off)
@@ -198,3 +200,38 @@ def test_bake_builds_a_tagged_image_that_deploy_uses_without_a_repo(settings, cl
     assert f"image {image_id}" in str(report)
     assert ec2.describe_images(Owners=["self"], Filters=[
         {"Name": f"tag:{STACK_TAG}", "Values": [s.prefix]}])["Images"] == []
+
+
+def test_bake_waits_out_a_builder_and_an_image_ec2_does_not_list_yet(settings, clients):
+    """EC2 is eventually consistent: a new instance or image is NotFound for a while (the strict local AWS,
+    IMGREC_STRICT_EC2_LAG, here 3 s for this test's resources). botocore's own waiters fail on that; bake's
+    wait until it is listed, through the builder's stop, the image's creation and the builder's end."""
+    ec2 = clients.ec2
+
+    def guest_powers_off(instance_id: str) -> None:
+        # the guest takes longer than the lag to install: by its shutdown EC2 lists the builder
+        wait_listed(ec2, [instance_id], timeout=30)
+        ec2.stop_instances(InstanceIds=[instance_id])
+
+    with strict_aws(settings, ec2_lag_s=3.0):
+        image_id, report = bake(settings, DeploySettings(repo_url=REPO), clients, on_launched=guest_powers_off)
+    try:
+        assert f"image {image_id}" in str(report) and "terminated" in str(report)
+        assert ec2.describe_images(ImageIds=[image_id])["Images"][0]["State"] == "available"
+    finally:
+        destroy(settings, clients)
+
+
+def test_botocores_own_waiter_fails_on_an_image_not_listed_yet(settings, clients):
+    """Why bake's waiters retry NotFound: botocore's image_available fails at once on a fresh image."""
+    from botocore.exceptions import WaiterError
+
+    ec2 = clients.ec2
+    (iid,) = [i["InstanceId"] for i in ec2.run_instances(ImageId=settings.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": settings.prefix}]}])["Instances"]]
+    wait_listed(ec2, [iid])
+    with strict_aws(settings, ec2_lag_s=5.0):
+        image_id = ec2.create_image(InstanceId=iid, Name=f"{settings.prefix}-probe")["ImageId"]
+        with pytest.raises(WaiterError, match="InvalidAMIID.NotFound"):
+            ec2.get_waiter("image_available").wait(ImageIds=[image_id], WaiterConfig={"Delay": 0.2, "MaxAttempts": 5})
+    ec2.terminate_instances(InstanceIds=[iid])

@@ -32,6 +32,7 @@ from infra.local.moto_iam import iam_action, principal_matches
 from infra.local.moto_server import MotoServer, free_port
 from infra.local.stack import provision_stack
 from infra.observe import InstanceState, queue_url, web_instances
+from tests.helpers import wait_listed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -136,6 +137,7 @@ def test_the_web_role_does_its_work(enforced):
     web.sqs.get_queue_attributes(QueueUrl=queue_url(web.sqs, s.dlq), AttributeNames=["All"])  # dashboard depth
     web.ec2.describe_instances()
     launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    wait_listed(e.admin.ec2, [launched])  # a new instance is NotFound for a moment, as on AWS
     web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN
     web.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     web.cloudwatch.get_metric_data(MetricDataQueries=[{"Id": "m", "MetricStat": {"Metric": {

@@ -56,7 +56,7 @@ def keys(model: str, sha256: str) -> tuple[str, str]:
 
 def local_artifact(settings: Settings) -> LocalArtifact:
     """The artifact under ``<models dir>/<model>/``, refused unless its file matches its manifest."""
-    directory = Path(settings.models_dir) / settings.model
+    directory = Path(settings.artifact_dir)  # where the local stack's artifact is built and read
     manifest_path, model_path = directory / ARTIFACT_MANIFEST_FILE, directory / ARTIFACT_MODEL_FILE
     if not manifest_path.is_file() or not model_path.is_file():
         raise ArtifactMissing(f"no model artifact for {settings.model} at {directory} "
@@ -78,7 +78,7 @@ def local_artifact(settings: Settings) -> LocalArtifact:
 def checksum(settings: Settings) -> str:
     """The artifact's sha256 as its manifest states it, without reading the model file: for a stack whose
     instances verify the file themselves (``local_artifact`` verifies it here, before an upload)."""
-    path = Path(settings.models_dir) / settings.model / ARTIFACT_MANIFEST_FILE
+    path = Path(settings.artifact_dir) / ARTIFACT_MANIFEST_FILE
     try:
         return json.loads(path.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -23,6 +23,7 @@ NO_CHANGES = "didn't contain changes"  # AWS's StatusReason for an empty change 
 # A stack in one of these states cannot be updated, only deleted (a create that rolled back, a change set
 # never executed, a delete that stopped halfway).
 DEAD_STATES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "REVIEW_IN_PROGRESS", "DELETE_FAILED")
+VISIBLE_S = 120.0  # how long a new instance may stay unlisted (EC2's eventual consistency)
 
 
 class StackFailed(RuntimeError):
@@ -217,7 +218,9 @@ def delete(cfn, name: str, *, wait_s: float = 1800.0, poll_s: float = 10.0) -> b
 
 
 def wait_terminated(ec2, ids: list[str], wait_s: float, poll_s: float) -> None:
-    """botocore's instance_terminated waiter (an id EC2 does not show yet counts as not terminated yet)."""
+    """botocore's instance_terminated waiter, after its instance_exists one: EC2 is eventually consistent, and
+    the terminated waiter fails on an id not listed yet (InvalidInstanceID.NotFound)."""
+    _wait(ec2.get_waiter("instance_exists"), "instances", min(wait_s, VISIBLE_S), poll_s, InstanceIds=ids)
     _wait(ec2.get_waiter("instance_terminated"), "instances", wait_s, poll_s, InstanceIds=ids)
 
 

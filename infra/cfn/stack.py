@@ -54,15 +54,26 @@ def provision(settings: Settings, clients) -> Report:
     return report
 
 
+def web_group_instances(clients, settings: Settings) -> list[str] | None:
+    """The web instances' ids as their Auto Scaling group has them (EC2 may not list a new one yet); None
+    when there is no group."""
+    group = names.web_group_name(settings.prefix)
+    try:
+        found = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
+    except ClientError:
+        log.error("describe_auto_scaling_groups %s failed", group)
+        raise
+    return [i["InstanceId"] for i in found[0].get("Instances", [])] if found else None
+
+
 def stop_web_group(clients, settings: Settings, *, wait_s: float = 0.0, poll_s: float = 1.0) -> list[str]:
     """Scale the web instances' group to nothing (and so stop the controller, which launches app instances);
     with ``wait_s``, wait until its instances are terminated. Returns their ids."""
     group = names.web_group_name(settings.prefix)
+    ids = web_group_instances(clients, settings)
+    if ids is None:
+        return []
     try:
-        found = clients.autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[group])["AutoScalingGroups"]
-        if not found:
-            return []
-        ids = [i["InstanceId"] for i in found[0].get("Instances", [])]
         clients.autoscaling.update_auto_scaling_group(AutoScalingGroupName=group, MinSize=0, MaxSize=0,
                                                       DesiredCapacity=0)
     except ClientError:

@@ -14,6 +14,7 @@ image to be visible, and its state waiters retry ``NotFound`` as well.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Callable
@@ -136,7 +137,10 @@ def bake(settings: Settings, dsettings: DeploySettings, clients, *, build_timeou
             ec2.create_tags(Resources=snaps, Tags=tags)
         report.add(f"image {image_id}", "created")
     finally:
-        if builder:
+        if builder:  # TerminateInstances answers NotFound for a builder EC2 does not list yet: wait for it
+            with contextlib.suppress(WaiterError):
+                ec2.get_waiter("instance_exists").wait(InstanceIds=[builder], WaiterConfig={
+                    "Delay": poll_s, "MaxAttempts": max(1, math.ceil(VISIBLE_TIMEOUT_S / poll_s))})
             ec2.terminate_instances(InstanceIds=[builder])
             wait(ec2, "BuilderTerminated", f"builder {builder} to terminate", IMAGE_TIMEOUT_S, poll_s,
                  InstanceIds=[builder])

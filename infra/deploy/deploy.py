@@ -138,7 +138,9 @@ def web_url(clients, settings: Settings, outputs: dict[str, str]) -> str:
         AutoScalingGroupNames=[outputs.get("WebGroupName", names.web_group_name(settings.prefix))])["AutoScalingGroups"]
     ids = [i["InstanceId"] for g in group for i in g.get("Instances", [])]
     host = "<pending>"
-    if ids:
+    if ids:  # EC2 lists a new instance a little after Auto Scaling has it
+        clients.ec2.get_waiter("instance_exists").wait(InstanceIds=ids[:1], WaiterConfig={
+            "Delay": 1 if settings.is_local else 5, "MaxAttempts": 60})
         inst = clients.ec2.describe_instances(InstanceIds=ids[:1])["Reservations"][0]["Instances"][0]
         host = inst.get("PublicIpAddress") or inst.get("PublicDnsName") or host
     return f"http://{host}:{settings.web_port}"
@@ -198,11 +200,16 @@ def destroy(settings: Settings, clients, *, keep_data: bool = False, keep_images
         report = Report()
         for iid in stop_web_group(clients, settings, wait_s=wait_s, poll_s=poll_s):
             report.add(f"web instance {iid}", "terminated")
-        app = stack_instances(clients.ec2, settings, changes.outputs(stack).get("AppLaunchTemplateId"))
+        template = changes.outputs(stack).get("AppLaunchTemplateId")
+        app = stack_instances(clients.ec2, settings, template)
         terminate(clients.ec2, app, wait_s, poll_s)
-        for iid in app:
-            report.add(f"app instance {iid}", "terminated")
         report.extend(teardown(settings, clients, keep_data=keep_data, wait_s=wait_s, poll_s=poll_s))
+        # Again once the stack is gone: EC2 lists an instance a little after its launch, so one the controller
+        # started in its last seconds may have been missed above (it carries the stack's tags).
+        late = stack_instances(clients.ec2, settings, template)
+        terminate(clients.ec2, late, wait_s, poll_s)
+        for iid in (*app, *late):
+            report.add(f"app instance {iid}", "terminated")
     if not keep_images:
         delete_baked_images(clients.ec2, settings, report)
     return report

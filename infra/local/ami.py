@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infra.local.isolation import AMI_MODELS_REL
+from infra.userdata import ONNX_RUNTIME, TORCH_RUNTIME
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ APT_PROVIDES = {
     "python3": "python3 -c pass", "python3-venv": "python3 -c 'import venv, ensurepip'",
     "python3-pip": "python3 -c 'import ensurepip'", "git": "git --version",
 }
+
+
+class AmiError(RuntimeError):
+    """The local image lacks what its workers need; the message names it and the command that adds it."""
 
 
 @dataclass(frozen=True)
@@ -52,13 +57,22 @@ class LocalAmi:
         """Where the image's model artifacts are (the checkout's cache, what `make install` builds)."""
         return self.src / AMI_MODELS_REL
 
-    def ensure_model(self, model: str) -> None:
-        """Bake the model artifact into the AMI before any instance boots from it: the app tier's own
-        command builds it when it is missing (a child process: the emulator imports no tier)."""
-        if (self.models_dir / model / "manifest.json").is_file():
+    def ensure_model(self, model: str, runtime: str = ONNX_RUNTIME) -> None:
+        """Bake what the workers load into the AMI before any instance boots from it: the model artifact
+        (the checkout's cache, built if missing) or, for the torch runtime, torch in the venv. The app tier's
+        own code decides, in a child process (the emulator imports no tier).
+
+        ``AmiError`` says what is missing and which command adds it (torch is not in `make run`'s sets)."""
+        if runtime != TORCH_RUNTIME and (self.models_dir / model / "manifest.json").is_file():
             return
-        subprocess.run([sys.executable, "-m", "app_tier.artifact", "ensure", "--model", model,
-                        "--dest", str(self.models_dir / model)], cwd=ROOT, check=True)
+        check = ([sys.executable, "-c", "import sys; from app_tier.models import require_torch; "
+                  "require_torch(sys.argv[1])", f"IMGREC_RUNTIME=torch (model {model})"] if runtime == TORCH_RUNTIME
+                 else [sys.executable, "-m", "app_tier.artifact", "ensure", "--model", model,
+                       "--dest", str(self.models_dir / model)])
+        done = subprocess.run(check, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1].split(": ", 1)[-1]
+            raise AmiError(f"the local app-tier image cannot run model {model} ({runtime} runtime): {why}")
 
     @classmethod
     def this_checkout(cls, *, baked: bool = True) -> LocalAmi:

@@ -31,10 +31,11 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
-from infra.local.ami import LocalAmi
+from infra.local.ami import AmiError, LocalAmi
 from infra.local.cgroups import pid_alive
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
 from infra.tags import Role
+from infra.userdata import ONNX_RUNTIME, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,18 @@ def sweep_instance_cgroups() -> None:
             log.warning("removed memory cgroup %s left by a runner that was killed", name)
 
 
+def strict_line(endpoint_url: str) -> str:
+    """Which AWS behaviours the running moto emulates (as it reports them), for the start-up banner."""
+    from infra.local.strict import describe
+    from infra.local.strict.client import state
+
+    try:
+        reported = state(endpoint_url)
+    except (OSError, ValueError) as err:
+        return f"unknown ({err})"
+    return describe(bool(reported.get("enabled")), reported.get("defaults", {}))
+
+
 def status_line(settings: Settings, clients) -> str:
     from infra.observe import app_instances, bucket_object_count, count_by_state, queue_depth, queue_url
 
@@ -170,8 +183,9 @@ def provision_stack(settings: Settings, clients, ami: LocalAmi | None = None,
     from infra.cfn.stack import put
 
     ami = ami or LocalAmi.this_checkout()
-    ami.ensure_model(settings.model)
-    sha = artifact.checksum(settings.replace(model_dir=str(ami.models_dir)))  # its instances verify the file
+    ami.ensure_model(settings.model, worker_runtime(settings))
+    sha = (artifact.checksum(settings.replace(model_dir=str(ami.models_dir)))  # its instances verify the file
+           if worker_runtime(settings) == ONNX_RUNTIME else "")
     vpc, subnets = changes.default_network(clients.ec2)
     _, outputs = put(settings, clients, **{"ImageId": settings.ami_id, "VpcId": vpc, "SubnetIds": subnets,
                                            "ModelArtifactSha256": sha, **values})
@@ -185,18 +199,18 @@ def upload_artifact(settings: Settings, clients, outputs: dict[str, str], ami: L
 
     ami = ami or LocalAmi.this_checkout()
     report = Report()
-    artifact.upload(clients.s3, outputs["ModelBucketName"],
-                    artifact.local_artifact(settings.replace(model_dir=str(ami.models_dir))), report)
+    if worker_runtime(settings) == ONNX_RUNTIME:
+        artifact.upload(clients.s3, outputs["ModelBucketName"],
+                        artifact.local_artifact(settings.replace(model_dir=str(ami.models_dir))), report)
     return report
 
 
 def run(settings: Settings) -> int:
-    from infra.cfn.stack import stop_web_group
+    from infra.cfn.stack import stop_web_group, web_group_instances
     from infra.clients import Clients, local_aws_files, make_client
     from infra.local.account import open_account, remove_admin_credentials
     from infra.local.credentials import CredentialServer
     from infra.local.runner import detect_features
-    from infra.observe import web_instances
 
     data_dir = Path(settings.data_dir)
     log_dir = data_dir / "logs"
@@ -217,6 +231,7 @@ def run(settings: Settings) -> int:
     try:
         moto.start()
         children.append(Child("moto", moto.proc))
+        say(f"strict AWS emulation: {strict_line(settings.endpoint_url)}")
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
         ami = LocalAmi.this_checkout()
@@ -226,7 +241,7 @@ def run(settings: Settings) -> int:
         credential_server = CredentialServer(
             settings, make_client("sts", settings, credentials=account.ec2_service)).start()
         settings, outputs = provision_stack(settings, clients, ami)
-        web_id = web_instances(clients.ec2, settings)[0].id
+        (web_id, *_) = web_group_instances(clients, settings)  # from Auto Scaling: EC2 may not list it yet
         say(report, f"stack {settings.prefix}: {', '.join(sorted(outputs))}", sep="\n")
         web_role = credential_server.env_for_role(account.web_role, web_id)  # the tiers run as the web role
         for name, env in web_processes(settings):
@@ -279,14 +294,24 @@ def run(settings: Settings) -> int:
 def main() -> int:
     os.environ.setdefault("AWS_ENDPOINT_URL", LOCAL_ENDPOINT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from infra.local.strict.settings import StrictSettings
+
     try:
         settings = Settings.from_env()
+        StrictSettings.from_env()  # a bad IMGREC_STRICT_* value stops us here, not moto after it started
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
     if not settings.is_local:
         print("`make run` runs against a local moto server; unset AWS_ENDPOINT_URL only for real AWS "
               "(see docs/DEPLOY.md)", file=sys.stderr)
+        return 2
+    try:
+        # Before anything starts: the image the instances boot must carry their model (or torch), else
+        # every instance would fail its boot in turn; the error names the command that adds what is missing.
+        LocalAmi.this_checkout().ensure_model(settings.model, worker_runtime(settings))
+    except AmiError as err:
+        print(f"cannot start: {err}", file=sys.stderr)
         return 2
     try:
         return run(settings)

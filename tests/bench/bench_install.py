@@ -4,7 +4,7 @@ Issue 13's target: the worker set (requirements/worker.txt, what an app instance
 <= 400 MB (`du -sh`). Prints the total, the largest installed distributions and whether any
 package an app instance must not carry (torch, test and dev tools) slipped in.
 
-    python -m tests.bench.bench_install [--role worker|web|torch|dev] [--keep DIR]
+    python -m tests.bench.bench_install [--role worker|web|local|model|torch|dev] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET_MB = {"worker": 400}
 FORBIDDEN = ("torch", "torchvision", "nvidia", "triton", "pytest", "selenium", "matplotlib", "hypothesis", "ruff",
              "moto")
+# The local stack's set is never on an instance, so it may carry moto and matplotlib; torch and test tools, never.
+FORBIDDEN_BY_ROLE = {"local": tuple(f for f in FORBIDDEN if f not in ("moto", "matplotlib")), "torch": (), "dev": ()}
 
 
 def du_mb(path: Path) -> float:
@@ -34,7 +36,7 @@ def du_h(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", default="worker", choices=("worker", "web", "torch", "dev"))
+    parser.add_argument("--role", default="worker", choices=("worker", "web", "local", "model", "torch", "dev"))
     parser.add_argument("--keep", default=None, help="make the venv here and keep it")
     args = parser.parse_args(argv)
     req = ROOT / "requirements" / f"{args.role}.txt"
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         site = next((venv / "lib").glob("python3*/site-packages"))
         freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
         names = [line.split("==")[0].lower() for line in freeze.split()]
-        bad = [n for n in names if any(n == f or n.startswith(f + "-") for f in FORBIDDEN)]
+        forbidden = FORBIDDEN_BY_ROLE.get(args.role, FORBIDDEN)
+        bad = [n for n in names if any(n == f or n.startswith(f + "-") for f in forbidden)]
         sizes = sorted(((du_mb(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith("-info")),
                        reverse=True)
         total = du_mb(venv)
