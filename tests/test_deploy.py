@@ -29,7 +29,7 @@ from infra.userdata import (
     instance_settings,
     web_user_data,
 )
-from tests.deploy_helpers import env_from_script, snapshot, tags, write_artifact, written_files
+from tests.deploy_helpers import env_from_script, settled_snapshot, snapshot, tags, write_artifact, written_files
 from tests.helpers import template_user_data, wait_listed
 
 REPO = "https://example.org/imgrec.git"
@@ -90,7 +90,7 @@ def statement(doc: dict, sid: str) -> dict:
 
 def test_deploy_redeploy_destroy_restores_every_resource_list(settings, dsettings, clients, elbv2, artifact):
     s, d = settings, dsettings
-    before = snapshot(clients, elbv2)
+    before = settled_snapshot(clients, elbv2)
     done = deploy(s, d, clients)
     assert done.plan.create and {c.action for c in done.plan.changes} == {"Add"}
     assert {c.logical_id for c in done.plan.changes} >= {"InputBucket", "AppLaunchTemplate", "WebGroup", "Dashboard"}
@@ -238,7 +238,7 @@ def test_the_ami_path_boots_with_the_same_units_and_env_file_as_the_launch_templ
 def test_web_instances_behind_a_load_balancer_then_back_to_one(settings, dsettings, clients, elbv2, artifact):
     s, d = settings.replace(request_timeout_s=300.0), dsettings.replace(web_instances=2, ssh_cidr="198.51.100.7/32")
     ec2 = clients.ec2
-    before = snapshot(clients, elbv2)
+    before = settled_snapshot(clients, elbv2)
     try:
         done = deploy(s, d, clients)
         (lb,) = [x for x in elbv2.describe_load_balancers()["LoadBalancers"]
@@ -349,7 +349,7 @@ def test_a_deploy_that_fails_midway_rolls_back_and_leaves_nothing(settings, dset
     iam = clients.iam
     taken = names.role_name(settings.prefix, Role.WEB)
     iam.create_role(RoleName=taken, AssumeRolePolicyDocument="{}")
-    before = snapshot(clients, elbv2)
+    before = settled_snapshot(clients, elbv2)
     try:
         with pytest.raises(changes.StackFailed) as failed:
             deploy(settings, dsettings, clients)
@@ -368,7 +368,7 @@ def test_a_deploy_that_fails_midway_rolls_back_and_leaves_nothing(settings, dset
 
 
 def test_deploy_refuses_without_source_or_with_a_bad_artifact_and_leaves_nothing(settings, dsettings, clients, elbv2):
-    before = snapshot(clients, elbv2)
+    before = settled_snapshot(clients, elbv2)
     with pytest.raises(DeployError, match="IMGREC_REPO_URL"):
         deploy(settings, DeploySettings(), clients)  # the base AMI is not baked and no repo URL is set
     with pytest.raises(DeployError, match="not found"):
@@ -429,7 +429,7 @@ def make_stackless_deployment(settings, clients) -> None:
 
 def test_a_deployment_made_without_a_stack_is_found_by_deploy_and_removed_by_destroy(settings, dsettings, clients,
                                                                                    elbv2, artifact):
-    before = snapshot(clients, elbv2)
+    before = settled_snapshot(clients, elbv2)
     make_stackless_deployment(settings, clients)
     with pytest.raises(DeployError, match=f"stack {settings.prefix} does not exist, but a deployment made without "
                                           "one does .*python -m infra destroy"):
