@@ -7,7 +7,7 @@ This module imports no torch; building (``app_tier.build_model``: torch-free for
 default model, torch for the others) runs in a child process, so a worker that builds on
 first use never has the exporter (onnx, or torch) in its memory.
 
-    python -m app_tier.artifact fetch s3://bucket/prefix/ [--model M] [--dest DIR]   # at boot
+    python -m app_tier.artifact fetch s3://bucket/prefix/ [--sha256 HEX] [--model M] [--dest DIR]   # at boot
     python -m app_tier.artifact verify [--model M]
 """
 
@@ -38,6 +38,10 @@ MANIFEST_FILE = ARTIFACT_MANIFEST_FILE
 MANIFEST_FORMAT = 1
 BUILD_TIMEOUT_S = 600
 _LOG_PREFIX = re.compile(r"^\S+ \S+ (ERROR|WARNING|INFO) [\w.]+: ")  # the build's log format, before its message
+# At boot the artifact may not be there yet: the stack (and so the instances) exists before deploy uploads it.
+ARTIFACT_WAIT_S = 540.0  # under the model unit's TimeoutStartSec
+ARTIFACT_POLL_S = 5.0
+MISSING_CODES = ("404", "NoSuchKey", "NotFound")
 
 
 class ArtifactError(ModelUnavailable):
@@ -120,15 +124,49 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return bucket, key
 
 
-def install(source: str | Path, dest: str | Path, model: str, *, s3=None) -> Manifest:
+def installed(dest: str | Path, model: str, sha256: str) -> Manifest | None:
+    """The manifest of a verified artifact with checksum ``sha256`` already at ``dest`` (an image that
+    carries it, an instance started again), else None."""
+    try:
+        manifest = verify(dest, model)
+    except ArtifactError:
+        return None
+    return manifest if manifest.sha256 == sha256 else None
+
+
+def _download(s3, bucket: str, key: str, path: Path, wait_s: float) -> None:
+    """``s3.download_file``, waiting up to ``wait_s`` for an object that is not there yet."""
+    from botocore.exceptions import ClientError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            s3.download_file(bucket, key, str(path))
+            return
+        except ClientError as err:
+            code = str(err.response.get("Error", {}).get("Code"))
+            if code not in MISSING_CODES or time.monotonic() + ARTIFACT_POLL_S > deadline:
+                raise
+            log.info("s3://%s/%s is not there yet (%s); waiting for it", bucket, key, code)
+            time.sleep(ARTIFACT_POLL_S)
+
+
+def install(source: str | Path, dest: str | Path, model: str, *, s3=None, sha256: str | None = None,
+            wait_s: float = 0.0) -> Manifest:
     """Copy an artifact from ``source`` (``s3://bucket/prefix/`` or a local directory) into ``dest``, verified.
 
     ``source`` holds ``model.onnx`` and ``manifest.json``. Both land in a temporary
     directory beside ``dest`` and replace it only after verifying, so a failed or
     corrupt download never leaves a half-written artifact where a worker looks.
     ``s3`` is a boto3 S3 client (from ``infra.clients``), needed for s3:// sources.
+    ``sha256``: the checksum the deployer named; the manifest must agree (a consistent pair swapped in
+    S3 is refused too), and an artifact with it already at ``dest`` is kept without a download.
+    ``wait_s``: how long to wait for objects not uploaded yet.
     """
     dest = Path(dest)
+    if sha256 and (have := installed(dest, model, sha256)) is not None:
+        log.info("model artifact %s already at %s: nothing to download", sha256, dest)
+        return have
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:
@@ -139,11 +177,13 @@ def install(source: str | Path, dest: str | Path, model: str, *, s3=None) -> Man
                 bucket, prefix = _split_s3(str(source))
                 key = f"{prefix.rstrip('/')}/{name}" if prefix else name
                 log.info("downloading s3://%s/%s for model %s", bucket, key, model)
-                s3.download_file(bucket, key, str(staging / name))
+                _download(s3, bucket, key, staging / name, wait_s)
             else:
                 shutil.copyfile(Path(source) / name, staging / name)
         try:
             manifest = verify(staging, model)
+            if sha256 and manifest.sha256 != sha256:
+                raise ArtifactError(f"manifest says sha256 {manifest.sha256}, but the stack names {sha256}")
         except ArtifactError as err:
             raise ArtifactError(f"{err} (downloaded from {source})") from None
         _replace_dir(staging, dest)
@@ -206,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("source", nargs="?", help="fetch: s3://bucket/prefix/ or a directory")
     parser.add_argument("--model", default=None, help="default IMGREC_MODEL")
     parser.add_argument("--dest", default=None, help="default <IMGREC_MODEL_DIR>/<model>")
+    parser.add_argument("--sha256", default=None, help="fetch: the checksum the artifact must have")
     args = parser.parse_args(argv)
     settings = settings_and_logging()
     model = args.model or settings.model
@@ -214,12 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.action == "fetch":
             if not args.source:
                 parser.error("fetch needs a source")
-            s3 = None
-            if args.source.startswith("s3://"):
-                from infra.clients import make_client
+            manifest = installed(dest, model, args.sha256) if args.sha256 else None
+            if manifest is None:  # not on the image yet (an S3 client only when there is something to fetch)
+                s3 = None
+                if args.source.startswith("s3://"):
+                    from infra.clients import make_client
 
-                s3 = make_client("s3", settings)
-            manifest = install(args.source, dest, model, s3=s3)
+                    s3 = make_client("s3", settings)
+                manifest = install(args.source, dest, model, s3=s3, sha256=args.sha256, wait_s=ARTIFACT_WAIT_S)
         elif args.action == "verify":
             manifest = verify(dest, model)
         else:

@@ -2,8 +2,7 @@
 
 Only ``IMGREC_RUNTIME=torch`` workers, the model build step and the tests import it.
 
-Fork safety: the local supervisor loads one ``Classifier`` in a parent process and
-forks a worker per instance. Loading runs no inference, so no OpenMP pool or CUDA
+Fork safety: a parent process may load one ``Classifier`` and fork workers from it. Loading runs no inference, so no OpenMP pool or CUDA
 context exists before the fork; the model moves to its device (a GPU when there is
 one) on the first ``infer`` in the process that uses it. ``warm_up`` is safe in such
 a parent only on CPU: it runs one forward pass with a single thread.

@@ -13,8 +13,8 @@ grows with its receive count (``retry_visibility_s``) and, after ``maxReceiveCou
 receives, the redrive policy moves it to the dead-letter queue.
 
 If any stage thread (or the visibility heartbeat) dies, the worker releases what it
-holds and exits non-zero, so systemd's ``Restart=on-failure`` or the local
-supervisor replaces it. Signal handlers only set flags; the main thread acts on them.
+holds and exits non-zero, so systemd's ``Restart=on-failure`` (on a local instance, its
+init's stand-in for it) replaces it. Signal handlers only set flags; the main thread acts on them.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Thin EC2 actuation: launch app-tier instances one by one, terminate (or stop) the ones chosen.
 
 Only the EC2 (and, for the idle signal, CloudWatch) API is used, so the same code drives
-real AWS and the local moto server; locally the runner turns moto's instances into worker
-processes. Which instances go on scale-in is a pure choice (``controller.brain.choose_removals``);
+real AWS and the local moto server; locally the instance runner boots moto's instances from
+their user data. Which instances go on scale-in is a pure choice (``controller.brain.choose_removals``);
 the worker's two-stage SIGTERM is the last line of defence for a busy one.
 
 Every launch carries a ``ClientToken``: "With an idempotent request, if the original request
@@ -161,7 +161,8 @@ class Ec2Actuator:
             "TagSpecifications": [{"ResourceType": "instance", "Tags": stack_tags(s.prefix, Role.APP, **{NAME_TAG: name})}],
         }
         if s.launch_template:
-            kwargs["LaunchTemplate"] = {"LaunchTemplateName": s.launch_template}
+            # $Latest: CloudFormation adds a version per stack update but leaves the default at 1
+            kwargs["LaunchTemplate"] = {"LaunchTemplateName": s.launch_template, "Version": "$Latest"}
         else:
             kwargs.update(ImageId=s.ami_id, InstanceType=s.instance_type, UserData=user_data(s))
         started = time.monotonic()

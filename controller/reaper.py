@@ -99,7 +99,7 @@ class Reaper:
             if action is ReapAction.DRAIN:
                 n = self.drain(url)
                 log.info("reply queue %s has no live owner (%s): recorded %d results", name,
-                         view.tags.get("imgrec:owner", "no owner tag"), n)
+                         view.tags.get(OWNER_TAG, "no owner tag"), n)
             elif action is ReapAction.DELETE:
                 self.sqs.delete_queue(QueueUrl=url)
                 log.info("reply queue %s deleted: no live owner, empty, request queue quiet for %.0f s", name,

@@ -1,4 +1,4 @@
-"""`python -m infra provision | status | teardown | up | moto | deploy | destroy | bake`."""
+"""`python -m infra provision | status | teardown | up | moto | deploy | destroy | bake | readme`."""
 
 from __future__ import annotations
 
@@ -8,15 +8,27 @@ import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import ConfigError, Settings
+from infra.config import ConfigError, Settings, table_rows
+
+
+def settings_table() -> list[tuple[str, str, str]]:
+    """Rows of the README's configuration table: every process's settings, then the deploy-only ones, then the
+    strict local AWS's (assembled here, in the command line that may import the deployer and the emulator, not in
+    the runtime contract)."""
+    from infra.deploy.settings import DEPLOY_ONLY_NOTE, DeploySettings
+    from infra.local.strict.settings import NOTE as STRICT_NOTE
+    from infra.local.strict.settings import StrictSettings
+
+    return (table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
+            + table_rows(StrictSettings, note=STRICT_NOTE))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("provision", help="create the buckets and queues (idempotent)")
+    sub.add_parser("provision", help="create the stack's data part: buckets, queues, job table (idempotent)")
     sub.add_parser("status", help="print queue depths, bucket counts and instances")
-    sub.add_parser("teardown", help="delete the buckets and queues that provision made")
+    sub.add_parser("teardown", help="empty the stack's buckets and delete the stack (the data part provision made)")
     sub.add_parser("up", help="run the whole local stack (moto, provision, web tier, controller, workers)")
     dep = sub.add_parser("deploy", help="create the whole system on AWS (asks first; see docs/DEPLOY.md)")
     dep.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -24,14 +36,25 @@ def main(argv: list[str] | None = None) -> int:
     des = sub.add_parser("destroy", help="remove everything deploy and bake made (only resources tagged ours)")
     des.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     des.add_argument("--keep-images", action="store_true", help="keep AMIs made by bake")
+    des.add_argument("--keep-data", action="store_true", help="keep the input and output buckets and their objects")
     bake = sub.add_parser("bake", help="build an app-tier AMI with the project and model installed")
     bake.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    readme = sub.add_parser("readme", help="print the README's configuration table (--write: update README.md)")
+    readme.add_argument("--write", action="store_true")
     moto = sub.add_parser("moto", help="run a moto server in the foreground")
     moto.add_argument("--host", default="127.0.0.1")
     moto.add_argument("--port", type=int, default=4566)
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "readme":
+        from infra.config import markdown_table, write_readme_table
+
+        if args.write:
+            write_readme_table(settings_table())
+        else:
+            print(markdown_table(settings_table()))
+        return 0
     if args.command == "moto":
         from infra.local.moto_server import serve_forever
 
@@ -61,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         return run(args, settings, clients)
     try:
         if args.command == "provision":
-            from infra.provision import provision
+            from infra.cfn.stack import provision
 
             print(provision(settings, clients))
         elif args.command == "teardown":
-            from infra.provision import teardown
+            from infra.cfn.stack import teardown
 
             print(teardown(settings, clients))
         elif args.command == "status":

@@ -177,5 +177,13 @@ class Clients:
         return self._get("iam")
 
     @property
+    def cloudformation(self):
+        return self._get("cloudformation")
+
+    @property
+    def autoscaling(self):
+        return self._get("autoscaling")
+
+    @property
     def sts(self):
         return self._get("sts")

@@ -458,38 +458,18 @@ def table_rows(cls: type, *, note: str = "") -> list[tuple[str, str, str]]:
     return rows
 
 
-def settings_table() -> list[tuple[str, str, str]]:
-    """Rows for the README's configuration table: every process's settings, then the deploy-only ones."""
-    # The imports of infra.deploy and infra.local from the runtime contract: documentation only (plain
-    # settings declarations), never run by a tier (tests/test_layout.py names these exceptions).
-    from infra.deploy.settings import DEPLOY_ONLY_NOTE, DeploySettings
-    from infra.local.strict.settings import NOTE as STRICT_NOTE
-    from infra.local.strict.settings import StrictSettings
-
-    return (table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
-            + table_rows(StrictSettings, note=STRICT_NOTE))
-
-
-def markdown_table() -> str:
+def markdown_table(rows: list[tuple[str, str, str]]) -> str:
     lines = ["| variable | default | meaning |", "|---|---|---|"]
-    lines += [f"| `{var}` | {default} | {doc} |" for var, default, doc in settings_table()]
+    lines += [f"| `{var}` | {default} | {doc} |" for var, default, doc in rows]
     return "\n".join(lines)
 
 
-def write_readme_table(path: str = "README.md") -> None:
-    """Replace the table between the README's CONFIG-TABLE markers with the generated one."""
+def write_readme_table(rows: list[tuple[str, str, str]], path: str = "README.md") -> None:
+    """Replace the table between the README's CONFIG-TABLE markers with ``rows`` (`python -m infra readme`
+    assembles them: these settings, then the deploy-only ones)."""
     with open(path) as f:
         text = f.read()
     start, end = text.index("<!-- CONFIG-TABLE -->"), text.index("<!-- /CONFIG-TABLE -->")
     intro = text[start:end].split("| variable")[0]
     with open(path, "w") as f:
-        f.write(text[:start] + intro + markdown_table() + "\n" + text[end:])
-
-
-if __name__ == "__main__":  # `python -m infra.config [--write-readme]`
-    import sys
-
-    if "--write-readme" in sys.argv:
-        write_readme_table()
-    else:
-        print(markdown_table())
+        f.write(text[:start] + intro + markdown_table(rows) + "\n" + text[end:])

@@ -1,4 +1,4 @@
-"""Start-up shared by every long-running process (worker, supervisor, controller, web tier)."""
+"""Start-up shared by every long-running process (worker, instance runner, controller, web tier)."""
 
 from __future__ import annotations
 

@@ -16,12 +16,18 @@ NAME_TAG = "Name"
 HEALTH_TAG = "imgrec:health"
 OWNER_TAG = "imgrec:owner"  # on a reply queue: the web process answering from it
 HEARTBEAT_TAG = "imgrec:heartbeat"  # on a reply queue: epoch seconds of its owner's last beat
+REF_TAG = "imgrec:ref"  # on a baked image: the git ref it was built from
+TAG_KEYS = (STACK_TAG, ROLE_TAG, HEALTH_TAG, OWNER_TAG, HEARTBEAT_TAG, REF_TAG)
 
 
 class Role(StrEnum):
-    APP = "app"  # app-tier worker instances
-    WEB = "web"  # web tier + controller instance
+    APP = "app"  # app-tier worker instances, their launch template, role and security group
+    WEB = "web"  # web tier + controller instances (an Auto Scaling group), their role and group
+    DATA = "data"  # buckets, queues, the job table: what the tiers read and write
+    LOAD_BALANCER = "alb"  # the Application Load Balancer in front of several web instances
     BAKED_AMI = "baked-ami"  # an app-tier image made by `infra bake`
+    BUILDER = "bake-builder"  # bake's temporary builder instance and its security group
+    LOCAL = "local-stack"  # the local stack's own users (administrator, EC2 stand-in): never on AWS
 
 
 def tag_dict(tags: Iterable[Mapping[str, str]] | None) -> dict[str, str]:

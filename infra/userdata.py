@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -101,10 +102,11 @@ def units(role: Role, settings: Settings, *, controller: bool = True) -> tuple[U
 
 
 def instance_settings(settings: Settings, *, launch_template: str, ami_id: str) -> Settings:
-    """The settings every deployed process runs with: the deployed template and AMI,
-    state under /var/lib, the web tier listening on all interfaces."""
+    """The settings every deployed process runs with: the deployed template and AMI, state (model
+    artifacts included) under /var/lib, the web tier listening on all interfaces. Nothing of the
+    deploying machine's own paths reaches an instance."""
     return settings.replace(launch_template=launch_template, ami_id=ami_id, data_dir=INSTANCE_DATA_DIR,
-                            web_host="0.0.0.0", instance_id="")
+                            model_dir="", web_host="0.0.0.0", instance_id="")
 
 
 def app_settings(settings: Settings) -> Settings:
@@ -122,10 +124,16 @@ def template(name: str) -> str:
     return (TEMPLATES / name).read_text()
 
 
-def env_file(settings: Settings) -> str:
-    """systemd EnvironmentFile text; refuses values that could break out of a line."""
+def artifact_sha256(model_uri: str) -> str:
+    """The checksum an artifact URI names: its last path segment (``s3://<bucket>/models/<model>/<sha256>/``)."""
+    return model_uri.rstrip("/").rpartition("/")[2]
+
+
+def env_file(settings: Settings, overrides: Mapping[str, str] | None = None) -> str:
+    """systemd EnvironmentFile text; refuses values that could break out of a line. ``overrides``
+    replace settings' values (the template puts its parameters' references there)."""
     lines = []
-    for key, value in sorted(settings.to_env().items()):
+    for key, value in sorted({**settings.to_env(), **(overrides or {})}.items()):
         if any(ord(c) < 32 for c in value):
             raise ValueError(f"{key} contains a control character; it cannot go into {ENV_FILE}")
         escaped = value.replace("\\", "\\\\").replace('"', '\\"')
@@ -142,7 +150,8 @@ def unit(name: Unit, settings: Settings, *, after: tuple[Unit, ...] = ()) -> str
     text = template(name.value)
     needs = "".join(f"Requires={u}\nAfter={u}\n" for u in after)
     text = text.replace("@@NEEDS@@\n", needs)
-    return _fill(text, {"PREFIX": settings.prefix, "TIMEOUT_STOP": str(stop_timeout_s(settings)), "ENV_PATH": ENV_FILE})
+    return _fill(text, {"PREFIX": settings.prefix, "TIMEOUT_STOP": str(stop_timeout_s(settings)), "ENV_PATH": ENV_FILE,
+                        "MODEL_SHA256": artifact_sha256(settings.model_uri)})
 
 
 def unit_files(role: Role, settings: Settings, *, controller: bool = True) -> dict[str, str]:
@@ -172,30 +181,32 @@ def _install_values(source: Source | None, instance_type: str, runtime: str,
 
 
 def boot_script(role: Role, settings: Settings, source: Source | None, *, instance_type: str,
-                controller: bool = True) -> str:
-    """User data for an instance of ``role`` whose processes run with ``settings`` (already per instance)."""
+                controller: bool = True, env: Mapping[str, str] | None = None) -> str:
+    """User data for an instance of ``role`` whose processes run with ``settings`` (already per instance);
+    ``env`` overrides values of its environment file."""
     files = unit_files(role, settings, controller=controller)
     blocks = [f"cat > {path} <<'IMGREC_EOF'\n{text.rstrip()}\nIMGREC_EOF" for path, text in files.items()]
     runtime = settings.runtime if role is Role.APP else ONNX_RUNTIME
     script = _fill(template("boot.sh"), {
         **_install_values(source, instance_type, runtime, requirement_sets(role, runtime)),
-        "PREFIX": settings.prefix, "ROLE": role.value, "ENV_PATH": ENV_FILE, "ENV_FILE": env_file(settings),
+        "PREFIX": settings.prefix, "ROLE": role.value, "ENV_PATH": ENV_FILE, "ENV_FILE": env_file(settings, env),
         "UNITS": "\n".join(blocks), "SERVICES": " ".join(u.value for u in units(role, settings, controller=controller)),
         "MODEL_UNIT": Unit.MODEL.value})
     _check_size(script)
     return script
 
 
-def app_user_data(settings: Settings, source: Source | None = None) -> str:
-    """An app-tier instance's user data: deploy's launch template and the controller's AMI path both use it.
+def app_user_data(settings: Settings, source: Source | None = None, *, env: Mapping[str, str] | None = None) -> str:
+    """An app-tier instance's user data: the stack's launch template and the controller's AMI path both use it.
     Without ``source`` the image must be baked (``python -m infra bake``)."""
     inst = app_settings(settings)
-    return boot_script(Role.APP, inst, source, instance_type=inst.instance_type)
+    return boot_script(Role.APP, inst, source, instance_type=inst.instance_type, env=env)
 
 
-def web_user_data(settings: Settings, source: Source | None, *, instance_type: str, controller: bool) -> str:
-    """A web instance's user data; ``controller``: this one also runs the stack's one controller."""
-    return boot_script(Role.WEB, settings, source, instance_type=instance_type, controller=controller)
+def web_user_data(settings: Settings, source: Source | None, *, instance_type: str, controller: bool = True,
+                  env: Mapping[str, str] | None = None) -> str:
+    """A web instance's user data; ``controller``: it runs a controller too (a lease lets one act per stack)."""
+    return boot_script(Role.WEB, settings, source, instance_type=instance_type, controller=controller, env=env)
 
 
 def bake_script(settings: Settings, source: Source) -> str:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
+from infra.cfn.stack import provision
 from infra.clients import CONTAINER_CREDENTIALS_URI_VAR, Clients
 from infra.config import Settings
 from infra.local.credentials import without_credentials
 from infra.local.moto_server import MotoServer, free_port
-from infra.provision import provision
 from tests.helpers import flask_app
 
 # Tests never touch real AWS: anything that escapes the endpoint gets these.

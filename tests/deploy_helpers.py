@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 
 from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, Settings
+from infra.local.strict.settings import StrictSettings
+from infra.observe import LIVE_STATES
 
-LIVE = ["pending", "running", "stopping", "stopped", "shutting-down"]
+LIVE = [str(s) for s in LIVE_STATES]
 
 
 def write_artifact(settings: Settings, body: bytes = b"onnx-bytes-for-tests", *, manifest_sha: str | None = None,
@@ -29,7 +32,12 @@ def write_artifact(settings: Settings, body: bytes = b"onnx-bytes-for-tests", *,
 def snapshot(clients, elbv2) -> dict[str, list]:
     """Every resource kind deploy touches, account-wide, so before/after compare exactly."""
     ec2, iam = clients.ec2, clients.iam
+    stacks = clients.cloudformation.describe_stacks()["Stacks"]
     return {
+        "stacks": sorted(st["StackName"] for st in stacks if st["StackStatus"] != "DELETE_COMPLETE"),
+        "web groups": sorted(g["AutoScalingGroupName"] for g in
+                             clients.autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]),
+        "tables": sorted(clients.dynamodb.list_tables()["TableNames"]),
         "buckets": sorted(b["Name"] for b in clients.s3.list_buckets()["Buckets"]),
         "queues": sorted(clients.sqs.list_queues().get("QueueUrls", [])),
         "roles": sorted(r["RoleName"] for r in iam.list_roles()["Roles"]),
@@ -43,6 +51,16 @@ def snapshot(clients, elbv2) -> dict[str, list]:
         "load balancers": sorted(lb["LoadBalancerArn"] for lb in elbv2.describe_load_balancers()["LoadBalancers"]),
         "target groups": sorted(tg["TargetGroupArn"] for tg in elbv2.describe_target_groups()["TargetGroups"]),
     }
+
+
+def settled_snapshot(clients, elbv2) -> dict[str, list]:
+    """The snapshot a test compares its end against: taken once the suite's EC2 lag has passed since the
+    call, so an instance an earlier test launched a moment ago (invisible for that long, infra.local.strict)
+    is already listed and does not show up between before and after as if this test had left it."""
+    settled = time.monotonic() + StrictSettings.from_env().ec2_lag_s
+    while time.monotonic() < settled:
+        time.sleep(0.1)
+    return snapshot(clients, elbv2)
 
 
 def tags(items) -> dict[str, str]:

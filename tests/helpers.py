@@ -165,3 +165,24 @@ def stays_true(condition: Callable[[], object], duration: float, interval: float
         if time.monotonic() >= deadline:
             return
         time.sleep(interval)
+
+
+def launch_template(ec2, settings: Settings, name: str, user_data: str, *, instance_type: str | None = None,
+                    profile_arn: str | None = None) -> str:
+    """A launch template of a test's own (its own user data, outside the stack's); returns its name."""
+    import base64
+
+    data = {"ImageId": settings.ami_id, "InstanceType": instance_type or settings.instance_type,
+            "UserData": base64.b64encode(user_data.encode()).decode()}
+    if profile_arn:
+        data["IamInstanceProfile"] = {"Arn": profile_arn}
+    ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData=data)
+    return name
+
+
+def template_user_data(ec2, name: str) -> str:
+    """The user data of a launch template's default version."""
+    import base64
+
+    found = ec2.describe_launch_template_versions(LaunchTemplateName=name, Versions=["$Default"])
+    return base64.b64decode(found["LaunchTemplateVersions"][0]["LaunchTemplateData"]["UserData"]).decode()

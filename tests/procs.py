@@ -66,10 +66,10 @@ def log_text(proc: subprocess.Popen) -> str:
     return Path(proc.log_path).read_text(errors="replace") if getattr(proc, "log_path", None) else ""
 
 
-def worker_pids(supervisor) -> list[int]:
-    """The supervisor's forked workers that are alive (not zombies)."""
+def worker_pids(parent) -> list[int]:
+    """The live (not zombie) child processes of ``parent`` (a runner: its instances' inits)."""
     try:
-        return sorted(p.pid for p in psutil.Process(supervisor.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
+        return sorted(p.pid for p in psutil.Process(parent.pid).children() if p.status() != psutil.STATUS_ZOMBIE)
     except psutil.NoSuchProcess:
         return []
 

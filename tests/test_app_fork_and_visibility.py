@@ -1,4 +1,4 @@
-"""The visibility heartbeat and the worker's metrics (the forked-worker case went with the supervisor:
+"""The visibility heartbeat and the worker's metrics (the forked-worker case is gone:
 local instances now run the worker as its own process, tests/test_runner.py)."""
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from infra.config import ConfigError, Settings, settings_table
+from infra.__main__ import settings_table
+from infra.config import ConfigError, Settings
 
 
 def test_defaults_and_derived_names():

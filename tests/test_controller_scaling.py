@@ -17,8 +17,8 @@ from contextlib import contextmanager
 import pytest
 
 from infra.config import Settings
-from infra.local.ami import ensure_launch_template
 from infra.local.runner import consoles_text
+from infra.local.stack import provision_stack
 from infra.observe import app_instances
 from tests.fleet import FleetSampler
 from tests.helpers import collect_results, send_requests, upload_images
@@ -39,7 +39,7 @@ def scaling_stack(settings: Settings, tmp_path):
     try:
         from infra.clients import Clients
 
-        settings = settings.replace(launch_template=ensure_launch_template(Clients(settings).ec2, settings))
+        settings, _ = provision_stack(settings, Clients(settings))
         sup = start_module("infra.local.runner", settings, log_path=tmp_path / "runner.log")
         procs.append(sup)
         wait_for(lambda: "runner ready" in log_text(sup) or sup.poll() is not None, 60, what="runner start")

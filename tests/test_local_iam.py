@@ -1,4 +1,4 @@
-"""IAM enforced locally: the roles deploy generates, judged by a moto server with enforcement on.
+"""IAM enforced locally: the roles of the stack's template, judged by a moto server with enforcement on.
 
 This module owns its own moto server (enforcing), so the suite's shared permissive one is
 unaffected. The credentials come the way a tier gets them: the credential server assumes the
@@ -23,20 +23,15 @@ import pytest
 import requests
 from botocore.exceptions import ClientError
 
+from infra.cfn.stack import stop_web_group
 from infra.clients import Clients, botocore_config, local_admin_credentials, make_client
 from infra.config import Settings
-from infra.local.account import (
-    LocalAccount,
-    ensure_web_instance,
-    open_account,
-    profile_role,
-    terminate_web_instance,
-)
+from infra.local.account import LocalAccount, open_account, profile_role
 from infra.local.credentials import CredentialServer, without_credentials
 from infra.local.moto_iam import iam_action, principal_matches
 from infra.local.moto_server import MotoServer, free_port
+from infra.local.stack import provision_stack
 from infra.observe import InstanceState, queue_url, web_instances
-from infra.provision import Report, provision
 from tests.helpers import wait_listed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +54,7 @@ def enforced(tmp_path_factory):
             tmp_path_factory.mktemp("iam") / "data"), receive_wait_s=0, max_attempts=1)
         account, _ = open_account(settings)
         admin = Clients(settings, credentials=account.admin)
-        provision(settings, admin)
+        settings, _ = provision_stack(settings, admin)  # the roles and policies come from the stack's template
         other = "iamt-someone-elses-bucket"
         admin.s3.create_bucket(Bucket=other)
         admin.s3.put_object(Bucket=other, Key="secret.txt", Body=b"not yours")
@@ -286,13 +281,11 @@ def test_a_tier_process_gets_its_role_from_the_environment_and_nothing_else(enfo
 
 def test_the_admin_credentials_file_works_for_infra_status_without_flags(enforced, tmp_path):
     e, s = enforced, enforced.settings
-    report = Report()
-    first = ensure_web_instance(e.admin.ec2, s, e.account.web_profile_arn, report)
-    assert ensure_web_instance(e.admin.ec2, s, e.account.web_profile_arn, report) == first  # exactly one
     running = [i for i in web_instances(e.admin.ec2, s) if i.state == InstanceState.RUNNING]
-    assert [i.id for i in running] == [first]
+    assert len(running) == 1  # exactly one web instance record, from the stack's web group
+    first = running[0].id
     desc = e.admin.ec2.describe_instances(InstanceIds=[first])["Reservations"][0]["Instances"][0]
-    assert desc["IamInstanceProfile"]["Arn"] == e.account.web_profile_arn
+    assert desc["IamInstanceProfile"]["Arn"].endswith(f"instance-profile/{e.account.web_role}")
     assert profile_role(e.admin.iam, desc["IamInstanceProfile"]["Arn"]) == e.account.web_role
 
     cred_file = Path(s.data_dir) / "aws" / "credentials"
@@ -311,7 +304,7 @@ def test_the_admin_credentials_file_works_for_infra_status_without_flags(enforce
                           env={**env, "IMGREC_DATA_DIR": str(tmp_path)}, timeout=60)
     assert bare.returncode != 0 or "missing" in bare.stdout
 
-    assert terminate_web_instance(e.admin.ec2, s) == [first]
+    assert stop_web_group(e.admin, s, wait_s=30, poll_s=0.2) == [first]
     assert web_instances(e.admin.ec2, s) == []
 
 
@@ -322,7 +315,7 @@ def test_local_iam_off_restores_moto_permissive_defaults(tmp_path):
         account, report = open_account(settings)
         assert ("moto IAM enforcement", "off (IMGREC_LOCAL_IAM=off)") in report.lines
         anyone = Clients(settings, credentials={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"})
-        provision(settings, anyone)
+        settings, _ = provision_stack(settings, anyone)
         with CredentialServer(settings, make_client("sts", settings, credentials=account.ec2_service)) as server:
             app = RoleClients(Enforced(settings, account, anyone, server, "", ""), account.app_role)
             # outside the app role's policy, allowed because nothing is enforced

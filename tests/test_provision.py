@@ -1,4 +1,5 @@
-"""Provisioning against a real moto server over HTTP: attributes, idempotence, teardown."""
+"""Provisioning the stack's data part (its template's buckets, queues and job table) against a real moto server
+over HTTP: attributes, idempotence, teardown."""
 
 import json
 import subprocess
@@ -7,8 +8,8 @@ import sys
 import pytest
 from botocore.exceptions import ClientError
 
+from infra.cfn.stack import provision, teardown
 from infra.messages import reply_queue_name
-from infra.provision import provision, teardown
 from infra.tags import STACK_TAG
 from tests.conftest import child_env
 from tests.helpers import wait_listed
@@ -23,6 +24,8 @@ def test_provision_creates_every_resource_with_its_settings(settings, clients):
     report = provision(settings, clients)
     assert report.changed
     assert [a for _, a in report.lines] == ["created"] * 6
+    assert clients.cloudformation.describe_stacks(StackName=settings.prefix)["Stacks"][0]["StackStatus"] \
+        == "CREATE_COMPLETE"
     table = clients.dynamodb.describe_table(TableName=settings.jobs_table)["Table"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert [i["IndexName"] for i in table["GlobalSecondaryIndexes"]] == ["batch"]
@@ -65,21 +68,10 @@ def test_provision_twice_changes_nothing(settings, clients):
     provision(settings, clients)
     again = provision(settings, clients)
     assert not again.changed
-    assert [a for _, a in again.lines] == ["unchanged"] * 6
+    assert again.lines == [(f"stack {settings.prefix}", "unchanged")]
 
 
-def test_provision_repairs_drifted_settings(stack, clients):
-    url, _ = _queue_attrs(clients, stack.req_queue)
-    clients.sqs.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "262144"})
-    clients.s3.put_bucket_versioning(Bucket=stack.in_bucket, VersioningConfiguration={"Status": "Suspended"})
-    report = dict(provision(stack, clients).lines)
-    assert report[f"queue {stack.req_queue}"] == "updated attributes"
-    assert report[f"bucket {stack.in_bucket}"] == "updated settings"
-    assert _queue_attrs(clients, stack.req_queue)[1]["MaximumMessageSize"] == "1024"
-    assert clients.s3.get_bucket_versioning(Bucket=stack.in_bucket)["Status"] == "Enabled"
-
-
-def test_teardown_removes_only_what_provision_made(stack, clients):
+def test_teardown_empties_and_removes_the_stacks_data_and_nothing_else(stack, clients):
     s3 = clients.s3
     for i in range(3):  # several versions of one key: all must go
         s3.put_object(Bucket=stack.in_bucket, Key="cat.jpg", Body=b"v%d" % i)
@@ -93,8 +85,9 @@ def test_teardown_removes_only_what_provision_made(stack, clients):
     untagged = clients.sqs.create_queue(QueueName=reply_queue_name(stack.prefix, "ba9876543210"))["QueueUrl"]
 
     report = dict(teardown(stack, clients).lines)
-    assert report[f"queue {ours}"] == "deleted" and report[f"table {stack.jobs_table}"] == "deleted"
-    assert report[f"bucket {stack.in_bucket}"] == "deleted (4 object versions)"
+    assert report[f"queue {ours}"] == "deleted" and report[f"stack {stack.prefix}"] == "deleted"
+    assert report[f"bucket {stack.in_bucket}"] == "deleted"
+    assert report[f"queue {reply_queue_name(stack.prefix, 'ba9876543210')}"] == "kept (not ours)"
     names = {b["Name"] for b in s3.list_buckets()["Buckets"]}
     assert stack.in_bucket not in names and stack.out_bucket not in names
     assert foreign in names
@@ -104,12 +97,12 @@ def test_teardown_removes_only_what_provision_made(stack, clients):
     assert not teardown(stack, clients).changed  # second teardown: all absent
 
 
-def test_teardown_keeps_same_named_resources_it_did_not_make(settings, clients):
-    clients.s3.create_bucket(Bucket=settings.in_bucket)
-    clients.sqs.create_queue(QueueName=settings.req_queue)
-    report = dict(teardown(settings, clients).lines)
-    assert report[f"bucket {settings.in_bucket}"] == "kept (not ours)"
-    assert report[f"queue {settings.req_queue}"] == "kept (not ours)"
+def test_teardown_can_keep_the_data(stack, clients):
+    clients.s3.put_object(Bucket=stack.in_bucket, Key="cat.jpg", Body=b"kept")
+    report = dict(teardown(stack, clients, keep_data=True).lines)
+    assert report[f"bucket {stack.in_bucket}"] == "kept with its data (--keep-data)"
+    assert clients.s3.get_object(Bucket=stack.in_bucket, Key="cat.jpg")["Body"].read() == b"kept"
+    assert stack.jobs_table not in clients.dynamodb.list_tables()["TableNames"]  # the rest of the stack went
 
 
 def test_cli_provision_status_teardown(settings):

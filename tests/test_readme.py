@@ -4,6 +4,7 @@ names Makefile targets that exist, do what it says, and the addresses they reall
 import re
 from pathlib import Path
 
+from infra.__main__ import settings_table
 from infra.config import DEFAULT_WEB_HOST, DEFAULT_WEB_PORT, LOCAL_ENDPOINT, markdown_table
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,8 +33,8 @@ def test_readme_configuration_table_matches_settings():
     text = README.read_text()
     block = re.search(r"<!-- CONFIG-TABLE -->.*?(\| variable .*?)\n<!-- /CONFIG-TABLE -->", text, re.S)
     assert block, "README lacks the generated configuration table"
-    assert block.group(1).strip() == markdown_table().strip(), (
-        "README configuration table is stale: regenerate it with `python -m infra.config --write-readme`")
+    assert block.group(1).strip() == markdown_table(settings_table()).strip(), (
+        "README configuration table is stale: regenerate it with `python -m infra readme --write`")
 
 
 def test_readme_quick_start_is_make_run_and_make_test():

@@ -2,7 +2,7 @@
 
 Most cases drive ``Runner.tick()`` in this process with small user data (sh units)
 so each behaviour takes seconds; the slow ones run ``python -m infra.local.runner``
-with the deploy's real boot script and the real worker.
+with the stack's real boot script (its launch template, from the template deploy uses) and the real worker.
 """
 
 from __future__ import annotations
@@ -20,12 +20,13 @@ import pytest
 
 from controller.actuator import Ec2Actuator
 from infra.local import cgroups
-from infra.local.ami import ROOT, LocalAmi, ensure_launch_template
+from infra.local.ami import ROOT, LocalAmi
 from infra.local.imds import MetadataServer
 from infra.local.runner import Runner, consoles_text, detect_features
+from infra.local.stack import provision_stack, upload_artifact
 from infra.observe import InstanceState, app_instances
-from infra.userdata import Source
 from tests.conftest import child_env
+from tests.helpers import launch_template, template_user_data
 from tests.localinst import collect_results, host_mounts_mentioning, local_processes, send_images
 from tests.procs import log_text, stop_process, wait_for
 from web_tier.metrics_source import instance_rows
@@ -63,7 +64,7 @@ def make_runner(settings, clients):
 
     def make(user_data: str, *, features=FEATURES, instance_type: str = "t3.micro", warm_pool: bool = False, **kw):
         lt_settings = settings.replace(instance_type=instance_type, launch_template=f"{settings.prefix}-lt")
-        ensure_launch_template(clients.ec2, lt_settings, user_data=user_data)
+        launch_template(clients.ec2, lt_settings, lt_settings.launch_template, user_data)
         imds = MetadataServer().start()
         runner = Runner(lt_settings, clients.ec2, features, ami=AMI, hierarchy=HIERARCHY, imds=imds, **kw)
         made.append((runner, imds))
@@ -208,8 +209,7 @@ def test_runner_process_says_once_which_isolation_is_off(stack, tmp_path):
 @pytest.mark.parametrize("isolation", ["auto", "off"])
 def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_nothing(stack, clients, tmp_path,
                                                                                      isolation):
-    settings = stack.replace(local_isolation=isolation)
-    settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+    settings, _ = provision_stack(stack.replace(local_isolation=isolation), clients)
     proc = start_runner(settings, tmp_path / "runner.log")
     try:
         wait_for(lambda: "runner ready" in log_text(proc) or proc.poll() is not None, 30, what="runner start")
@@ -249,17 +249,12 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
                             capture_output=True, text=True).stdout.strip()
     head = subprocess.run(["git", "-C", str(repo), "rev-parse", branch], check=True, capture_output=True,
                           text=True).stdout.strip()
-    # As deploy does: the model artifact in S3, fetched and verified at boot (the worker set has no torch
-    # to build one). The session's built artifact is the one uploaded.
-    built = Path(stack.models_dir) / stack.model
-    bucket = f"{stack.prefix}-models"
-    clients.s3.create_bucket(Bucket=bucket)
-    for name in ("model.onnx", "manifest.json"):
-        clients.s3.put_object(Bucket=bucket, Key=f"models/{stack.model}/{name}", Body=(built / name).read_bytes())
+    # As deploy does: the stack (installing from the clone), then the model artifact into its bucket, fetched
+    # and verified at boot: an unbaked image carries none (and the worker set has no torch to build one).
     # pip and the preload need more than a t3.micro's 1 GiB; on AWS the install adds swap there.
-    settings = stack.replace(instance_type="t3.medium", launch_template=f"{stack.prefix}-lt",
-                             model_uri=f"s3://{bucket}/models/{stack.model}/")
-    ensure_launch_template(clients.ec2, settings, source=Source(f"file://{repo}", branch))
+    settings, outputs = provision_stack(stack.replace(instance_type="t3.medium"), clients,
+                                        RepoUrl=f"file://{repo}", RepoRef=branch)
+    upload_artifact(settings, clients, outputs)
     imds = MetadataServer().start()
     runner = Runner(settings, clients.ec2, FEATURES, ami=LocalAmi.this_checkout(baked=False), hierarchy=HIERARCHY,
                     imds=imds)
@@ -299,14 +294,15 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
 
 @pytest.mark.slow
 def test_a_failed_boot_is_replaced_by_the_controller_and_no_work_is_lost(stack, clients, tmp_path):
-    from infra.local.ami import local_boot_script
     from tests.procs import start_module
 
     marker = tmp_path / "first-boot-failed"  # the host's /tmp: shared by every instance of this test
-    script = local_boot_script(stack).replace(
+    settings, _ = provision_stack(stack, clients)
+    script = template_user_data(clients.ec2, settings.launch_template).replace(
         "#!/bin/bash\n", f"#!/bin/bash\nif mkdir {marker} 2>/dev/null; then echo 'simulated failure'; exit 1; fi\n", 1)
-    settings = stack.replace(launch_template=f"{stack.prefix}-lt")
-    ensure_launch_template(clients.ec2, settings, user_data=script)
+    profile = clients.iam.get_instance_profile(InstanceProfileName=f"{stack.prefix}-app-role")["InstanceProfile"]
+    settings = settings.replace(launch_template=launch_template(clients.ec2, settings, f"{stack.prefix}-lt", script,
+                                                                profile_arn=profile["Arn"]))
     ids = send_images(clients, settings, 5)  # waiting while the first instance fails
     runner = start_runner(settings, tmp_path / "runner.log")
     ctl = start_module("controller", settings, log_path=tmp_path / "controller.log")

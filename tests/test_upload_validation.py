@@ -13,9 +13,9 @@ import io
 
 import pytest
 
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.observe import bucket_object_count, queue_depth, queue_url
-from infra.provision import provision
 from tests.helpers import flask_app
 from tests.images import jpeg_bytes
 from tests.procs import web_settings

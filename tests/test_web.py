@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.messages import ImageRequest, ImageResult
 from infra.observe import bucket_object_count, queue_depth, queue_url
-from infra.provision import provision
 from tests.images import jpeg_bytes, make_image, png_bytes
 from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 

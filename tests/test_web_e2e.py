@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import requests
 
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.observe import queue_depth, queue_url
-from infra.provision import provision
 from tests.images import jpeg_bytes, truncated_jpeg, write_images
 from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 

@@ -17,12 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.jobstore import JobStore
 from infra.local.moto_server import free_port
 from infra.messages import ImageRequest, reply_queue_name
 from infra.observe import bucket_object_count, queue_depth, queue_url
-from infra.provision import provision, reply_queue_urls
+from infra.provision import reply_queue_urls
 from infra.tags import STACK_TAG
 from tests.images import jpeg_bytes, write_images
 from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings

@@ -8,10 +8,10 @@ import pytest
 
 from app_tier.models import load_classifier
 from app_tier.preprocess import decode_image
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.messages import ImageRequest, ImageResult, output_key
 from infra.observe import queue_depth, queue_url
-from infra.provision import provision
 from tests.helpers import collect, enqueue, upload
 from tests.images import jpeg_bytes, truncated_jpeg
 from tests.procs import log_text, start_module, stop_process, wait_for

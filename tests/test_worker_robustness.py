@@ -14,10 +14,10 @@ import pytest
 
 from app_tier.visibility import _Entry, due_for_extension
 from app_tier.worker import RETRY_MAX_S, retry_visibility_s
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.messages import ImageResult
 from infra.observe import queue_depth, queue_url
-from infra.provision import provision
 from tests.helpers import enqueue, upload
 from tests.images import jpeg_bytes
 from tests.procs import log_text, start_module, stop_process, wait_for

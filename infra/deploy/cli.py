@@ -6,16 +6,36 @@ import sys
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.clients import make_client
+from infra.cfn.changes import StackFailed
 from infra.config import ConfigError, Settings
-from infra.deploy.compute import resolve_image
-from infra.deploy.dashboard import console_url
-from infra.deploy.deploy import confirm, deploy, destroy, plan_text
+from infra.deploy.deploy import confirm, deploy, destroy
 from infra.deploy.errors import DeployError, NotConfirmed
 from infra.deploy.settings import DeploySettings
 
 EXIT_NOT_CONFIRMED = 3
 EXIT_BAD_CONFIG = 2
+
+
+def _deploy(args, settings: Settings, dsettings: DeploySettings, clients, stdin) -> None:
+    def approve(text: str, plan) -> bool:
+        print(text, flush=True)
+        if args.dry_run:
+            print("dry run: nothing was changed (the change set is deleted)")
+            return False
+        return plan.change_set_id is None or confirm("Execute this change set?", yes=args.yes, stdin=stdin)
+
+    done = deploy(settings, dsettings, clients, approve=approve)
+    if done is None:
+        return
+    if str(done.report):
+        print(done.report)
+    out = done.outputs
+    print(f"\nweb tier:  {done.url}  (instances install and start in a few minutes)")
+    print(f"dashboard: {out.get('DashboardUrl')}")
+    print(f"buckets:   {out.get('InputBucketName')}, {out.get('OutputBucketName')}; model: {out.get('ModelBucketName')}")
+    print(f"queues:    {out.get('RequestQueueUrl')}, {out.get('ResponseQueueUrl')}")
+    print(f"app tier:  launch template {out.get('AppLaunchTemplateId')}")
+    print(f"load test: python -m workload --url {done.url} --image_folder <folder> --num_request 100")
 
 
 def run(args, settings: Settings, clients, *, stdin=None, env=None) -> int:
@@ -27,23 +47,16 @@ def run(args, settings: Settings, clients, *, stdin=None, env=None) -> int:
         return EXIT_BAD_CONFIG
     try:
         if args.command == "deploy":
-            image = resolve_image(clients.ec2, make_client("ssm", settings), settings, dsettings)
-            print(plan_text(settings, dsettings, image), flush=True)
-            if args.dry_run:
-                print("dry run: nothing was changed")
-                return 0
-            confirm("Create these resources?", yes=args.yes, stdin=stdin)
-            report, url = deploy(settings, dsettings, clients)
-            print(report)
-            print(f"\nweb tier:  {url}  (instances install and start in a few minutes)")
-            print(f"dashboard: {console_url(settings)}")
-            print(f"load test: python -m workload --url {url} --image_folder <folder> --num_request 100")
+            _deploy(args, settings, dsettings, clients, stdin)
         elif args.command == "destroy":
             where = settings.endpoint_url or f"AWS region {settings.region}"
-            print(f"Destroy stack {settings.prefix!r} in {where}: instances, load balancer, launch template, roles, "
-                  "security groups, dashboard, buckets (with their objects, the model's too) and queues.", flush=True)
+            kept = "kept" if args.keep_data else "emptied and deleted"
+            print(f"Destroy stack {settings.prefix!r} in {where}: stop the web instances, terminate the app "
+                  f"instances the controller launched, delete the reply queues and the stack; the input and "
+                  f"output buckets are {kept}" + ("" if args.keep_images else "; baked images deregistered") + ".",
+                  flush=True)
             confirm("Delete all of it?", yes=args.yes, stdin=stdin)
-            print(destroy(settings, clients, keep_images=args.keep_images))
+            print(destroy(settings, clients, keep_data=args.keep_data, keep_images=args.keep_images))
         elif args.command == "bake":
             from infra.deploy.bake import bake
 
@@ -57,7 +70,7 @@ def run(args, settings: Settings, clients, *, stdin=None, env=None) -> int:
     except NotConfirmed as err:
         print(err, file=sys.stderr)
         return EXIT_NOT_CONFIRMED
-    except DeployError as err:
+    except (DeployError, StackFailed) as err:
         print(f"{args.command} failed: {err}", file=sys.stderr)
         return 1
     except (ClientError, BotoCoreError) as err:

@@ -14,11 +14,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from infra.cfn.template import (
+    DEFAULT_BASE_IMAGE,
+    KEY_NAME_PATTERN,
+    MAX_WEB_INSTANCES,
+    REPO_REF_PATTERN,
+    REPO_URL_PATTERN,
+)
 from infra.config import INSTANCE_TYPE_RE, ConfigError, env_field, values_from_env
 
 DEFAULT_WEB_INSTANCE_TYPE = "t3.small"
 DEFAULT_WEB_INSTANCES = 1  # the course's graders require exactly one running `web-instance`
-MAX_WEB_INSTANCES = 20
 DEFAULT_ALLOWED_CIDR = "0.0.0.0/0"
 DEFAULT_SSH_CIDR = ""  # empty: no SSH rule at all
 DEFAULT_KEY_NAME = ""
@@ -27,13 +33,11 @@ DEFAULT_REPO_REF = "main"
 DEFAULT_ROOT_VOLUME_GB = 16
 # The AMI deploy and bake use when IMGREC_AMI_ID is left at its (moto-only) default: AWS's public
 # SSM parameter for the latest Amazon Linux 2023, as AWS CDK's MachineImage.latestAmazonLinux2023 does.
-DEFAULT_AMI_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
+DEFAULT_AMI_PARAMETER = DEFAULT_BASE_IMAGE
 DEPLOY_ONLY_NOTE = "deploy only: "
 
-# These values are written into a shell script (user data): no quotes, spaces or `$`.
-REPO_URL_RE = re.compile(r"^(https://|ssh://|git@|file:///)[A-Za-z0-9._~:/@%+=-]+$")
-REPO_REF_RE = re.compile(r"^[A-Za-z0-9._/-]{1,100}$")
-KEY_NAME_RE = re.compile(r"^[A-Za-z0-9._-]{0,255}$")
+# These values are written into a shell script (user data): the template's own patterns.
+REPO_URL_RE, REPO_REF_RE, KEY_NAME_RE = (re.compile(p) for p in (REPO_URL_PATTERN, REPO_REF_PATTERN, KEY_NAME_PATTERN))
 SSM_PARAMETER_RE = re.compile(r"^/[A-Za-z0-9_./-]{1,2047}$")
 
 

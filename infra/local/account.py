@@ -1,25 +1,22 @@
-"""The local account shaped like the deployed one: identities, roles, instance profiles, the web instance.
+"""The local account's own identities: what exists only because moto stands in for AWS.
 
-`make run` calls ``prepare_account`` against its fresh, still permissive moto, then
-switches IAM enforcement on (``IMGREC_LOCAL_IAM``, default on). It creates:
+`make run` calls ``open_account`` against its fresh, still permissive moto, then switches IAM
+enforcement on (``IMGREC_LOCAL_IAM``, default on). It creates:
 
-- the app and web roles with instance profiles, from the same policy generator as
-  deploy (``infra.deploy.iam``), so the local run exercises the real least-privilege
-  documents;
 - ``<prefix>-local-admin``, an administrator user for tools outside the stack (the
-  workload monitor, ``python -m infra status``, the AWS CLI, a grading script); its
-  keys go to ``<data dir>/aws/credentials`` (profile ``default``) with
-  ``<data dir>/aws/config`` (region, endpoint_url) beside it;
+  workload monitor, ``python -m infra status``, the AWS CLI, a grading script, and the
+  local stack itself, which puts the stack up with these keys); its keys go to
+  ``<data dir>/aws/credentials`` (profile ``default``) with ``<data dir>/aws/config``
+  (region, endpoint_url) beside it;
 - ``<prefix>@ec2.amazonaws.com``, the stand-in for the EC2 service: the only
-  principal the roles' trust policy (Service ec2.amazonaws.com) admits
+  principal the stack's roles' trust policy (Service ec2.amazonaws.com) admits
   (``infra.local.moto_iam``); the credential server signs its AssumeRole calls with
   these keys, which are also written to ``<data dir>/aws/ec2-service`` (owner only)
   so that a process other than the stack's (the instance runner) can run one
   (``ec2_service_credentials``, ``CredentialServer.for_stack``).
 
-``ensure_web_instance`` makes the web tier an EC2 instance record as on AWS: one
-running instance named ``IMGREC_WEB_INSTANCE_NAME`` with the web instance profile
-(no user data: the stack runs the web tier and controller itself, with the web role).
+The roles, instance profiles and the web instance come from the stack's template
+(``infra.cfn``), as on AWS.
 """
 
 from __future__ import annotations
@@ -34,23 +31,12 @@ from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from infra.cfn import names
+from infra.cfn.policies import POLICY_VERSION
 from infra.clients import local_aws_files, make_client
 from infra.config import Settings
-from infra.deploy.compute import stack_instances, terminate_and_wait
-from infra.deploy.deploy import ensure_web_instances
-from infra.deploy.iam import (
-    POLICY_VERSION,
-    Arns,
-    account_id,
-    app_policy,
-    app_role_name,
-    ensure_role,
-    web_policy,
-    web_role_name,
-)
-from infra.deploy.settings import DEFAULT_WEB_INSTANCE_TYPE
 from infra.local.moto_iam import service_user_name, set_enforcement
-from infra.provision import Report
+from infra.report import Report
 from infra.tags import ROLE_TAG, STACK_TAG, Role
 
 log = logging.getLogger(__name__)
@@ -58,11 +44,6 @@ log = logging.getLogger(__name__)
 # A permissive moto takes any keys; these create the identities before enforcement starts.
 BOOTSTRAP_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
 ADMIN_POLICY = {"Version": POLICY_VERSION, "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]}
-# Locally the app tier is launched from IMGREC_AMI_ID, without a launch template or security group;
-# the web policy still names them as deploy's does (moto does not judge EC2 resources: see moto_iam).
-LOCAL_LAUNCH_TEMPLATE_ID = "lt-local-none"
-LOCAL_APP_SG_ID = "sg-local-none"
-WEB_STOP_TIMEOUT_S = 10.0
 
 
 def admin_user_name(settings: Settings) -> str:
@@ -74,10 +55,8 @@ class LocalAccount:
     account: str
     admin: dict  # boto3 credential kwargs of the administrator
     ec2_service: dict  # boto3 credential kwargs of the EC2 stand-in (for the credential server)
-    app_role: str
+    app_role: str  # the stack's roles, by name (the template makes them)
     web_role: str
-    app_profile_arn: str
-    web_profile_arn: str
 
 
 def _ensure_user_with_key(iam, settings: Settings, name: str, policy: dict, report: Report) -> dict:
@@ -90,7 +69,7 @@ def _ensure_user_with_key(iam, settings: Settings, name: str, policy: dict, repo
             log.error("get_user %s failed", name)
             raise
         iam.create_user(UserName=name, Tags=[{"Key": STACK_TAG, "Value": settings.prefix},
-                                             {"Key": ROLE_TAG, "Value": "local"}])
+                                             {"Key": ROLE_TAG, "Value": Role.LOCAL}])
         report.add(f"iam user {name}", "created")
     iam.put_user_policy(UserName=name, PolicyName=f"{name}-policy", PolicyDocument=json.dumps(policy))
     for old in iam.list_access_keys(UserName=name)["AccessKeyMetadata"]:
@@ -99,27 +78,31 @@ def _ensure_user_with_key(iam, settings: Settings, name: str, policy: dict, repo
     return {"aws_access_key_id": key["AccessKeyId"], "aws_secret_access_key": key["SecretAccessKey"]}
 
 
+def role_arn(account: str, role_name: str) -> str:
+    return f"arn:aws:iam::{account}:role/{role_name}"  # moto serves the aws partition
+
+
 def prepare_account(settings: Settings, *, credentials: dict | None = None) -> tuple[LocalAccount, Report]:
-    """Create (or converge) roles, profiles and the two local users; write the admin's keys.
+    """Create (or converge) the two local users and write their keys.
 
     Runs before enforcement (``credentials`` default: the bootstrap pair) or as an administrator.
     """
     credentials = credentials or BOOTSTRAP_CREDENTIALS
     iam = make_client("iam", settings, credentials=credentials)
     report = Report()
-    account = account_id(make_client("sts", settings, credentials=credentials))
-    arns = Arns(settings.region, account)
-    app_role, web_role = app_role_name(settings), web_role_name(settings)
-    app_profile = ensure_role(iam, settings, app_role, app_policy(settings, arns), Role.APP, report)
-    web_profile = ensure_role(iam, settings, web_role,
-                              web_policy(settings, arns, launch_template_id=LOCAL_LAUNCH_TEMPLATE_ID,
-                                         app_sg_id=LOCAL_APP_SG_ID, ami_id=settings.ami_id), Role.WEB, report)
+    try:
+        account = make_client("sts", settings, credentials=credentials).get_caller_identity()["Account"]
+    except ClientError:
+        log.error("sts get_caller_identity against %s failed", settings.endpoint_url)
+        raise
+    app_role, web_role = names.role_name(settings.prefix, Role.APP), names.role_name(settings.prefix, Role.WEB)
     admin = _ensure_user_with_key(iam, settings, admin_user_name(settings), ADMIN_POLICY, report)
     assume = {"Version": POLICY_VERSION, "Statement": [{
-        "Effect": "Allow", "Action": "sts:AssumeRole", "Resource": [arns.role(app_role), arns.role(web_role)]}]}
+        "Effect": "Allow", "Action": "sts:AssumeRole",
+        "Resource": [role_arn(account, app_role), role_arn(account, web_role)]}]}
     service = _ensure_user_with_key(iam, settings, service_user_name(settings.prefix), assume, report)
     write_admin_credentials(settings, admin, service)
-    return LocalAccount(account, admin, service, app_role, web_role, app_profile, web_profile), report
+    return LocalAccount(account, admin, service, app_role, web_role), report
 
 
 def open_account(settings: Settings) -> tuple[LocalAccount, Report]:
@@ -183,26 +166,3 @@ def profile_role(iam, profile_arn: str) -> str:
     if not roles:
         raise LookupError(f"instance profile {name} has no role")
     return roles[0]["RoleName"]
-
-
-def ensure_web_instance(ec2, settings: Settings, web_profile_arn: str, report: Report) -> str:
-    """Exactly one running web instance record with the web instance profile; returns its id."""
-    run_args = {"ImageId": settings.ami_id, "InstanceType": DEFAULT_WEB_INSTANCE_TYPE,
-                "IamInstanceProfile": {"Arn": web_profile_arn}}
-    (web,) = ensure_web_instances(ec2, settings, 1, lambda _index: run_args, report, wait_s=WEB_STOP_TIMEOUT_S,
-                                  poll_s=0.2)
-    return web["InstanceId"]
-
-
-def terminate_web_instance(ec2, settings: Settings, *, wait: bool = True) -> list[str]:
-    """Terminate the web instance record(s) of this stack; returns their ids."""
-    ids = [i["InstanceId"] for i in stack_instances(ec2, settings, role=Role.WEB)]
-    if wait:
-        terminate_and_wait(ec2, ids, WEB_STOP_TIMEOUT_S, 0.2)
-    elif ids:
-        try:
-            ec2.terminate_instances(InstanceIds=ids)
-        except ClientError:
-            log.error("terminate_instances %s (web instance record) failed", ids)
-            raise
-    return ids

@@ -6,9 +6,12 @@ marked baked (``/opt/imgrec/.baked``) so the boot script skips the install, as o
 image made by ``python -m infra bake``. An un-baked instance (``baked=False``) gets an
 empty /opt/imgrec and runs the real install path.
 
-The user data is the deploy's own boot script (``infra.userdata``) for the
-local settings, carried by a launch template in moto as ``deploy`` makes one on AWS,
-so the controller launches exactly what EC2 would boot.
+A baked image also carries the model artifact, where an instance keeps it
+(``/var/lib/imgrec/models/<model>``, ``infra.local.isolation``): the boot script's model
+unit finds it there with the checksum the stack names and skips the download.
+
+The user data is the stack's own (its launch template, from ``infra.cfn``), so the
+controller launches exactly what EC2 would boot.
 
 The instance's PATH starts with a few shims: ``systemctl`` (the local init),
 ``apt-get`` (checks the image has what the install asks for; the host's packages are
@@ -18,23 +21,19 @@ never changed) and, without namespaces, ``useradd``/``chown``/``chgrp`` that ski
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from botocore.exceptions import ClientError
-
-from infra.config import Settings
-from infra.local.isolation import AMI_MODELS, AMI_MODELS_REL
-from infra.userdata import ONNX_RUNTIME, TORCH_RUNTIME, Source, app_user_data
+from infra.local.isolation import AMI_MODELS_REL
+from infra.userdata import ONNX_RUNTIME, TORCH_RUNTIME
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-LT_DESCRIPTION = "imgrec local app tier"
 
 # What `apt-get install` of the install script asks for, and how the local image shows it has it.
 APT_PROVIDES = {
@@ -53,73 +52,31 @@ class LocalAmi:
     venv: Path
     baked: bool = True
 
+    @property
+    def models_dir(self) -> Path:
+        """Where the image's model artifacts are (the checkout's cache, what `make install` builds)."""
+        return self.src / AMI_MODELS_REL
+
     def ensure_model(self, model: str, runtime: str = ONNX_RUNTIME) -> None:
         """Bake what the workers load into the AMI before any instance boots from it: the model artifact
-        (the checkout's cache, built if missing) or, for the torch runtime, torch in the venv.
+        (the checkout's cache, built if missing) or, for the torch runtime, torch in the venv. The app tier's
+        own code decides, in a child process (the emulator imports no tier).
 
         ``AmiError`` says what is missing and which command adds it (torch is not in `make run`'s sets)."""
-        from app_tier import artifact
-        from app_tier.classifier import ModelUnavailable
-        from app_tier.models import require_torch
-
-        try:
-            if runtime == TORCH_RUNTIME:
-                require_torch(f"IMGREC_RUNTIME=torch (model {model})")
-            else:
-                artifact.ensure(self.src / AMI_MODELS_REL, model)
-        except ModelUnavailable as err:
-            raise AmiError(f"the local app-tier image cannot run model {model} ({runtime} runtime): {err}") from None
+        if runtime != TORCH_RUNTIME and (self.models_dir / model / "manifest.json").is_file():
+            return
+        check = ([sys.executable, "-c", "import sys; from app_tier.models import require_torch; "
+                  "require_torch(sys.argv[1])", f"IMGREC_RUNTIME=torch (model {model})"] if runtime == TORCH_RUNTIME
+                 else [sys.executable, "-m", "app_tier.artifact", "ensure", "--model", model,
+                       "--dest", str(self.models_dir / model)])
+        done = subprocess.run(check, cwd=ROOT, capture_output=True, text=True)
+        if done.returncode != 0:
+            why = (done.stderr.strip().splitlines() or ["no output"])[-1].split(": ", 1)[-1]
+            raise AmiError(f"the local app-tier image cannot run model {model} ({runtime} runtime): {why}")
 
     @classmethod
     def this_checkout(cls, *, baked: bool = True) -> LocalAmi:
         return cls(ROOT, Path(os.path.realpath(sys.prefix)), baked)
-
-
-def launch_template_name(settings: Settings) -> str:
-    return settings.launch_template or f"{settings.prefix}-app-lt"
-
-
-def local_boot_script(settings: Settings, source: Source | None = None) -> str:
-    """The app-tier user data ``deploy`` would write, for these (local) settings; with ``source`` the
-    instance installs the project from that repository (the un-baked path), without it the image is baked."""
-    # A baked local AMI carries the model artifact (the checkout's cache); an un-baked one builds its own.
-    model_dir = AMI_MODELS if source is None else ""
-    return app_user_data(settings.replace(launch_template=launch_template_name(settings), model_dir=model_dir),
-                         source)
-
-
-def ensure_launch_template(ec2, settings: Settings, user_data: str | None = None, *, profile_arn: str = "",
-                           source: Source | None = None) -> str:
-    """The app tier's launch template in moto, with the boot script as its user data; returns its name.
-
-    A template that exists gets a new default version when the user data changed.
-    """
-    name = launch_template_name(settings)
-    text = user_data if user_data is not None else local_boot_script(settings, source)
-    data = {"ImageId": settings.ami_id, "InstanceType": settings.instance_type,
-            "UserData": base64.b64encode(text.encode()).decode()}
-    if profile_arn:  # the app role's instance profile: what the instance's processes may do
-        data["IamInstanceProfile"] = {"Arn": profile_arn}
-    try:
-        found = ec2.describe_launch_templates(Filters=[{"Name": "launch-template-name", "Values": [name]}])
-        templates = found.get("LaunchTemplates", [])
-        if not templates:
-            ec2.create_launch_template(LaunchTemplateName=name, VersionDescription=LT_DESCRIPTION,
-                                       LaunchTemplateData=data)
-            log.info("launch template %s created (%s, user data %d bytes)", name, settings.instance_type, len(text))
-            return name
-        lt_id = templates[0]["LaunchTemplateId"]
-        current = ec2.describe_launch_template_versions(LaunchTemplateId=lt_id, Versions=["$Default"])
-        if current["LaunchTemplateVersions"][0]["LaunchTemplateData"] != data:
-            version = ec2.create_launch_template_version(LaunchTemplateId=lt_id, LaunchTemplateData=data,
-                                                         VersionDescription=LT_DESCRIPTION)
-            number = version["LaunchTemplateVersion"]["VersionNumber"]
-            ec2.modify_launch_template(LaunchTemplateId=lt_id, DefaultVersion=str(number))
-            log.info("launch template %s: new default version %s", name, number)
-    except ClientError:
-        log.error("cannot create or update launch template %s", name)
-        raise
-    return name
 
 
 def write_shims(bin_dir: Path, *, python: str, namespaces: bool) -> None:

@@ -40,7 +40,6 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.clients import CONTAINER_CREDENTIALS_TOKEN_VAR, CONTAINER_CREDENTIALS_URI_VAR
 from infra.config import Settings
-from infra.deploy.iam import Arns
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +184,9 @@ class CredentialServer:
     def _assume(self, role_name: str, session_name: str) -> RoleCredentials:
         if self._account is None:
             self._account = self.sts.get_caller_identity()["Account"]
-        arn = Arns(self.settings.region, self._account).role(role_name)
+        from infra.local.account import role_arn
+
+        arn = role_arn(self._account, role_name)
         try:
             got = self.sts.assume_role(RoleArn=arn, RoleSessionName=session_name,
                                        DurationSeconds=self.duration_s)["Credentials"]

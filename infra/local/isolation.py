@@ -47,6 +47,7 @@ AMI_VENV = "/opt/imgrec/venv"
 # The model artifact baked into the local AMI: the checkout's cache, what `make install` builds.
 AMI_MODELS_REL = ".data/models"
 AMI_MODELS = f"{AMI_SRC}/{AMI_MODELS_REL}"
+INSTANCE_MODELS = "/var/lib/imgrec/models"  # where an instance's model unit installs artifacts
 BAKED_MARK = ".baked"
 SERVICE_USER = "imgrec"
 SERVICE_UID = 64_123  # the image's `imgrec` user, in the instance's own /etc/passwd
@@ -162,6 +163,7 @@ def prepare_root(instance_dir: Path, *, src: Path | None, venv: Path | None, pri
                 link.mkdir(exist_ok=True)
             elif not link.is_symlink():
                 link.symlink_to(target)
+        _carry_models(root, src, private_mounts)
     if private_mounts:
         for name, line in (("passwd", f"{SERVICE_USER}:x:{SERVICE_UID}:{SERVICE_UID}:imgrec:/opt/imgrec:"
                                       "/usr/sbin/nologin"),
@@ -171,6 +173,18 @@ def prepare_root(instance_dir: Path, *, src: Path | None, venv: Path | None, pri
                 host = host.rstrip("\n") + "\n" + line + "\n"
             (instance_dir / name).write_text(host)
     return root
+
+
+def _carry_models(root: Path, src: Path, private_mounts: bool) -> None:
+    """The baked image carries its model artifacts where an instance keeps them (``/var/lib/imgrec/models/<model>``),
+    so the boot script's model unit finds the one the stack names there and downloads nothing. Each is a link
+    to the image's read-only copy; a different artifact is installed over the link, never into the image."""
+    models = root / INSTANCE_MODELS.lstrip("/")
+    models.mkdir(parents=True, exist_ok=True)
+    for built in sorted((Path(src) / AMI_MODELS_REL).glob("*/")):
+        link = models / built.name
+        if not link.is_symlink() and not link.exists():
+            link.symlink_to(f"{AMI_MODELS}/{built.name}" if private_mounts else os.path.realpath(built))
 
 
 def ensure_mount_points() -> None:

@@ -8,12 +8,14 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -112,13 +114,68 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
     return 0
 
 
-if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and IAM corrections
-    from infra.local import moto_fixes, moto_iam, moto_speedups, strict
+# Corrections that are always on, one module per behaviour moto gets wrong (each says AWS's wording and why).
+ALWAYS_ON = ("moto_fixes",)
+# Those for a service moto loads only when a request first needs it (CloudFormation's parser imports every
+# resource model moto has: 1-2 s and ~150 MB, which a run that never uses it should not pay for).
+ON_LOAD = {"cloudformation": ("moto_speedups:cloudformation", "moto_cfn_buckets", "moto_cfn_events",
+                              "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets",
+                              "moto_cfn_load_balancers", "moto_cfn_deletions")}
+_load_lock = threading.Lock()
+
+
+def _apply(names: tuple[str, ...]) -> None:
+    for name in names:
+        module, _, function = name.partition(":")
+        getattr(importlib.import_module(f"infra.local.{module}"), function or "apply")()
+
+
+def apply_corrections(*, lazily: bool = False) -> None:
+    """Every correction now, or (``lazily``) each service's as moto loads that service's backend."""
+    from moto import backends
+
+    _apply(ALWAYS_ON)
+    if not lazily:
+        for names in ON_LOAD.values():
+            _apply(names)
+        return
+    original = backends._import_backend
+
+    def _import_backend(module_name: str, backends_name: str):
+        found = original(module_name, backends_name)
+        if module_name in ON_LOAD:
+            with _load_lock:  # a request that races the warm-up waits until the corrections are in
+                _apply(ON_LOAD[module_name])
+        return found
+
+    backends._import_backend = _import_backend
+
+
+def warm_up() -> threading.Thread:
+    """Load CloudFormation's backend (and its corrections) and build SSM's (it loads AWS's public parameters,
+    which a stack's image parameter reads) in the background while the server starts answering: the local
+    stack's first change set then waits for neither. moto builds backends under its own lock."""
+    from moto import backends
+    from moto.core import DEFAULT_ACCOUNT_ID
+
+    def load() -> None:
+        backends.get_backend("cloudformation")
+        region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        backends.get_backend("ssm")[DEFAULT_ACCOUNT_ID][region]
+
+    thread = threading.Thread(target=load, name="warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and corrections
+    from infra.local import moto_iam, moto_speedups, strict
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("infra").setLevel(logging.INFO)
     moto_speedups.apply()
-    moto_fixes.apply()
+    apply_corrections(lazily=True)
+    warm_up()
     moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
     strict.apply()  # AWS's harder semantics (IMGREC_STRICT_AWS), and our control route on this server
     from moto.server import main

@@ -14,12 +14,16 @@ behaviour (same results, same errors) and only removes repeated work:
   requested attribute, and once per message received (to read the retention
   period): computed once, and the retention period read directly;
 - SQS took "now" through naive-datetime arithmetic for every message it looked at:
-  plain ``time.time()`` gives the same number.
+  plain ``time.time()`` gives the same number;
+- CloudFormation parsed every template body with PyYAML's pure-Python loader, JSON too: the stack's
+  40 kB JSON template took 140-440 ms per change set, ``json.loads`` takes about 1 ms (a YAML body still
+  goes to the YAML loader).
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import time
 
@@ -41,6 +45,38 @@ def _fast_unix_time_millis(original):
         return time.time() * 1000.0 if dt is None else original(dt)
 
     return unix_time_millis
+
+
+def _json_first(parse):
+    @functools.wraps(parse)
+    def parse_template(template):
+        if isinstance(template, str) and template.lstrip().startswith("{"):
+            try:
+                return json.loads(template)
+            except ValueError:
+                pass
+        return parse(template)
+
+    return parse_template
+
+
+_cloudformation_applied = False
+
+
+def cloudformation() -> None:
+    """JSON template bodies parsed as JSON (applied when moto loads CloudFormation: ``moto_server.ON_LOAD``)."""
+    global _cloudformation_applied
+    if _cloudformation_applied:
+        return
+    from moto.cloudformation.models import ChangeSet, Stack
+
+    Stack.parse_template = staticmethod(_json_first(Stack.parse_template))
+
+    def _parse_template(self) -> None:
+        self.template_dict = Stack.parse_template(self.template)
+
+    ChangeSet._parse_template = _parse_template
+    _cloudformation_applied = True
 
 
 def apply() -> None:

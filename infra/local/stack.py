@@ -1,16 +1,16 @@
 """`make run`: the whole system on this machine, against a moto server.
 
-Starts, in order: moto (127.0.0.1:4566); the account as deploy shapes it (roles and
-instance profiles, an administrator whose keys go to ``<data dir>/aws/credentials``,
-the web instance record; ``infra.local.account``) with IAM enforced unless
-``IMGREC_LOCAL_IAM=off``; provisioning; the credential server; the app tier's launch
-template (the deploy's boot script as user data, the app role's instance profile),
-the local instance runner
-(each running moto instance boots from that user data: ``infra.local.runner``), the
-controller and the web tier as ``IMGREC_WEB_PROCESSES`` processes sharing one port
+Starts, in order: moto (127.0.0.1:4566); the local account (an administrator whose keys
+go to ``<data dir>/aws/credentials``, the EC2 stand-in; ``infra.local.account``) with IAM
+enforced unless ``IMGREC_LOCAL_IAM=off``; the stack from the one template deploy uses
+(``infra.cfn``: roles and policies, buckets, queues, job table, the app tier's launch
+template, the web instance record), through a change set as deploy does; the credential
+server; the local instance runner (each running moto app instance boots from the
+template's user data: ``infra.local.runner``); the web tier as ``IMGREC_WEB_PROCESSES``
+processes sharing one port
 (SO_REUSEPORT: the kernel spreads connections; the first answers from the shared response
 queue, the others from their own reply queues) (with the web role's credentials; an instance's processes get
-its profile's role from the runner). Each runs as a child in its own session, so the
+its profile's role from the runner); the model artifact into the stack's bucket; the controller. Each runs as a child in its own session, so the
 terminal's Ctrl-C reaches only this process, which then stops the children in
 reverse order (web first, moto last; the runner stops every instance through its
 units) and leaves no process, mount or cgroup behind.
@@ -31,10 +31,11 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
-from infra.local.ami import AmiError, LocalAmi, ensure_launch_template
+from infra.local.ami import AmiError, LocalAmi
 from infra.local.cgroups import pid_alive
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
-from infra.userdata import worker_runtime
+from infra.tags import Role
+from infra.userdata import ONNX_RUNTIME, worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ def web_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
     (by default the shared response queue, which graders watch), the others make their own."""
     n = settings.web_processes
     if n == 1:
-        return [("web", {})]
+        return [(str(Role.WEB), {})]
     return [(f"web-{i + 1}", {} if i == 0 else {"IMGREC_REPLY_QUEUE": "own"}) for i in range(n)]
 
 
@@ -176,12 +177,44 @@ def status_line(settings: Settings, clients) -> str:
             f"| images done: {done}{held}")
 
 
+def provision_stack(settings: Settings, clients, ami: LocalAmi | None = None,
+                    **values) -> tuple[Settings, dict[str, str]]:
+    """The whole stack from the template, on moto, as deploy puts it on AWS: the moto image stands in for the
+    AMI, the default VPC's subnets for the network, and the image's own artifact's checksum is the stack's
+    (``values``: other parameters, e.g. ``RepoUrl`` for an unbaked image). Returns the settings the stack's
+    processes run with (its launch template) and its outputs."""
+    from infra.cfn import artifact, changes, names
+    from infra.cfn.stack import put
+
+    ami = ami or LocalAmi.this_checkout()
+    ami.ensure_model(settings.model, worker_runtime(settings))
+    sha = (artifact.checksum(settings.replace(model_dir=str(ami.models_dir)))  # its instances verify the file
+           if worker_runtime(settings) == ONNX_RUNTIME else "")
+    vpc, subnets = changes.default_network(clients.ec2)
+    _, outputs = put(settings, clients, **{"ImageId": settings.ami_id, "VpcId": vpc, "SubnetIds": subnets,
+                                           "ModelArtifactSha256": sha, **values})
+    return settings.replace(launch_template=names.launch_template_name(settings)), outputs
+
+
+def upload_artifact(settings: Settings, clients, outputs: dict[str, str], ami: LocalAmi | None = None):
+    """The model artifact into the stack's bucket: after the stack exists, before the controller launches."""
+    from infra.cfn import artifact
+    from infra.report import Report
+
+    ami = ami or LocalAmi.this_checkout()
+    report = Report()
+    if worker_runtime(settings) == ONNX_RUNTIME:
+        artifact.upload(clients.s3, outputs["ModelBucketName"],
+                        artifact.local_artifact(settings.replace(model_dir=str(ami.models_dir))), report)
+    return report
+
+
 def run(settings: Settings) -> int:
+    from infra.cfn.stack import stop_web_group, web_group_instances
     from infra.clients import Clients, local_aws_files, make_client
-    from infra.local.account import ensure_web_instance, open_account, remove_admin_credentials, terminate_web_instance
+    from infra.local.account import open_account, remove_admin_credentials
     from infra.local.credentials import CredentialServer
     from infra.local.runner import detect_features
-    from infra.provision import provision
 
     data_dir = Path(settings.data_dir)
     log_dir = data_dir / "logs"
@@ -205,21 +238,21 @@ def run(settings: Settings) -> int:
         say(f"strict AWS emulation: {strict_line(settings.endpoint_url)}")
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
-        web_id = ensure_web_instance(clients.ec2, settings, account.web_profile_arn, report)
-        say(report, provision(settings, clients), sep="\n")
+        ami = LocalAmi.this_checkout()
+        # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
+        # file) and hands each instance its own profile's role. It starts while the stack goes up.
+        children.append(start_child("runner", "infra.local.runner", settings, log_dir, {}))
         credential_server = CredentialServer(
             settings, make_client("sts", settings, credentials=account.ec2_service)).start()
-        settings = settings.replace(launch_template=ensure_launch_template(
-            clients.ec2, settings, profile_arn=account.app_profile_arn))
-        say(detect_features(settings.local_isolation, LocalAmi.this_checkout())[0].summary())
-        # The runner plays EC2 itself: it reads the fleet with the administrator's keys (found in the keys
-        # file) and hands each instance its own profile's role. The tiers run as the web role.
-        roles = {"runner": {}, "controller": credential_server.env_for_role(account.web_role, web_id),
-                 "web": credential_server.env_for_role(account.web_role, web_id)}
-        for name, module in (("runner", "infra.local.runner"), ("controller", "controller")):
-            children.append(start_child(name, module, settings, log_dir, roles[name]))
+        settings, outputs = provision_stack(settings, clients, ami)
+        (web_id, *_) = web_group_instances(clients, settings)  # from Auto Scaling: EC2 may not list it yet
+        say(report, f"stack {settings.prefix}: {', '.join(sorted(outputs))}", sep="\n")
+        web_role = credential_server.env_for_role(account.web_role, web_id)  # the tiers run as the web role
         for name, env in web_processes(settings):
-            children.append(start_child(name, "web_tier", settings, log_dir, roles["web"], **env))
+            children.append(start_child(name, "web_tier", settings, log_dir, web_role, **env))
+        say(upload_artifact(settings, clients, outputs, ami))
+        children.append(start_child("controller", "controller", settings, log_dir, web_role))
+        say(detect_features(settings.local_isolation, ami)[0].summary())
         web_url = f"http://{settings.web_host}:{settings.web_port}"
         iam = "enforced" if settings.local_iam_enforced else "NOT enforced (IMGREC_LOCAL_IAM=off)"
         say(f"\nimgrec is starting:\n  upload page  {web_url}/\n  dashboard    {web_url}/dashboard\n"
@@ -249,9 +282,9 @@ def run(settings: Settings) -> int:
         stopping = time.monotonic()
         if clients is not None:
             try:  # the account as a grader sees it: no web instance once the stack has stopped
-                terminate_web_instance(clients.ec2, settings, wait=False)
+                stop_web_group(clients, settings)
             except (ClientError, BotoCoreError) as err:
-                log.warning("could not terminate the web instance record: %s", err)
+                log.warning("could not stop the web instance record: %s", err)
         stop_children(children)
         if credential_server is not None:
             credential_server.stop()

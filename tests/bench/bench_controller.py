@@ -34,10 +34,9 @@ import psutil
 from controller.actuator import Ec2Actuator
 from infra.clients import Clients
 from infra.config import Settings
-from infra.local.ami import ensure_launch_template
 from infra.local.moto_server import MotoServer, free_port
+from infra.local.stack import provision_stack
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
-from infra.provision import provision
 from tests.fleet import FleetSampler
 from tests.helpers import collect_results, send_requests, upload_images
 from tests.procs import log_text, start_module, stop_process, wait_for, worker_pids
@@ -154,8 +153,7 @@ def main() -> int:
                                      scaling=args.scaling, min_instances=args.min, max_instances=args.max,
                                      data_dir=str(tmp / "data"))
         clients = Clients(settings)
-        provision(settings, clients)
-        settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+        settings, _ = provision_stack(settings, clients)
         sup = start_module("infra.local.runner", settings, log_path=tmp / "runner.log")
         ctl = None
         try:

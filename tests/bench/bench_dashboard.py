@@ -28,10 +28,10 @@ import psutil
 import requests
 
 from app_tier.metrics import Metrics
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.config import Settings
 from infra.local.moto_server import MotoServer, free_port
-from infra.provision import provision
 from tests.procs import start_module, stop_process, wait_http
 
 ASSETS = ("/dashboard/static/dashboard.js", "/dashboard/static/dashboard.css",

@@ -24,8 +24,8 @@ from infra.local.account import prepare_account
 from infra.local.credentials import CredentialServer
 from infra.local.moto_iam import set_enforcement
 from infra.local.moto_server import MotoServer, free_port
+from infra.local.stack import provision_stack
 from infra.observe import queue_url
-from infra.provision import provision
 
 
 def one_round(app: Clients, settings: Settings, req: str, resp: str) -> None:
@@ -45,7 +45,7 @@ def main() -> None:
                                      receive_wait_s=0)
         account, _ = prepare_account(settings)
         admin = Clients(settings, credentials=account.admin)
-        provision(settings, admin)
+        settings, _ = provision_stack(settings, admin)  # the roles come from the stack's template
         admin.s3.put_object(Bucket=settings.in_bucket, Key="img", Body=b"x" * 60_000)
         req = queue_url(admin.sqs, settings.req_queue)
         moto_proc = psutil.Process(moto.proc.pid)

@@ -48,11 +48,11 @@ def launch_latency(launches: int, tmp: Path) -> list[dict]:
     from controller.actuator import Ec2Actuator
     from infra.clients import Clients
     from infra.config import Settings
-    from infra.local.ami import ROOT, ensure_launch_template
+    from infra.local.ami import ROOT
     from infra.local.moto_server import MotoServer, free_port
     from infra.local.runner import consoles_text
+    from infra.local.stack import provision_stack
     from infra.observe import app_instances
-    from infra.provision import provision
     from tests.localinst import collect_results, send_images
 
     out = []
@@ -60,8 +60,7 @@ def launch_latency(launches: int, tmp: Path) -> list[dict]:
         settings = Settings.from_env({}, endpoint_url=moto.url, prefix="bench", data_dir=str(tmp / "data"),
                                      receive_wait_s=20)
         clients = Clients(settings)
-        provision(settings, clients)
-        settings = settings.replace(launch_template=ensure_launch_template(clients.ec2, settings))
+        settings, _ = provision_stack(settings, clients)
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMGREC_")}
         env.update(settings.to_env(), AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench")
         log = open(tmp / "runner.log", "ab")  # noqa: SIM115

@@ -140,9 +140,9 @@ def in_child(kind: str, cpu: int, *args: str) -> dict:
 def worker_race(args, models_dir: str) -> None:
     from bench_worker import fill_queue, run_worker, upload_images  # same folder
 
+    from infra.cfn.stack import provision
     from infra.clients import Clients
     from infra.local.moto_server import MotoServer, free_port
-    from infra.provision import provision
 
     files, _ = dataset(args.dataset)
     images = [(f"img_{i:03d}.jpg", f.read_bytes()) for i, f in enumerate(files)]

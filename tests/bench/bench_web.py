@@ -39,10 +39,10 @@ from pathlib import Path
 import psutil
 import requests
 
+from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.config import Settings
 from infra.local.moto_server import MotoServer, free_port
-from infra.provision import provision
 from tests.images import jpeg_bytes
 from tests.procs import start_module, stop_process, wait_http
 

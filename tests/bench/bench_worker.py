@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 
 from app_tier.models import load_classifier  # noqa: E402
 from app_tier.preprocess import decode_image  # noqa: E402
+from infra.cfn.stack import provision  # noqa: E402
 from infra.clients import Clients  # noqa: E402
 from infra.config import Settings  # noqa: E402
 from infra.local.moto_server import MotoServer, free_port  # noqa: E402
 from infra.messages import ImageRequest  # noqa: E402
 from infra.observe import queue_url  # noqa: E402
-from infra.provision import provision  # noqa: E402
 from tests.conftest import child_env  # noqa: E402
 from tests.images import jpeg_bytes  # noqa: E402
 

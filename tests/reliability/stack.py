@@ -30,12 +30,11 @@ import requests
 from infra.clients import Clients, make_client
 from infra.config import Settings
 from infra.local.account import LocalAccount, open_account, remove_admin_credentials
-from infra.local.ami import ensure_launch_template
 from infra.local.credentials import CredentialServer
 from infra.local.moto_server import MotoServer, free_port
 from infra.local.runner import consoles_text
+from infra.local.stack import provision_stack, upload_artifact
 from infra.observe import InstanceState, app_instances, queue_depth, queue_url
-from infra.provision import provision
 from tests.localinst import worker_processes
 from tests.procs import start_module, stop_process, wait_for, wait_http
 from tests.reliability.faultproxy import FaultProxy
@@ -79,15 +78,15 @@ class ProcStack:
 
     def start(self) -> ProcStack:
         self.moto.start()
-        # As `make run`: roles, profiles and an administrator, then enforcement. The keys file names the
-        # proxy's endpoint, so the runner (which plays EC2 with those keys) finds it.
+        # As `make run`: an administrator, then enforcement, then the stack from its template (the instances'
+        # user data names the proxy's endpoint). The keys file names the proxy's endpoint too, so the runner
+        # (which plays EC2 with those keys) finds it.
         self.account, _ = open_account(self.settings)
         self.clients = Clients(self.direct, credentials=self.account.admin)
-        provision(self.direct, self.clients)
+        self.settings, outputs = provision_stack(self.settings, self.clients)
         self.credential_server = CredentialServer(
             self.direct, make_client("sts", self.direct, credentials=self.account.ec2_service)).start()
-        self.settings = self.settings.replace(launch_template=ensure_launch_template(
-            self.clients.ec2, self.settings, profile_arn=self.account.app_profile_arn))
+        upload_artifact(self.settings, self.clients, outputs)
         self.start_tier("runner")
         self.start_tier("controller")
         self.start_tier("web")

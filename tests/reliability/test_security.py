@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.cfn.stack import provision
 from infra.messages import ImageRequest, output_key, safe_name
-from infra.provision import provision
 from tests.procs import ROOT
 
 pytestmark = pytest.mark.reliability
