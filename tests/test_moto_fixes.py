@@ -44,3 +44,17 @@ def test_a_template_without_a_profile_launches_without_one(clients, settings):
     clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": settings.ami_id})
     launched = clients.ec2.run_instances(MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateName": name})
     assert _described_profile(clients, launched["Instances"][0]["InstanceId"]) is None
+
+
+def test_concurrent_dynamodb_counter_updates_are_not_lost(clients, stack):
+    """AWS applies each UpdateItem atomically; moto's threaded server lost concurrent ADDs before the fix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add_one(_):
+        clients.dynamodb.update_item(TableName=stack.jobs_table, Key={"id": {"S": "counter"}},
+                                     UpdateExpression="ADD n :one", ExpressionAttributeValues={":one": {"N": "1"}})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(add_one, range(300)))
+    item = clients.dynamodb.get_item(TableName=stack.jobs_table, Key={"id": {"S": "counter"}}, ConsistentRead=True)
+    assert item["Item"]["n"] == {"N": "300"}
