@@ -205,6 +205,22 @@ ROUTING_FIELDS = ("request_id", "batch_id")
 RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageResult) if f.name not in ROUTING_FIELDS)
 
 
+# A result message whose worker already recorded it in the job store carries this message attribute
+# (attributes, not the body: a web process of an older version ignores it and records it again).
+RECORDED_ATTRIBUTE = "imgrec-recorded"
+
+
+def recorded_attributes() -> dict:
+    """SendMessage(Batch) MessageAttributes of a result the worker recorded itself."""
+    return {RECORDED_ATTRIBUTE: {"DataType": "String", "StringValue": "1"}}
+
+
+def recorded_by_worker(message: dict) -> bool:
+    """Whether a received result message says its worker recorded it in the job store (pure)."""
+    attr = message.get("MessageAttributes", {}).get(RECORDED_ATTRIBUTE, {})
+    return attr.get("StringValue") == "1"
+
+
 def _dump(data: dict) -> str:
     """UTF-8 JSON (names in any script cost their UTF-8 bytes, not 6-byte escapes)."""
     return json.dumps({"v": SCHEMA_VERSION, **data}, separators=(",", ":"), ensure_ascii=False)

@@ -60,6 +60,11 @@ def test_app_policy_is_exactly_the_worker_needs():
         "sqs:GetQueueAttributes": {req}, "sqs:GetQueueUrl": {req, resp}, "sqs:SendMessage": {resp, replies},
         "s3:GetObject": {"arn:aws:s3:::lp-in-bucket/*"}, "s3:GetObjectVersion": {"arn:aws:s3:::lp-in-bucket/*"},
         "s3:PutObject": {"arn:aws:s3:::lp-out-bucket/*"}, "cloudwatch:PutMetricData": {"*"},
+        # a missing input is a 404 (answered at once, naming the key), not a 403 retried to the DLQ
+        "s3:ListBucket": {"arn:aws:s3:::lp-in-bucket"},
+        # results recorded in the job table, where any web process finds them (no index, no other table)
+        "dynamodb:GetItem": {"arn:aws:dynamodb:eu-west-1:111122223333:table/lp-jobs"},
+        "dynamodb:UpdateItem": {"arn:aws:dynamodb:eu-west-1:111122223333:table/lp-jobs"},
     }
 
 

@@ -339,6 +339,7 @@ def test_local_iam_off_restores_moto_permissive_defaults(tmp_path):
     ("s3:HeadBucket", "s3:ListBucket"),
     ("s3:GetObjectVersion", "s3:GetObjectVersion"),
     ("ec2:RunInstances", "ec2:RunInstances"),
+    ("dynamodb:TransactWriteItems", "dynamodb:UpdateItem"),
 ])
 def test_moto_actions_map_to_the_iam_actions_aws_authorises(moto_action, iam):
     assert iam_action(moto_action) == iam

@@ -101,8 +101,9 @@ def _namespace_condition(settings: Settings) -> dict:
 
 
 def app_policy(settings: Settings, arns: Arns) -> dict:
-    """App-tier worker: take work from the request queue, read inputs, write results, put metrics;
-    at boot, read its model artifact (exactly the two objects ``IMGREC_MODEL_URI`` names)."""
+    """App-tier worker: take work from the request queue, read inputs, write results (output bucket, job
+    table, reply queues), put metrics; at boot, read its model artifact (exactly the two objects
+    ``IMGREC_MODEL_URI`` names)."""
     return {
         "Version": POLICY_VERSION,
         "Statement": [
@@ -119,6 +120,14 @@ def app_policy(settings: Settings, arns: Arns) -> dict:
             {"Sid": "ReadInputs", "Effect": "Allow",
              "Action": ["s3:GetObject", "s3:GetObjectVersion"],
              "Resource": [arns.objects(settings.in_bucket)]},
+            # Without ListBucket S3 answers a missing input with 403, which cannot be told from a denial;
+            # with it, 404 NoSuchKey: the worker answers at once with an error naming the key.
+            {"Sid": "TellMissingInputs", "Effect": "Allow", "Action": ["s3:ListBucket"],
+             "Resource": [arns.bucket(settings.in_bucket)]},
+            # The worker records each result in the job table (and moves its batch's counters in the same
+            # transaction, authorised as its UpdateItems), so no result depends on a reply queue.
+            {"Sid": "RecordResults", "Effect": "Allow", "Action": ["dynamodb:GetItem", "dynamodb:UpdateItem"],
+             "Resource": [arns.table(settings.jobs_table)]},
             {"Sid": "WriteResults", "Effect": "Allow",
              "Action": ["s3:PutObject"],
              "Resource": [arns.objects(settings.out_bucket)]},
@@ -173,8 +182,10 @@ def web_policy(settings: Settings, arns: Arns, *, launch_template_id: str, app_s
              "Action": ["dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable",
                         "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
              "Resource": [arns.table(settings.jobs_table), arns.table(f"{settings.jobs_table}/index/*")]},
+            # The controller's reaper reads dead-lettered requests (never deletes them) to mark their jobs failed.
             {"Sid": "WatchDeadLetters", "Effect": "Allow",
-             "Action": ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"],
+             "Action": ["sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
+                        "sqs:ReceiveMessage"],
              "Resource": [arns.sqs(settings.dlq)]},
             # Launches only through our launch template, with its AMI and security group.
             {"Sid": "LaunchAppTier", "Effect": "Allow",
