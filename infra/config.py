@@ -400,11 +400,14 @@ def table_rows(cls: type, *, note: str = "") -> list[tuple[str, str, str]]:
 
 def settings_table() -> list[tuple[str, str, str]]:
     """Rows for the README's configuration table: every process's settings, then the deploy-only ones."""
-    # The one import of infra.deploy from the runtime contract: documentation only, never run by a
-    # tier (tests/test_layout.py names this exception).
+    # The imports of infra.deploy and infra.local from the runtime contract: documentation only (plain
+    # settings declarations), never run by a tier (tests/test_layout.py names these exceptions).
     from infra.deploy.settings import DEPLOY_ONLY_NOTE, DeploySettings
+    from infra.local.strict.settings import NOTE as STRICT_NOTE
+    from infra.local.strict.settings import StrictSettings
 
-    return table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
+    return (table_rows(Settings) + table_rows(DeploySettings, note=DEPLOY_ONLY_NOTE)
+            + table_rows(StrictSettings, note=STRICT_NOTE))
 
 
 def markdown_table() -> str:

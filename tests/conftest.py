@@ -25,8 +25,16 @@ for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
 
 @pytest.fixture(scope="session")
 def moto_server():
-    """A real moto server over HTTP, on a free port so a running `make run` is left alone."""
-    with MotoServer(port=free_port()) as server:
+    """A real moto server over HTTP, on a free port so a running `make run` is left alone; as strict as AWS
+    where moto is kinder (infra.local.strict, short default lags; ``helpers.strict_aws`` tunes them per test)."""
+    with MotoServer(port=free_port(), env={"IMGREC_STRICT_AWS": "on"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def plain_moto_server():
+    """moto as it is (IMGREC_STRICT_AWS=off): where a test shows that plain moto would not have caught a bug."""
+    with MotoServer(port=free_port(), env={"IMGREC_STRICT_AWS": "off"}) as server:
         yield server
 
 

@@ -38,6 +38,16 @@ def describe(condition: Callable) -> str:
 
 
 @contextmanager
+def strict_aws(settings: Settings, **values) -> Iterator[None]:
+    """The strict local AWS tuned for this test's resources only (its ``settings.prefix`` is the scope), for the
+    block: ``with strict_aws(settings, sqs_count_lag_s=60): ...``. Faults injected for the scope end with it."""
+    from infra.local.strict.client import scoped
+
+    with scoped(settings.endpoint_url, settings.prefix, **values):
+        yield
+
+
+@contextmanager
 def flask_app(settings: Settings) -> Iterator:
     """The real app from ``create_app(settings)`` without its response dispatcher thread; closed at the end."""
     from web_tier import create_app, get_state

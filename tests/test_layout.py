@@ -14,10 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 TIERS = ("app_tier", "web_tier", "controller", "workload")
 # infra/__main__.py is the command line that dispatches to `up`, `moto`, `deploy`: the one place allowed to.
 CONTRACT_EXEMPT = {"infra/__main__.py"}
-# The README's configuration table lists the deploy-only settings too: the table generator in infra/config.py
-# imports their declarations (infra.deploy.settings, plain data) and nothing else of the deployer.
+# The README's configuration table lists the deploy-only and strict-local-AWS settings too: the table generator in
+# infra/config.py imports their declarations (plain data) and nothing else of the deployer or the emulator.
 CONTRACT_ALLOWED = {("infra/config.py", "infra.deploy.settings"), ("infra/config.py", "infra.deploy.settings.DeploySettings"),
-                    ("infra/config.py", "infra.deploy.settings.DEPLOY_ONLY_NOTE")}
+                    ("infra/config.py", "infra.deploy.settings.DEPLOY_ONLY_NOTE"),
+                    ("infra/config.py", "infra.local.strict.settings"),
+                    ("infra/config.py", "infra.local.strict.settings.StrictSettings"),
+                    ("infra/config.py", "infra.local.strict.settings.NOTE")}
 
 
 def imported_modules(path: Path) -> set[str]:

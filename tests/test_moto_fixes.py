@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 
+from botocore.exceptions import ClientError
+
+from tests.helpers import wait_until
+
 
 def _profile(clients, settings, name: str) -> str:
     clients.iam.create_role(RoleName=name, AssumeRolePolicyDocument=json.dumps({"Version": "2012-10-17",
@@ -13,8 +17,17 @@ def _profile(clients, settings, name: str) -> str:
     return arn
 
 
+def _described(clients, instance_id: str) -> dict | None:
+    try:
+        return clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    except ClientError as err:  # a new instance is NotFound for a moment, as on AWS (infra/local/strict)
+        if err.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
+            return None
+        raise
+
+
 def _described_profile(clients, instance_id: str) -> str | None:
-    found = clients.ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]["Instances"][0]
+    found = wait_until(lambda: _described(clients, instance_id), timeout=15)
     return found.get("IamInstanceProfile", {}).get("Arn")
 
 

@@ -2,7 +2,8 @@
 
 `python -m infra moto` runs one in the foreground on 127.0.0.1:4566; tests and
 `make run` use ``MotoServer`` to own one as a child process. It starts permissive
-(moto's default); ``infra.local.moto_iam.set_enforcement`` switches IAM checks on.
+(moto's default); ``infra.local.moto_iam.set_enforcement`` switches IAM checks on. Unless
+``IMGREC_STRICT_AWS=off``, it is as strict as AWS where moto is kinder (``infra.local.strict``).
 """
 
 from __future__ import annotations
@@ -49,8 +50,10 @@ def is_moto(url: str, timeout: float = 1.0) -> bool:
 class MotoServer:
     """A moto server in a child process; a context manager that waits until it answers."""
 
-    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_file=None):
+    def __init__(self, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_file=None,
+                 env: dict[str, str] | None = None):
         self.host, self.port = host, port
+        self._env = env or {}  # e.g. {"IMGREC_STRICT_AWS": "off"} for a plain moto
         self.url = f"http://{host}:{port}"
         self._log_file = log_file
         self.proc: subprocess.Popen | None = None
@@ -59,7 +62,7 @@ class MotoServer:
         if port_in_use(self.host, self.port):
             what = "a moto server" if is_moto(self.url) else "another program"
             raise RuntimeError(f"port {self.port} on {self.host} is already used by {what}; stop it or pick another port")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self._env)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "infra.local.moto_server", "-H", self.host, "-p", str(self.port)],
             cwd=ROOT,
@@ -110,11 +113,14 @@ def serve_forever(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
 
 
 if __name__ == "__main__":  # the child MotoServer starts: moto's own server, with our speed-ups and IAM corrections
-    from infra.local import moto_fixes, moto_iam, moto_speedups
+    from infra.local import moto_fixes, moto_iam, moto_speedups, strict
 
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("infra").setLevel(logging.INFO)
     moto_speedups.apply()
     moto_fixes.apply()
     moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
+    strict.apply()  # AWS's harder semantics (IMGREC_STRICT_AWS), and our control route on this server
     from moto.server import main
 
     sys.exit(main(sys.argv[1:]))

@@ -148,6 +148,18 @@ def sweep_instance_cgroups() -> None:
             log.warning("removed memory cgroup %s left by a runner that was killed", name)
 
 
+def strict_line(endpoint_url: str) -> str:
+    """Which AWS behaviours the running moto emulates (as it reports them), for the start-up banner."""
+    from infra.local.strict import describe
+    from infra.local.strict.client import state
+
+    try:
+        reported = state(endpoint_url)
+    except (OSError, ValueError) as err:
+        return f"unknown ({err})"
+    return describe(bool(reported.get("enabled")), reported.get("defaults", {}))
+
+
 def status_line(settings: Settings, clients) -> str:
     from infra.observe import app_instances, bucket_object_count, count_by_state, queue_depth, queue_url
 
@@ -185,6 +197,7 @@ def run(settings: Settings) -> int:
     try:
         moto.start()
         children.append(Child("moto", moto.proc))
+        say(f"strict AWS emulation: {strict_line(settings.endpoint_url)}")
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
         web_id = ensure_web_instance(clients.ec2, settings, account.web_profile_arn, report)
@@ -247,8 +260,11 @@ def run(settings: Settings) -> int:
 def main() -> int:
     os.environ.setdefault("AWS_ENDPOINT_URL", LOCAL_ENDPOINT)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from infra.local.strict.settings import StrictSettings
+
     try:
         settings = Settings.from_env()
+        StrictSettings.from_env()  # a bad IMGREC_STRICT_* value stops us here, not moto after it started
     except ConfigError as err:
         print(f"configuration error: {err}", file=sys.stderr)
         return 2
