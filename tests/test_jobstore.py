@@ -8,6 +8,7 @@ import uuid
 
 from infra.jobstore import Job, JobStatus, JobStore, from_item, to_item
 from infra.messages import RESULT_FIELDS, ImageResult
+from tests.helpers import wait_until
 
 
 def _store(stack, clients) -> JobStore:
@@ -50,7 +51,9 @@ def test_a_result_recorded_before_its_submit_record_is_kept(stack, clients):
     store.add(Job("j2", "x.jpg", JobStatus.QUEUED, key="x.jpg", batch_id="b0000002", created_at=4.0))
     got = store.get("j2")
     assert got.status is JobStatus.DONE and got.result.label == "cat" and got.answer == "x:cat"
-    assert got.batch_id == "b0000002" and got.total_ms == 1000.0 and store.batch("b0000002") == [got]
+    assert got.batch_id == "b0000002" and got.total_ms == 1000.0
+    # The batch index is eventually consistent (AWS; the strict local AWS lags it): wait for it.
+    assert wait_until(lambda: store.batch("b0000002") == [got] and [got], 15) == [got]
 
 
 def test_batches_and_many_ids(stack, clients):
@@ -60,7 +63,9 @@ def test_batches_and_many_ids(stack, clients):
                       created_at=float(i)))
     store.complete(ImageResult("k005", "5.jpg", label="dog"))
     store.complete(ImageResult("k006", "6.jpg", error="cannot decode"))
-    batch = store.batch("bbbbbbbb")
+    # The batch index is eventually consistent (AWS; the strict local AWS lags it): wait for it to catch up.
+    batch = wait_until(lambda: (b := store.batch("bbbbbbbb")) and len(b) == 120 and b[5].finished and b[6].finished
+                       and b, 15)
     assert [j.id for j in batch] == [f"k{i:03d}" for i in range(120)]  # oldest first
     assert [j.status for j in batch[4:7]] == [JobStatus.QUEUED, JobStatus.DONE, JobStatus.FAILED]
     assert store.batch("dddddddd") == []

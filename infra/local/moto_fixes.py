@@ -46,15 +46,15 @@ def _with_template_profile(original):
     return run_instances
 
 
-_DYNAMODB_LOCK = threading.RLock()
+DYNAMODB_LOCK = threading.RLock()
 DYNAMODB_SERIALISED = ("put_item", "update_item", "delete_item", "transact_write_items", "get_item",
                        "batch_get_item", "batch_write_item", "transact_get_items")
 
 
-def _serialised(original):
+def serialised(original):
     @functools.wraps(original)
     def call(*args, **kwargs):
-        with _DYNAMODB_LOCK:
+        with DYNAMODB_LOCK:
             return original(*args, **kwargs)
 
     return call
@@ -70,6 +70,6 @@ def apply() -> None:
     InstanceBackend.run_instances = _with_template_profile(InstanceBackend.run_instances)
     for name in DYNAMODB_SERIALISED:
         if hasattr(DynamoDBBackend, name):
-            setattr(DynamoDBBackend, name, _serialised(getattr(DynamoDBBackend, name)))
+            setattr(DynamoDBBackend, name, serialised(getattr(DynamoDBBackend, name)))
     _applied = True
     log.debug("moto fixes applied: launch templates' instance profiles, serialised DynamoDB item writes")

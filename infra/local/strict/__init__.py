@@ -25,6 +25,9 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "ec2_idempotency": ("RunInstances ClientToken idempotency", "ec2_idempotency"),
     "cloudwatch_resolution": ("CloudWatch storage resolution, Period and StartTime rules", "cw_resolution"),
     "cloudwatch_ingest": ("CloudWatch ingest delay", "cw_ingest_delay_s"),
+    "sqs_tombstones": ("a deleted SQS queue lingers: sends lost, name not reusable", "sqs_tombstone_s"),
+    "ddb_gsi_lag": ("DynamoDB global secondary index reads lag the table", "ddb_gsi_lag_s"),
+    "ddb_unprocessed": ("DynamoDB BatchGetItem leaves keys unprocessed", "ddb_unprocessed"),
 }
 
 
@@ -57,6 +60,7 @@ def describe(enabled: bool, values: dict[str, object]) -> str:
     parts = []
     for what, key in BEHAVIOURS.values():
         value = values[key]
-        shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g} s"
+        shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" + (" s" if key.endswith("_s")
+                                                                                         else "")
         parts.append(f"{what} ({shown})")
     return "; ".join(parts) + "; injected failures on demand"

@@ -46,6 +46,20 @@ class StrictSettings:
         "IMGREC_STRICT_CW_INGEST_DELAY", 1.0,
         "seconds before a datum put to CloudWatch can be read back",
     )
+    sqs_tombstone_s: float = env_field(
+        "IMGREC_STRICT_SQS_TOMBSTONE", 60.0,
+        "seconds a deleted queue lingers: sends to it succeed and are lost, CreateQueue of its name answers "
+        "QueueDeletedRecently (AWS: 60)",
+    )
+    ddb_gsi_lag_s: float = env_field(
+        "IMGREC_STRICT_DDB_GSI_LAG", 1.0,
+        "seconds before a write to a DynamoDB table shows in queries on its global secondary indexes",
+    )
+    ddb_unprocessed: float = env_field(
+        "IMGREC_STRICT_DDB_UNPROCESSED", 0.0,
+        "fraction (0-1) of each BatchGetItem's keys answered as UnprocessedKeys, as a throttled table does "
+        "(0: only on demand, from a test)",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
