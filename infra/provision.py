@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from infra.config import MAX_QUEUE_MESSAGE_BYTES, Settings
 from infra.jobstore import table_spec
 from infra.messages import REPLY_INFIX, is_reply_queue_name
+from infra.queue_wait import create_when_free
 from infra.report import Report
 from infra.tags import STACK_TAG, owned_by
 
@@ -87,10 +88,9 @@ def _same(current: dict[str, str], wanted: dict[str, str]) -> bool:
 def ensure_queue(sqs, settings: Settings, name: str, attributes: dict[str, str], report: Report) -> str:
     url = _find_queue(sqs, name)
     if url is None:
-        try:
-            url = sqs.create_queue(QueueName=name, Attributes=attributes, tags={STACK_TAG: settings.prefix})[
-                "QueueUrl"
-            ]
+        try:  # a name deleted in the last 60 s is not free yet (QueueDeletedRecently): wait, saying so
+            url = create_when_free(lambda: sqs.create_queue(
+                QueueName=name, Attributes=attributes, tags={STACK_TAG: settings.prefix})["QueueUrl"], name)
         except ClientError:
             log.error("create_queue %s failed", name)
             raise

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -168,3 +169,20 @@ def test_a_payload_less_answer_is_an_error_the_loops_retry():
 
     with pytest.raises(BotoCoreError, match="Attributes missing"):
         queue_depth(CutConnection(), "http://queue")
+
+
+def test_provision_right_after_teardown_waits_out_queue_deleted_recently(settings, clients, capsys):
+    """AWS keeps a deleted queue's name for 60 s (the strict local AWS does too, 4 s here): provisioning again
+    at once waits, saying so, instead of failing with QueueDeletedRecently."""
+    from tests.helpers import strict_aws
+
+    with strict_aws(settings, sqs_tombstone_s=4):
+        provision(settings, clients)
+        teardown(settings, clients)
+        started = time.monotonic()
+        report = dict(provision(settings, clients).lines)
+        waited = time.monotonic() - started
+    assert report[f"queue {settings.req_queue}"] == "created"
+    assert waited >= 2.5  # the name came back only after the tombstone (a mandated delay)
+    out = capsys.readouterr().out
+    assert f"queue {settings.dlq} was deleted less than 60 s ago" in out
