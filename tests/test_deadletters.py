@@ -101,3 +101,44 @@ def test_a_newer_schema_version_reaches_the_dlq_and_its_job_reads_failed(stack, 
         stop_process(worker, timeout=30, sig=signal.SIGTERM)
     text = log_text(worker)
     assert text.count("unknown message schema version 2") == 1 and "newer0001" in text and "Traceback" not in text
+
+
+def test_a_reply_queue_reaped_during_a_burst_loses_nothing(moto_server, tmp_path):
+    """AWS's two traps together: the request queue's counts lag (the reaper reads "empty" while 30 requests wait)
+    and a deleted queue still accepts sends for 60 s, then drops them. The web process dies, its reply queue is
+    reaped, the workers answer into the deleted queue: every job must still be answered."""
+    from infra.jobstore import JobStore
+    from tests.helpers import strict_aws
+
+    settings = web_settings(moto_server, tmp_path / "data", reply_heartbeat_s=0.5)
+    clients = Clients(settings)
+    provision(settings, clients)
+    sqs, store = clients.sqs, JobStore(clients.dynamodb, settings.jobs_table)
+    req_url = queue_url(sqs, settings.req_queue)
+    with strict_aws(settings, sqs_count_lag_s=60, sqs_tombstone_s=60):
+        assert queue_depth(sqs, req_url).backlog == 0  # the snapshot the reaper will read for the next 60 s
+        web = start_module("web_tier", settings, log_path=tmp_path / "web.log", IMGREC_REPLY_QUEUE="own")
+        worker = None
+        try:
+            wait_until(lambda: " made for web process" in log_text(web), 30, what="the web process's reply queue")
+            files = [("files", (f"burst-{i:02d}.jpg", jpeg_bytes(i), "image/jpeg")) for i in range(30)]
+            base = f"http://{settings.web_host}:{settings.web_port}"
+            wait_until(lambda: requests.get(base + "/healthz", timeout=5).status_code == 200, 30, what="healthz")
+            ids = [j["id"] for j in requests.post(base + "/api/jobs", files=files, timeout=60).json()["jobs"]]
+            assert len(ids) == 30
+            web.send_signal(signal.SIGKILL)
+            web.wait(10)
+            reaper = Reaper(settings, sqs, store, min_quiet_s=0)
+            actions = wait_until(lambda: [a for a in reaper.run_once(time.time(), time.monotonic()).values()
+                                          if a.value == "delete"], 20, what="the dead owner's reply queue reaped")
+            assert actions and queue_depth(sqs, req_url).backlog == 0  # the reaper was fooled by the lagging count
+            worker = start_module("app_tier", settings, log_path=tmp_path / "worker.log", IMGREC_INSTANCE_ID="w1",
+                                  IMGREC_TORCH_THREADS="1")
+            jobs = wait_until(lambda: (got := store.get_many(ids)) and all(j.finished for j in got.values()) and got,
+                              120, what="every job answered")
+        finally:
+            stop_process(web)
+            if worker is not None:
+                stop_process(worker, timeout=30)
+    assert sorted(j.status.value for j in jobs.values()) == ["done"] * 30
+    assert all(j.result.label for j in jobs.values())
