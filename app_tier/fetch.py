@@ -48,10 +48,10 @@ def client_error_verdict(code: str, where: str = "") -> tuple[Verdict, str]:
     """Classify an S3 error code from get_object (pure); ``where`` names the object in the reason.
 
     A missing key is a 404 only for a caller allowed ``s3:ListBucket`` on the bucket; without it S3
-    answers 403 AccessDenied ("If you don't have the s3:ListBucket permission, Amazon S3 returns an
-    HTTP status code 403"), which cannot be told from a real denial, so it is retried (and reaches
-    the dead-letter queue) rather than answered. The app role is granted ListBucket on the input
-    bucket for this reason.
+    answers 403 ("If you don't have the s3:ListBucket permission, Amazon S3 returns an HTTP status code
+    403 Forbidden error", API_GetObject), which cannot be told from a real denial, so it is retried
+    (and reaches the dead-letter queue) rather than answered. The app role is granted ListBucket on
+    the input bucket for this reason.
     """
     suffix = f": {where}" if where else ""
     if code in _MISSING_CODES:

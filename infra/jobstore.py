@@ -192,6 +192,7 @@ class StoreConflict(RuntimeError):
 BATCH_GET_BACKOFF_S = 0.05  # first wait before re-asking for unprocessed keys; doubles each round
 BATCH_GET_BACKOFF_MAX_S = 1.0
 CONFLICT_ROUNDS = 8
+THROTTLED = ("ProvisionedThroughputExceededException", "ThrottlingException", "RequestLimitExceeded")
 
 
 def _code(err: ClientError) -> str:
@@ -393,7 +394,9 @@ class JobStore:
                     pause = min(pause * 2, BATCH_GET_BACKOFF_MAX_S)
                 try:
                     resp = self.db.batch_get_item(RequestItems={self.table: {"Keys": keys, "ConsistentRead": True}})
-                except ClientError:
+                except ClientError as err:
+                    if _code(err) in THROTTLED:  # after botocore's own retries: busy, not failed
+                        raise StoreBusy(f"DynamoDB throttled reading {len(keys)} jobs: {_code(err)}") from None
                     log.error("batch_get_item of %d jobs from %s failed", len(keys), self.table)
                     raise
                 for item in resp.get("Responses", {}).get(self.table, []):

@@ -37,8 +37,20 @@ from infra.local.moto_iam import iam_action, principal_matches
 from infra.local.moto_server import MotoServer, free_port
 from infra.observe import InstanceState, queue_url, web_instances
 from infra.provision import Report, provision
+from infra.tags import STACK_TAG
+from tests.helpers import wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _visible(ec2, instance_id: str) -> bool:
+    try:
+        ec2.describe_instances(InstanceIds=[instance_id])
+        return True
+    except ClientError as err:
+        if err.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
+            return False
+        raise
 
 
 @dataclass
@@ -140,8 +152,12 @@ def test_the_web_role_does_its_work(enforced):
     web.sqs.delete_message_batch(QueueUrl=resp, Entries=[{"Id": "0", "ReceiptHandle": msgs[0]["ReceiptHandle"]}])
     web.sqs.get_queue_attributes(QueueUrl=queue_url(web.sqs, s.dlq), AttributeNames=["All"])  # dashboard depth
     web.ec2.describe_instances()
-    launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN
+    # Tagged as the controller tags its launches: the web role may end only its own stack's instances
+    # (aws:ResourceTag/imgrec:stack, judged by the strict local AWS as on AWS).
+    launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": s.prefix}]}])["Instances"][0]["InstanceId"]
+    wait_until(lambda: _visible(web.ec2, launched), 15)  # a new instance is NotFound for a moment, as on AWS
+    web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN and tags
     web.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     web.cloudwatch.get_metric_data(MetricDataQueries=[{"Id": "m", "MetricStat": {"Metric": {
         "Namespace": s.metrics_namespace, "MetricName": "x"}, "Period": 60, "Stat": "Sum"}}],
@@ -166,7 +182,8 @@ APP_DENIALS = {
 WEB_DENIALS = {
     "delete a bucket": lambda e, c: c.s3.delete_bucket(Bucket=e.settings.out_bucket),
     "delete the input bucket": lambda e, c: c.s3.delete_bucket(Bucket=e.settings.in_bucket),
-    "read the DLQ's messages": lambda e, c: c.sqs.receive_message(QueueUrl=_url(e, e.settings.dlq)),
+    "delete from the DLQ": lambda e, c: c.sqs.delete_message(QueueUrl=_url(e, e.settings.dlq),
+                                                              ReceiptHandle="x"),
     "delete from the DLQ in a batch": lambda e, c: c.sqs.delete_message_batch(
         QueueUrl=_url(e, e.settings.dlq), Entries=[{"Id": "0", "ReceiptHandle": "x"}]),
     "receive requests": lambda e, c: c.sqs.receive_message(QueueUrl=_url(e, e.settings.req_queue)),

@@ -28,6 +28,11 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "sqs_tombstones": ("a deleted SQS queue lingers: sends lost, name not reusable", "sqs_tombstone_s"),
     "ddb_gsi_lag": ("DynamoDB global secondary index reads lag the table", "ddb_gsi_lag_s"),
     "ddb_unprocessed": ("DynamoDB BatchGetItem leaves keys unprocessed", "ddb_unprocessed"),
+    "iam_conditions": ("IAM conditions judged against AWS's request context", "iam_conditions"),
+    "iam_run_instances": ("RunInstances authorised per resource, with the CreateTags it implies",
+                          "iam_run_instances"),
+    "s3_missing_key": ("S3 missing key 403 without s3:ListBucket", "s3_missing_key"),
+    "unsigned": ("unsigned requests answered as AWS does under IAM enforcement", "unsigned"),
 }
 
 

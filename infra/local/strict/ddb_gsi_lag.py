@@ -1,14 +1,12 @@
 """A DynamoDB global secondary index lags its table: a query on it sees each write only a while later.
 
-AWS ("Using Global Secondary Indexes in DynamoDB", Reading data from a GSI): "Global secondary indexes support
-eventually consistent reads, which don't support strongly consistent reads." and ("Synchronizing data between
-tables and global secondary indexes"): "DynamoDB automatically synchronizes each global secondary index with its
-base table. When an application writes or deletes items in a table, any global secondary indexes on that table
-are updated asynchronously, using an eventually consistent model. ... Applications never write directly to an
-index. However, it is important that you understand the implications of how DynamoDB maintains these indexes."
-https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/GSI.html
-Transactions too: "When a transaction completes in DynamoDB, its changes start propagating to global secondary
-indexes (GSIs), streams, and backups. This propagation occurs gradually"
+AWS (DynamoDB read consistency): "All reads from GSIs and streams are eventually consistent." ... "When issuing
+eventually consistent reads to a DynamoDB table or an index, the responses may not reflect the results of a
+recently completed write operation. If you repeat your read request after a short time, the response should
+eventually return the more recent item."
+https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/HowItWorks.ReadConsistency.html
+and ("Amazon DynamoDB Transactions: How it works"): "When a transaction completes in DynamoDB, its changes start
+propagating to global secondary indexes (GSIs), streams, and backups."
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html
 
 moto answers an index query from the table itself: a batch read right after its last submission lists every

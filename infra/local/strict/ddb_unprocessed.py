@@ -1,19 +1,20 @@
 """DynamoDB's BatchGetItem may leave keys unprocessed; on demand here, for the keys of a test's tables.
 
-AWS (BatchGetItem): "If you request more than 100 items, BatchGetItem returns a ValidationException ... A single
-operation can retrieve up to 16 MB of data ... BatchGetItem returns a partial result if the response size limit
-is exceeded, the table's provisioned throughput is exceeded, more than 1MB per partition is requested, or an
-internal processing failure occurs. If a partial result is returned, the operation returns a value for
-UnprocessedKeys. You can use this value to retry the operation starting with the next item to get." and "If
-DynamoDB returns any unprocessed items, you should retry the batch operation on those items. However, we
-strongly recommend that you use an exponential backoff algorithm."
+AWS (BatchGetItem): "BatchGetItem returns a partial result if the response size limit is exceeded, the table's
+provisioned throughput is exceeded, more than 1MB per partition is requested, or an internal processing failure
+occurs. If a partial result is returned, the operation returns a value for UnprocessedKeys. You can use this value
+to retry the operation starting with the next item to get." ... "If none of the items can be processed due to
+insufficient provisioned throughput on all of the tables in the request, then BatchGetItem returns a
+ProvisionedThroughputExceededException." ... "If DynamoDB returns any unprocessed items, you should retry the
+batch operation on those items. However, we strongly recommend that you use an exponential backoff algorithm."
 https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_BatchGetItem.html
 
 moto leaves keys unprocessed only past 16 MB, so code that retries leftovers without backoff, or answers "not
 found" for them, passes every local test. Here a fraction ``ddb_unprocessed`` (``IMGREC_STRICT_DDB_UNPROCESSED``,
 resolved for the table's name; default 0: on demand only) of each table's requested keys, rounded down, the last
 ones, comes back in ``UnprocessedKeys`` with the table's request options, as a throttled table answers (retries
-of the leftovers get through); 1 leaves every key unprocessed (a table throttled for as long as the setting stays).
+of the leftovers get through); 1 processes none, which AWS answers ``ProvisionedThroughputExceededException``
+(400), for as long as the setting stays.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ def held_back(keys: list, fraction: float) -> int:
 
 
 def apply(state: StrictState) -> None:
+    from moto.dynamodb.exceptions import DynamodbException
     from moto.dynamodb.responses import DynamoHandler, DynamoResult
+
+    class ProvisionedThroughputExceeded(DynamodbException):
+        def __init__(self) -> None:
+            super().__init__("com.amazonaws.dynamodb.v20120810#ProvisionedThroughputExceededException",
+                             "The level of configured provisioned throughput for the table was exceeded. Consider "
+                             "increasing your provisioning level with the UpdateTable API.")
 
     original = DynamoHandler.batch_get_item
 
@@ -54,7 +62,7 @@ def apply(state: StrictState) -> None:
             self.body["RequestItems"] = processed
             result = dict(original(self).result)
         else:
-            result = {"Responses": {}, "ConsumedCapacity": []}
+            raise ProvisionedThroughputExceeded()  # "none of the items can be processed"
         for table in requested:
             result.setdefault("Responses", {}).setdefault(table, [])
         result["UnprocessedKeys"] = {**result.get("UnprocessedKeys", {}), **unprocessed}
