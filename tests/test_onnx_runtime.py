@@ -18,8 +18,7 @@ from app_tier.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactError, sha256_o
 from app_tier.onnx_classifier import load_onnx_classifier
 from app_tier.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_input
 from infra.config import DEFAULT_MODEL
-from tests.conftest import child_env
-from tests.helpers import collect, enqueue, upload
+from tests.helpers import child_env, collect, enqueue, upload
 from tests.images import jpeg_bytes, make_image
 from tests.procs import ROOT
 

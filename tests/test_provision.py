@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from infra.messages import reply_queue_name
 from infra.provision import provision, teardown
 from infra.tags import STACK_TAG
-from tests.conftest import child_env
+from tests.helpers import child_env
 
 
 def _queue_attrs(clients, name):

@@ -24,6 +24,7 @@ from infra.messages import ImageRequest, reply_queue_name
 from infra.observe import bucket_object_count, queue_depth, queue_url
 from infra.provision import provision, reply_queue_urls
 from infra.tags import STACK_TAG
+from tests.helpers import chrome, chromium_paths
 from tests.images import jpeg_bytes, write_images
 from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
@@ -284,25 +285,10 @@ def test_two_processes_share_one_port(system, tmp_path):
 
 @pytest.fixture
 def browser(tmp_path):
-    import shutil
-
-    chromium, driver_path = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not (chromium and driver_path):
+    if not all(chromium_paths()):
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
-    try:
+    with chrome(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_page_offers_the_csv_and_keeps_results_across_a_reload(system, truth, browser, tmp_path):
