@@ -27,7 +27,7 @@ from infra.clients import Clients
 from tests.images import jpeg_bytes
 from tests.procs import wait_for
 from tests.reliability.faultproxy import Fault
-from tests.reliability.stack import audit, submit_all
+from tests.reliability.stack import VISIBILITY_S, SyncProbe, audit, submit_all
 from tests.reliability.tally import TALLY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -46,6 +46,25 @@ def finish(stack, prefix: str, submitted, case: str):
                        f"{len(result.lost)} lost, {len(result.failed)} failed, DLQ {result.dlq}")
     assert result.problems == [], result.problems
     return result
+
+
+def finish_sync(probe: SyncProbe, case: str, *, refusals_allowed: bool = False) -> None:
+    """Synchronous clients during a fault: each answered with its own label, none waiting longer than its
+    message's visibility timeout plus 10 s; a refusal at intake (503, or no connection during an outage) is
+    not a wait and is retried by the client."""
+    right = probe.answered
+    wrong = [o for o in probe.outcomes if o.status == 200 and o not in right]
+    stalled = [o for o in probe.outcomes if o.status in (422, 504)]
+    refused = [o for o in probe.outcomes if o.status in (0, 503)]
+    TALLY.requests(sent=len(probe.outcomes), answered=len(right), lost=len(stalled), mismatched=len(wrong),
+                   client_errors=len(refused))
+    TALLY.sync_waits.append(f"{case}: {len(probe.outcomes)} synchronous requests, {len(right)} answered right, "
+                            f"longest wait {probe.longest_s:.1f} s (bound {VISIBILITY_S + 10} s), "
+                            f"{len(refused)} refused at intake")
+    assert len(right) >= 2, f"{case}: the synchronous clients got almost nothing through: {probe.outcomes[:5]}"
+    assert wrong == [] and stalled == [], (wrong[:3], stalled[:3])
+    assert refusals_allowed or refused == [], refused[:3]
+    assert probe.longest_s <= VISIBILITY_S + 10, sorted(probe.outcomes, key=lambda o: -o.waited_s)[:3]
 
 
 def healthz(url: str) -> int:
@@ -89,14 +108,16 @@ def test_sigkill_a_random_worker_every_few_seconds_during_300_images(proc_stack)
     thread = threading.Thread(target=killer, daemon=True)
     thread.start()
     try:
-        submitted = submit_all(stack.url, images)
-        finish_at = time.monotonic() + 300
-        from tests.reliability.stack import wait_jobs
+        with SyncProbe(stack.url, f"sync-{prefix}") as probe:
+            submitted = submit_all(stack.url, images)
+            finish_at = time.monotonic() + 300
+            from tests.reliability.stack import wait_jobs
 
-        wait_jobs(stack.url, list(submitted.ids.values()), timeout_s=finish_at - time.monotonic())
+            wait_jobs(stack.url, list(submitted.ids.values()), timeout_s=finish_at - time.monotonic())
     finally:
         done.set()
         thread.join(5)
+    finish_sync(probe, "SIGKILL worker every 3 s")
     assert len(killed) >= 5, f"only {len(killed)} workers were killed: the run was too short to test anything"
     finish(stack, prefix, submitted, f"SIGKILL worker x{len(killed)}")
     consoles = stack.consoles()
@@ -136,7 +157,11 @@ def test_controller_sigkill_and_restart_mid_run(proc_stack):
         for w in paused:
             with contextlib.suppress(psutil.NoSuchProcess):
                 w.resume()
+    # Synchronous clients while the new controller works off the backlog (not while the test holds the workers).
+    with SyncProbe(stack.url, f"sync-{prefix}") as probe:
+        wait_for(lambda: len(probe.answered) >= 4, 90, what="synchronous clients answered")
     submitted.ids.update(more.ids)
+    finish_sync(probe, "controller SIGKILL + restart")
     finish(stack, prefix, submitted, "controller SIGKILL + restart")
     # The new controller took over: it scaled with the backlog and brings the fleet back to min.
     assert f"controller for {stack.direct.prefix}:" in stack.log("controller")[before_restart:], (
@@ -192,6 +217,7 @@ def test_web_tier_restart_mid_run(proc_stack):
 def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     stack = proc_stack
     prefix, images = make_images(120, "outage")
+    probe = SyncProbe(stack.url, f"sync-{prefix}").__enter__()
     submitted = submit_all(stack.url, dict(list(images.items())[:60]))
     health_during = []
     for fault in (Fault.HTTP503, Fault.REFUSE, Fault.DROP):
@@ -210,6 +236,8 @@ def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     TALLY.notes.append(f"/healthz during http503, refuse, drop: {health_during}")
     assert health_during[:2] == [503, 503], f"/healthz during the faults: {health_during}"
     wait_for(lambda: healthz(stack.url) == 200, 60, what="/healthz back to 200")
+    probe.__exit__(None, None, None)
+    finish_sync(probe, "S3/SQS outage", refusals_allowed=True)
     finish(stack, prefix, submitted, "S3/SQS outage (503, refused, dropped)")
     assert more.client_errors >= 1, "the submission-time outage was not seen by the client"
     for name in ("web", "controller", "runner"):
