@@ -50,6 +50,15 @@ def strict_aws(settings: Settings, **values) -> Iterator[None]:
         yield
 
 
+def wait_listed(ec2, instance_ids: list[str], timeout: float = 20.0) -> list[str]:
+    """Wait until EC2 lists these new instances (AWS, and the strict local AWS, are eventually consistent:
+    a fresh instance is NotFound for a moment); botocore's ``instance_exists`` waiter retries NotFound."""
+    if instance_ids:
+        ec2.get_waiter("instance_exists").wait(InstanceIds=list(instance_ids),
+                                               WaiterConfig={"Delay": 0.2, "MaxAttempts": int(timeout / 0.2)})
+    return list(instance_ids)
+
+
 @contextmanager
 def flask_app(settings: Settings) -> Iterator:
     """The real app from ``create_app(settings)`` without its response dispatcher thread; closed at the end."""

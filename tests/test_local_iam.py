@@ -38,19 +38,9 @@ from infra.local.moto_server import MotoServer, free_port
 from infra.observe import InstanceState, queue_url, web_instances
 from infra.provision import Report, provision
 from infra.tags import STACK_TAG
-from tests.helpers import wait_until
+from tests.helpers import wait_listed
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _visible(ec2, instance_id: str) -> bool:
-    try:
-        ec2.describe_instances(InstanceIds=[instance_id])
-        return True
-    except ClientError as err:
-        if err.response["Error"]["Code"] == "InvalidInstanceID.NotFound":
-            return False
-        raise
 
 
 @dataclass
@@ -156,7 +146,7 @@ def test_the_web_role_does_its_work(enforced):
     # (aws:ResourceTag/imgrec:stack, judged by the strict local AWS as on AWS).
     launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": s.prefix}]}])["Instances"][0]["InstanceId"]
-    wait_until(lambda: _visible(web.ec2, launched), 15)  # a new instance is NotFound for a moment, as on AWS
+    wait_listed(e.admin.ec2, [launched])  # a new instance is NotFound for a moment, as on AWS
     web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN and tags
     web.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     web.cloudwatch.get_metric_data(MetricDataQueries=[{"Id": "m", "MetricStat": {"Metric": {

@@ -11,7 +11,7 @@ from botocore.exceptions import ClientError
 from infra.messages import reply_queue_name
 from infra.provision import provision, teardown
 from infra.tags import STACK_TAG
-from tests.helpers import child_env
+from tests.helpers import child_env, wait_listed
 
 
 def _queue_attrs(clients, name):
@@ -149,6 +149,7 @@ def test_fleet_reader_sees_every_change_and_skips_unchanged_reads(stack, clients
         TagSpecifications=[{"ResourceType": "instance",
                             "Tags": [{"Key": "Name", "Value": stack.app_instance_name(n)}]}])["Instances"][0]["InstanceId"]
         for n in (1, 2)]
+    wait_listed(clients.ec2, ids)  # EC2 lists new instances after a lag, on AWS and locally
     assert {i.id for i in reader.read()} == set(ids)
     clients.ec2.terminate_instances(InstanceIds=[ids[0]])
     assert [i.id for i in reader.read()] == [ids[1]]

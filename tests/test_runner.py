@@ -88,6 +88,12 @@ def settle(runner: Runner, until, timeout: float = 20.0, what: str = "condition"
     raise TimeoutError(f"runner did not reach: {what}\n{consoles_text(runner.settings.data_dir)[-3000:]}")
 
 
+def console_of(runner: Runner, iid: str) -> str:
+    """The instance's console so far ('' before the runner has seen it: EC2 lists a new instance after a lag)."""
+    path = runner.base / iid / "console.log"
+    return path.read_text() if path.exists() else ""
+
+
 def host_file(runner: Runner, iid: str, path: str) -> Path:
     return runner.base / iid / "root" / path.lstrip("/")
 
@@ -136,6 +142,7 @@ def test_a_boot_that_fails_is_reported_and_the_instance_terminated(make_runner, 
     caplog.set_level(logging.INFO, logger="infra.local.runner")
     runner, act = make_runner("#!/bin/bash\necho 'cannot find my config' >&2\nexit 1\n")
     (iid,) = act.launch(1)
+    settle(runner, lambda: "BOOT FAILED" in console_of(runner, iid), what="the boot to fail")
     settle(runner, lambda: iid not in runner.instances, what="the failed instance to be terminated")
     (inst,) = app_instances(clients.ec2, runner.settings, include_terminated=True)
     assert inst.state in (InstanceState.SHUTTING_DOWN, InstanceState.TERMINATED)
@@ -150,7 +157,8 @@ def test_a_process_past_the_instance_types_memory_is_oom_killed_and_reported(mak
     caplog.set_level(logging.INFO, logger="infra.local.runner")
     runner, act = make_runner(boot_script(HOG), instance_type="t3.nano")  # 512 MiB
     (iid,) = act.launch(1)
-    settle(runner, lambda: runner.instances[iid].oom_kills >= 1, timeout=30, what="an OOM kill")
+    settle(runner, lambda: iid in runner.instances and runner.instances[iid].oom_kills >= 1, timeout=30,
+           what="an OOM kill")
     assert f"instance {iid}: OOM kill in its memory cgroup (limit 512 MiB" in caplog.text
     console = settle(runner, lambda: "demo.service: Main process exited, code=killed, status=9/KILL" in (
         text := (runner.base / iid / "console.log").read_text()) and text, what="the init to see the kill")
@@ -256,7 +264,8 @@ def test_an_unbaked_instance_runs_the_real_install_path(stack, clients, tmp_path
     try:
         (iid,) = Ec2Actuator(clients.ec2, settings).launch(1)
         ids = send_images(clients, settings, 2)
-        settle(runner, lambda: runner.instances[iid].phase.value != "booting", timeout=2000, what="the install")
+        settle(runner, lambda: iid in runner.instances and runner.instances[iid].phase.value != "booting",
+               timeout=2000, what="the install")
         console = (runner.base / iid / "console.log").read_text()
         assert runner.instances[iid].phase.value == "up", console[-4000:]
         results = {}

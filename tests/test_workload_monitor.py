@@ -13,7 +13,7 @@ from flask import request
 from PIL import Image
 
 from infra.observe import queue_url
-from tests.helpers import child_env
+from tests.helpers import child_env, wait_listed
 from tests.images import write_images
 from tests.procs import ROOT
 from tests.stub import create_stub_app, serve_in_thread
@@ -30,7 +30,7 @@ def _launch(clients, settings, count: int) -> list[str]:
             TagSpecifications=[{"ResourceType": "instance",
                                 "Tags": [{"Key": "Name", "Value": settings.app_instance_name(n)}]}])
         ids.append(reservation["Instances"][0]["InstanceId"])
-    return ids
+    return wait_listed(clients.ec2, ids)
 
 
 def _load_queue(clients, settings, count: int) -> str:

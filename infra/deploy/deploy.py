@@ -42,6 +42,7 @@ from infra.deploy.compute import (
     tag_list,
     tags_of,
     terminate_and_wait,
+    wait,
 )
 from infra.deploy.dashboard import dashboard_name, delete_dashboard, ensure_dashboard
 from infra.deploy.errors import DeployError, NotConfirmed
@@ -238,6 +239,9 @@ def ensure_web_instances(ec2, settings: Settings, count: int, run_args: Callable
             **args, "MinCount": 1, "MaxCount": 1,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
                                   {"ResourceType": "volume", "Tags": tag_list(settings, Role.WEB)}]}, name)
+        # EC2 is eventually consistent: until a new instance is listed, a re-run would launch it again.
+        wait(ec2.get_waiter("instance_exists"), f"web instance {inst['InstanceId']} to be listed", wait_s, poll_s,
+             InstanceIds=[inst["InstanceId"]])
         report.add(f"web instance {name} ({inst['InstanceId']})",
                    "created" + (" (runs the controller)" if idx == CONTROLLER_INDEX and count > 1 else ""))
         out.append(inst)

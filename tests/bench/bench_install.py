@@ -4,7 +4,7 @@ Issue 13's target: the worker set (requirements/worker.txt, what an app instance
 <= 400 MB (`du -sh`). Prints the total, the largest installed distributions and whether any
 package an app instance must not carry (torch, test and dev tools) slipped in.
 
-    python -m tests.bench.bench_install [--role worker|web|torch|dev] [--keep DIR]
+    python -m tests.bench.bench_install [--role worker|web|local|model|torch|dev] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def du_h(path: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--role", default="worker", choices=("worker", "web", "torch", "dev"))
+    parser.add_argument("--role", default="worker", choices=("worker", "web", "local", "model", "torch", "dev"))
     parser.add_argument("--keep", default=None, help="make the venv here and keep it")
     args = parser.parse_args(argv)
     req = ROOT / "requirements" / f"{args.role}.txt"
