@@ -75,7 +75,10 @@ def test_web_policy_scopes_ec2_by_template_tag_and_role():
     assert grants["s3:PutObject"] == {"arn:aws:s3:::lp-in-bucket/*"}
     assert grants["sqs:SendMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-req-queue"}
     replies = "arn:aws:sqs:eu-west-1:111122223333:lp-reply-*"
-    assert grants["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue", replies}
+    # the controller's reaper reads dead-lettered requests to mark their jobs failed; it never deletes them
+    dlq = "arn:aws:sqs:eu-west-1:111122223333:lp-req-dlq"
+    assert grants["sqs:ReceiveMessage"] == {"arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue", replies, dlq}
+    assert dlq not in grants["sqs:DeleteMessage"]
     assert grants["sqs:CreateQueue"] == grants["sqs:DeleteQueue"] == grants["sqs:TagQueue"] - {
         "arn:aws:sqs:eu-west-1:111122223333:lp-resp-queue"} == {replies}  # only under the stack's prefix
     table = "arn:aws:dynamodb:eu-west-1:111122223333:table/lp-jobs"
