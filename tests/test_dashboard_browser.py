@@ -18,7 +18,7 @@ import pytest
 
 from app_tier.metrics import Metrics
 from tests.dashboard_server import DashboardServer
-from tests.helpers import chrome, chromium_paths
+from tests.helpers import chrome, chromium_paths, wait_listed
 from tests.procs import ROOT, wait_for
 from web_tier.metrics_source import DESIRED_INSTANCES, END_TO_END_MS, IMAGE_ERRORS, IMAGES_PROCESSED
 
@@ -138,6 +138,7 @@ def backlog_series(state: dict) -> list[int]:
 def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
     burst = Burst(stack, clients)
     burst.launch(1)  # the minimum fleet, before the burst
+    wait_listed(clients.ec2, burst.instances)  # listed by EC2 (eventually consistent) before the page's first sample
     with DashboardServer(stack, clients) as dash, chrome(tmp_path, width=1440, height=1400) as browser:
         browser.get(f"{dash.url}/dashboard")
         wait_for(lambda: (browser.execute_script(PAGE_STATE) or {}).get("rows") == 1, 20, interval=0.5,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
 from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -78,13 +79,22 @@ def view(counters: BatchCounts | None, jobs: list[Job]) -> BatchView:
     return BatchView(jobs, counters.as_dict(), counters.submitted, counters.finished and complete)
 
 
+INDEX_WAIT_S = 3.0  # how long a read waits for the batch index to list every submitted job (AWS: about 1 s)
+
+
 def _batch(batch_id: str) -> BatchView:
     if not BATCH_ID_RE.match(batch_id):
         raise Rejected(404, "unknown batch id")
     store = state().store
     try:
         counters = store.batch_counts(batch_id)
-        jobs = store.refresh(store.batch(batch_id))
+        listed = store.batch(batch_id)
+        deadline, pause = time.monotonic() + INDEX_WAIT_S, 0.1
+        while counters is not None and len(listed) < counters.submitted and time.monotonic() < deadline:
+            time.sleep(pause)  # the index catches up with the last submissions
+            pause = min(pause * 2, 1.0)
+            listed = store.batch(batch_id)
+        jobs = store.refresh(listed)
     except StoreBusy as err:
         log.warning("reading batch %s: %s", batch_id, err)
         raise Rejected(503, "job store busy, try again", retry_after=1) from None
