@@ -3,8 +3,9 @@
 A worker trusts an artifact only after its file's sha256 equals the manifest's and the
 manifest names the model it was asked for: a truncated download, a stale cache or a
 file swapped in S3 is refused with both checksums and the file named, never served.
-This module imports no torch; building (``app_tier.build_model``) runs in a child
-process, so a worker that builds on first use still never has torch in its memory.
+This module imports no torch; building (``app_tier.build_model``: torch-free for the
+default model, torch for the others) runs in a child process, so a worker that builds on
+first use never has the exporter (onnx, or torch) in its memory.
 
     python -m app_tier.artifact fetch s3://bucket/prefix/ [--model M] [--dest DIR]   # at boot
     python -m app_tier.artifact verify [--model M]
@@ -28,6 +29,7 @@ from pathlib import Path
 
 from app_tier.classifier import ModelUnavailable
 from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, file_sha256
+from infra.config import artifact_dir as _artifact_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ MODEL_FILE = ARTIFACT_MODEL_FILE
 MANIFEST_FILE = ARTIFACT_MANIFEST_FILE
 MANIFEST_FORMAT = 1
 BUILD_TIMEOUT_S = 600
+_LOG_PREFIX = re.compile(r"^\S+ \S+ (ERROR|WARNING|INFO) [\w.]+: ")  # the build's log format, before its message
 
 
 class ArtifactError(ModelUnavailable):
@@ -86,7 +89,7 @@ sha256_of = file_sha256
 
 
 def artifact_dir(models_dir: str | Path, model: str) -> Path:
-    return Path(models_dir) / model
+    return Path(_artifact_dir(models_dir, model))
 
 
 def verify(directory: str | Path, model: str) -> Manifest:
@@ -178,9 +181,10 @@ def _replace_dir(new: Path, dest: Path) -> None:
 def ensure(models_dir: str | Path, model: str) -> tuple[Path, Manifest]:
     """A verified artifact for ``model`` under ``models_dir``, built first if there is none.
 
-    The build runs ``python -m app_tier.build_model`` in a child (it needs torch; this
-    process must not import it) under a file lock, so workers starting together build
-    it once. A corrupt artifact is refused, not silently rebuilt: someone should look.
+    The build runs ``python -m app_tier.build_model`` in a child (the exporter stays out of
+    this process) under a file lock, so workers starting together build it once. A model
+    that needs torch where there is none fails with the child's line saying which command
+    adds it. A corrupt artifact is refused, not silently rebuilt: someone should look.
     """
     directory = artifact_dir(models_dir, model)
     if (directory / MANIFEST_FILE).exists():
@@ -204,9 +208,9 @@ def build_in_child(model: str, directory: Path) -> None:
         raise ArtifactError(f"building the artifact for {model} at {directory} failed: {err}") from None
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise ArtifactError(f"no artifact for model {model} at {directory} and building it here failed "
-                            f"(exit {proc.returncode}: {tail[0]}); install it with "
-                            f"`python -m app_tier.artifact fetch s3://...` or build it where torch is installed")
+        reason = _LOG_PREFIX.sub("", tail[0])
+        raise ArtifactError(f"no artifact for model {model} at {directory}, and building it here failed "
+                            f"(exit {proc.returncode}): {reason}")
     log.info("built the artifact for model %s in %.1f s", model, time.monotonic() - started)
 
 

@@ -32,6 +32,12 @@ ARTIFACT_MODEL_FILE = "model.onnx"
 ARTIFACT_MANIFEST_FILE = "manifest.json"
 
 
+def artifact_dir(models_dir: str | os.PathLike, model: str) -> str:
+    """Where a model's artifact lives: ``<models dir>/<model>/``. One definition for all who read it: the
+    build (`make install`), the local stack's workers and AMI, and deploy, which uploads exactly this one."""
+    return os.path.join(models_dir, model)
+
+
 def file_sha256(path) -> str:
     """The artifact's checksum, as the manifest records it; one definition for the worker and deploy."""
     digest = hashlib.sha256()
@@ -324,6 +330,11 @@ class Settings:
     def models_dir(self) -> str:
         """Where model artifacts live: ``IMGREC_MODEL_DIR`` or ``<data dir>/models``."""
         return self.model_dir or os.path.join(self.data_dir, "models")
+
+    @property
+    def artifact_dir(self) -> str:
+        """This model's artifact (``model.onnx`` + ``manifest.json``) on this machine."""
+        return artifact_dir(self.models_dir, self.model)
 
     @property
     def local_iam_enforced(self) -> bool:

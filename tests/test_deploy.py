@@ -378,7 +378,7 @@ def test_gpu_app_instances_keep_the_torch_cuda_path_and_need_no_artifact(setting
         _, script = _user_data_lt(clients, gpu)
         env = env_from_script(script, ENV_FILE)
         assert env["IMGREC_RUNTIME"] == "torch" and env["IMGREC_MODEL_URI"] == ""
-        assert "REQUIREMENTS='requirements/worker.txt requirements/torch.txt'" in script
+        assert "REQUIREMENTS='requirements/worker.txt requirements/model.txt requirements/torch.txt'" in script
         assert "PIP_EXTRA=''" in script  # PyPI's CUDA build, not the CPU index
         assert "torch.load(F.get_model_file_path()" in script and "for unit in imgrec-worker.service; do" in script
         assert set(written_files(script)) == {ENV_FILE, f"{UNIT_DIR}/imgrec-worker.service"}

@@ -45,8 +45,8 @@ def test_gpu_families_are_the_nvidia_ones(itype, gpu):
 
 @pytest.mark.parametrize(("role", "runtime", "itype", "sets", "extra"), [
     (Role.APP, "onnx", "t3.micro", (Requirements.WORKER,), ""),
-    (Role.APP, "torch", "g4dn.xlarge", (Requirements.WORKER, Requirements.TORCH), ""),
-    (Role.APP, "torch", "c5.large", (Requirements.WORKER, Requirements.TORCH), "--extra-index-url"),
+    (Role.APP, "torch", "g4dn.xlarge", (Requirements.WORKER, Requirements.MODEL, Requirements.TORCH), ""),
+    (Role.APP, "torch", "c5.large", (Requirements.WORKER, Requirements.MODEL, Requirements.TORCH), "--extra-index-url"),
     (Role.WEB, "onnx", "t3.small", (Requirements.WEB,), ""),
 ])
 def test_requirement_sets_per_role_and_runtime(role, runtime, itype, sets, extra):

@@ -69,7 +69,7 @@ def uri_keys(uri: str) -> tuple[str, tuple[str, str]]:
 
 def local_artifact(settings: Settings) -> LocalArtifact:
     """The artifact under ``<models dir>/<model>/``, refused unless its file matches its manifest."""
-    directory = Path(settings.models_dir) / settings.model
+    directory = Path(settings.artifact_dir)  # where the local stack's artifact is built and read
     manifest_path, model_path = directory / ARTIFACT_MANIFEST_FILE, directory / ARTIFACT_MODEL_FILE
     if not manifest_path.is_file() or not model_path.is_file():
         raise DeployError(f"no model artifact for {settings.model} at {directory} "

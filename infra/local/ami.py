@@ -29,7 +29,7 @@ from botocore.exceptions import ClientError
 
 from infra.config import Settings
 from infra.local.isolation import AMI_MODELS, AMI_MODELS_REL
-from infra.userdata import Source, app_user_data
+from infra.userdata import ONNX_RUNTIME, TORCH_RUNTIME, Source, app_user_data
 
 log = logging.getLogger(__name__)
 
@@ -43,17 +43,32 @@ APT_PROVIDES = {
 }
 
 
+class AmiError(RuntimeError):
+    """The local image lacks what its workers need; the message names it and the command that adds it."""
+
+
 @dataclass(frozen=True)
 class LocalAmi:
     src: Path
     venv: Path
     baked: bool = True
 
-    def ensure_model(self, model: str) -> None:
-        """Bake the model artifact into the AMI (the checkout's cache) before any instance boots from it."""
-        from app_tier import artifact
+    def ensure_model(self, model: str, runtime: str = ONNX_RUNTIME) -> None:
+        """Bake what the workers load into the AMI before any instance boots from it: the model artifact
+        (the checkout's cache, built if missing) or, for the torch runtime, torch in the venv.
 
-        artifact.ensure(self.src / AMI_MODELS_REL, model)
+        ``AmiError`` says what is missing and which command adds it (torch is not in `make run`'s sets)."""
+        from app_tier import artifact
+        from app_tier.classifier import ModelUnavailable
+        from app_tier.models import require_torch
+
+        try:
+            if runtime == TORCH_RUNTIME:
+                require_torch(f"IMGREC_RUNTIME=torch (model {model})")
+            else:
+                artifact.ensure(self.src / AMI_MODELS_REL, model)
+        except ModelUnavailable as err:
+            raise AmiError(f"the local app-tier image cannot run model {model} ({runtime} runtime): {err}") from None
 
     @classmethod
     def this_checkout(cls, *, baked: bool = True) -> LocalAmi:

@@ -45,6 +45,7 @@ from infra.local.imds import Metadata, MetadataServer
 from infra.observe import FleetReader, InstanceState
 from infra.process import settings_and_logging
 from infra.tags import HEALTH_TAG
+from infra.userdata import worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -359,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     ami = LocalAmi.this_checkout(baked=not args.unbaked)
     if ami.baked:
-        ami.ensure_model(settings.model)
+        ami.ensure_model(settings.model, worker_runtime(settings))
     features, hierarchy = detect_features(settings.local_isolation, ami)
     (log.warning if features.off else log.info)("%s", features.summary())
     if hierarchy is not None:

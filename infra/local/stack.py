@@ -33,9 +33,10 @@ from pathlib import Path
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import LOCAL_ENDPOINT, ConfigError, Settings
-from infra.local.ami import LocalAmi, ensure_launch_template
+from infra.local.ami import AmiError, LocalAmi, ensure_launch_template
 from infra.local.cgroups import pid_alive
 from infra.local.moto_server import MotoServer, is_moto, port_in_use
+from infra.userdata import worker_runtime
 
 log = logging.getLogger(__name__)
 
@@ -332,6 +333,13 @@ def main() -> int:
     if not settings.is_local:
         print("`make run` runs against a local moto server; unset AWS_ENDPOINT_URL only for real AWS "
               "(see docs/DEPLOY.md)", file=sys.stderr)
+        return 2
+    try:
+        # Before anything starts: the image the instances boot must carry their model (or torch), else
+        # every instance would fail its boot in turn; the error names the command that adds what is missing.
+        LocalAmi.this_checkout().ensure_model(settings.model, worker_runtime(settings))
+    except AmiError as err:
+        print(f"cannot start: {err}", file=sys.stderr)
         return 2
     try:
         return run(settings)

@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 TARGET_MB = {"worker": 400}
 FORBIDDEN = ("torch", "torchvision", "nvidia", "triton", "pytest", "selenium", "matplotlib", "hypothesis", "ruff",
              "moto")
+# The local stack's set is never on an instance, so it may carry moto and matplotlib; torch and test tools, never.
+FORBIDDEN_BY_ROLE = {"local": tuple(f for f in FORBIDDEN if f not in ("moto", "matplotlib")), "torch": (), "dev": ()}
 
 
 def du_mb(path: Path) -> float:
@@ -49,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
         site = next((venv / "lib").glob("python3*/site-packages"))
         freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
         names = [line.split("==")[0].lower() for line in freeze.split()]
-        bad = [n for n in names if any(n == f or n.startswith(f + "-") for f in FORBIDDEN)]
+        forbidden = FORBIDDEN_BY_ROLE.get(args.role, FORBIDDEN)
+        bad = [n for n in names if any(n == f or n.startswith(f + "-") for f in forbidden)]
         sizes = sorted(((du_mb(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith("-info")),
                        reverse=True)
         total = du_mb(venv)
