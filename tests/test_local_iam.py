@@ -127,6 +127,16 @@ def test_the_app_role_does_its_work_and_batch_calls_count_as_their_iam_actions(e
     assert done.get("Failed", []) == []  # authorised as sqs:DeleteMessage
     app.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     assert app.sts.get_caller_identity()["Arn"].endswith(f":assumed-role/{e.account.app_role}/test-{e.account.app_role}")
+    # A missing input is a 404 the worker answers at once (the role may list its input bucket; without that S3,
+    # and the strict local AWS, answer 403), and the worker records its result in the job table.
+    with pytest.raises(ClientError) as missing:
+        app.s3.get_object(Bucket=s.in_bucket, Key="never-uploaded.jpg")
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    from infra.jobstore import JobStore
+    from infra.messages import ImageResult
+
+    assert JobStore(app.dynamodb, s.jobs_table).complete(ImageResult("app-rec-1", "a.jpg", label="tabby",
+                                                                     batch_id="b-app-role")) is True
 
 
 def test_the_web_role_does_its_work(enforced):

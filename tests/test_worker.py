@@ -82,7 +82,8 @@ def test_images_and_bad_input_are_answered_and_nothing_loops(stack, clients, clf
     for name, r in bad.items():
         [res] = results[r.request_id]
         assert not res.ok and res.error and res.label is None, (name, res)
-    assert "not found" in results[bad["gone.jpg"].request_id][0].error
+    gone_error = results[bad["gone.jpg"].request_id][0].error
+    assert "not found" in gone_error and f"s3://{settings.in_bucket}/uploads/never-uploaded.jpg" in gone_error
     assert "empty" in results[bad["empty.jpg"].request_id][0].error
     out_keys = {o["Key"] for o in clients.s3.list_objects_v2(Bucket=settings.out_bucket).get("Contents", [])}
     assert out_keys == {output_key(n) for n in [*good, "again.jpg"]}  # no output for failures

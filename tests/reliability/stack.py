@@ -292,6 +292,13 @@ class SyncOutcome:
     status: int  # 0: no HTTP answer (connection refused or reset)
     text: str
     waited_s: float
+    started: float = 0.0  # time.monotonic() when it was sent
+
+    def waited_beyond(self, outages: list[tuple[float, float]]) -> float:
+        """The wait less the time AWS was unreachable meanwhile (nothing can answer during an outage)."""
+        end = self.started + self.waited_s
+        overlap = sum(max(0.0, min(end, b) - max(self.started, a)) for a, b in outages)
+        return self.waited_s - overlap
 
 
 class SyncProbe:
@@ -320,7 +327,7 @@ class SyncProbe:
                         status, text = resp.status_code, resp.text
                     except requests.RequestException as err:
                         status, text = 0, type(err).__name__
-                    self.outcomes.append(SyncOutcome(name, status, text, time.monotonic() - started))
+                    self.outcomes.append(SyncOutcome(name, status, text, time.monotonic() - started, started))
                     i += 1
                     if status != 200:
                         self._stop.wait(0.5)
@@ -340,6 +347,7 @@ class SyncProbe:
         """Answered with the image's own label (200, ``<stem>:<label>``)."""
         return [o for o in self.outcomes if o.status == 200 and o.text.startswith(Path(o.name).stem + ":")]
 
-    @property
-    def longest_s(self) -> float:
-        return max((o.waited_s for o in self.outcomes if o.status in (200, 422, 504)), default=0.0)
+    def longest_s(self, outages: list[tuple[float, float]] = ()) -> float:
+        """The longest wait of an answered request, less the outages it lived through."""
+        return max((o.waited_beyond(list(outages)) for o in self.outcomes if o.status in (200, 422, 504)),
+                   default=0.0)

@@ -48,23 +48,26 @@ def finish(stack, prefix: str, submitted, case: str):
     return result
 
 
-def finish_sync(probe: SyncProbe, case: str, *, refusals_allowed: bool = False) -> None:
+def finish_sync(probe: SyncProbe, case: str, *, outages: list[tuple[float, float]] = ()) -> None:
     """Synchronous clients during a fault: each answered with its own label, none waiting longer than its
-    message's visibility timeout plus 10 s; a refusal at intake (503, or no connection during an outage) is
-    not a wait and is retried by the client."""
+    message's visibility timeout plus 10 s beyond the time AWS was unreachable meanwhile (``outages``, when
+    nothing can answer); a refusal at intake (503, or no connection) is not a wait, the client retries it."""
     right = probe.answered
     wrong = [o for o in probe.outcomes if o.status == 200 and o not in right]
     stalled = [o for o in probe.outcomes if o.status in (422, 504)]
     refused = [o for o in probe.outcomes if o.status in (0, 503)]
+    longest, beyond = probe.longest_s(), probe.longest_s(outages)
     TALLY.requests(sent=len(probe.outcomes), answered=len(right), lost=len(stalled), mismatched=len(wrong),
                    client_errors=len(refused))
-    TALLY.sync_waits.append(f"{case}: {len(probe.outcomes)} synchronous requests, {len(right)} answered right, "
-                            f"longest wait {probe.longest_s:.1f} s (bound {VISIBILITY_S + 10} s), "
-                            f"{len(refused)} refused at intake")
+    TALLY.sync_waits.append(
+        f"{case}: {len(probe.outcomes)} synchronous requests, {len(right)} answered right, longest wait "
+        f"{longest:.1f} s" + (f" ({beyond:.1f} s beyond {sum(b - a for a, b in outages):.0f} s of outages)"
+                              if outages else "")
+        + f" (bound {VISIBILITY_S + 10} s), {len(refused)} refused at intake")
     assert len(right) >= 2, f"{case}: the synchronous clients got almost nothing through: {probe.outcomes[:5]}"
     assert wrong == [] and stalled == [], (wrong[:3], stalled[:3])
-    assert refusals_allowed or refused == [], refused[:3]
-    assert probe.longest_s <= VISIBILITY_S + 10, sorted(probe.outcomes, key=lambda o: -o.waited_s)[:3]
+    assert outages or refused == [], refused[:3]
+    assert beyond <= VISIBILITY_S + 10, sorted(probe.outcomes, key=lambda o: -o.waited_beyond(list(outages)))[:3]
 
 
 def healthz(url: str) -> int:
@@ -143,15 +146,23 @@ def test_controller_sigkill_and_restart_mid_run(proc_stack):
     TALLY.fault(f"SIGKILL controller pid {pid}")
     # The workers pause while no controller runs, so the new one meets a backlog (the lean worker would
     # otherwise drain it before the new controller's lease wait is over) and must act on it.
-    paused = stack.workers()
-    for w in paused:
-        w.suspend()
+    paused: list[psutil.Process] = []
+
+    def pause_new_workers() -> None:
+        """Also a worker on an instance the dead controller launched just before it died, booting now."""
+        for w in stack.workers():
+            if w.pid not in {p.pid for p in paused}:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    w.suspend()
+                    paused.append(w)
+
+    pause_new_workers()
     try:
         more = submit_all(stack.url, rest)  # the backlog grows while no controller runs
         before_restart = len(stack.log("controller"))  # both controllers append to one log
         stack.start_tier("controller")
         wants_max = f"desired={stack.direct.max_instances} "
-        wait_for(lambda: wants_max in stack.log("controller")[before_restart:], 60,
+        wait_for(lambda: pause_new_workers() or wants_max in stack.log("controller")[before_restart:], 60,
                  what="the restarted controller sizing the fleet for the backlog")
     finally:
         for w in paused:
@@ -220,13 +231,17 @@ def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     probe = SyncProbe(stack.url, f"sync-{prefix}").__enter__()
     submitted = submit_all(stack.url, dict(list(images.items())[:60]))
     health_during = []
+    outages: list[tuple[float, float]] = []  # when AWS was unreachable (monotonic): nothing can answer then
     for fault in (Fault.HTTP503, Fault.REFUSE, Fault.DROP):
+        began = time.monotonic()
         stack.proxy.inject(fault, 6.0)
         TALLY.fault(f"{fault.value} for 6 s")
         health_during.append(healthz(stack.url))
         wait_for(lambda: not stack.proxy.faulty, 15, what="fault to end")
+        outages.append((began, time.monotonic()))
         wait_for(lambda: healthz(stack.url) == 200, 30, what="/healthz back to 200 after the fault")
     # Submissions during a fault are refused (503) and retried by the client until accepted.
+    outages.append((time.monotonic(), time.monotonic() + 4.0))
     stack.proxy.inject(Fault.HTTP503, 4.0)
     TALLY.fault("http503 for 4 s (during submission)")
     more = submit_all(stack.url, dict(list(images.items())[60:]))
@@ -237,7 +252,7 @@ def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     assert health_during[:2] == [503, 503], f"/healthz during the faults: {health_during}"
     wait_for(lambda: healthz(stack.url) == 200, 60, what="/healthz back to 200")
     probe.__exit__(None, None, None)
-    finish_sync(probe, "S3/SQS outage", refusals_allowed=True)
+    finish_sync(probe, "S3/SQS outage", outages=outages)
     finish(stack, prefix, submitted, "S3/SQS outage (503, refused, dropped)")
     assert more.client_errors >= 1, "the submission-time outage was not seen by the client"
     for name in ("web", "controller", "runner"):
