@@ -142,9 +142,9 @@ def result_for(item: Item, instance_id: str, infer_ms: float | None, now: float)
     if item.state is ItemState.DONE:
         return ImageResult(req.request_id, req.name, label=item.prediction.label, score=item.prediction.score,
                            worker=instance_id, sent_at=req.sent_at, done_at=now, infer_ms=infer_ms,
-                           batch_id=req.batch_id)
+                           receives=item.receive_count, batch_id=req.batch_id)
     return ImageResult(req.request_id, req.name, error=item.reason or "failed", worker=instance_id,
-                       sent_at=req.sent_at, done_at=now, batch_id=req.batch_id)
+                       sent_at=req.sent_at, done_at=now, receives=item.receive_count, batch_id=req.batch_id)
 
 
 class Worker:

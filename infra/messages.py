@@ -167,6 +167,7 @@ class ImageResult:
     sent_at: float | None = None  # when the web tier enqueued the request
     done_at: float | None = None
     infer_ms: float | None = None
+    receives: float | None = None  # how many times the request was received (1: no worker lost it on the way)
     batch_id: str | None = None  # routing, like request_id: which batch's counters the result moves
 
     @property

@@ -293,6 +293,8 @@ class SyncOutcome:
     text: str
     waited_s: float
     started: float = 0.0  # time.monotonic() when it was sent
+    job_id: str = ""
+    receives: int = 1  # times its request was received (a worker that died holding it makes it 2, ...)
 
     def waited_beyond(self, outages: list[tuple[float, float]]) -> float:
         """The wait less the time AWS was unreachable meanwhile (nothing can answer during an outage)."""
@@ -324,10 +326,10 @@ class SyncProbe:
                     try:
                         resp = http.post(self.url, files={"myfile": (name, jpeg_bytes(700 + i % 30, size=(120, 90)),
                                                                      "image/jpeg")}, timeout=180)
-                        status, text = resp.status_code, resp.text
+                        status, text, job_id = resp.status_code, resp.text, resp.headers.get("X-Job-Id", "")
                     except requests.RequestException as err:
-                        status, text = 0, type(err).__name__
-                    self.outcomes.append(SyncOutcome(name, status, text, time.monotonic() - started, started))
+                        status, text, job_id = 0, type(err).__name__, ""
+                    self.outcomes.append(SyncOutcome(name, status, text, time.monotonic() - started, started, job_id))
                     i += 1
                     if status != 200:
                         self._stop.wait(0.5)
@@ -341,6 +343,10 @@ class SyncProbe:
         self._stop.set()
         for t in self._threads:
             t.join(200)
+        ids = [o.job_id for o in self.outcomes if o.job_id]
+        jobs = wait_jobs(self.url, ids, timeout_s=60) if ids else {}
+        for o in self.outcomes:
+            o.receives = int(jobs.get(o.job_id, {}).get("receives") or 1)
 
     @property
     def answered(self) -> list[SyncOutcome]:
@@ -351,3 +357,9 @@ class SyncProbe:
         """The longest wait of an answered request, less the outages it lived through."""
         return max((o.waited_beyond(list(outages)) for o in self.outcomes if o.status in (200, 422, 504)),
                    default=0.0)
+
+    def over_bound(self, bound_s: float, per_receive_s: float, outages: list[tuple[float, float]] = ()) -> list:
+        """Answered requests that waited longer than ``bound_s`` plus ``per_receive_s`` for each receive after
+        the first (a worker that died holding it), beyond the outages they lived through."""
+        return [o for o in self.outcomes if o.status in (200, 422, 504)
+                and o.waited_beyond(list(outages)) > bound_s + per_receive_s * (o.receives - 1)]
