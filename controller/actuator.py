@@ -1,54 +1,84 @@
-"""Thin EC2 actuation: launch app-tier instances and remove surplus ones.
+"""Thin EC2 actuation: launch app-tier instances one by one, terminate (or stop) the ones chosen.
 
-Only the EC2 (and, for the idle signal, CloudWatch) API is used, so the same code
-drives real AWS and the local moto server; locally the supervisor turns moto's
-instances into worker processes. Which instances go on scale-in is a pure choice
-(``choose_removals``): pending ones first (they hold no work), then idle ones (no
-``ImagesProcessed`` data points lately), then the newest. The worker's two-stage
-SIGTERM is the last line of defence for a busy one.
+Only the EC2 (and, for the idle signal, CloudWatch) API is used, so the same code drives
+real AWS and the local moto server; locally the runner turns moto's instances into worker
+processes. Which instances go on scale-in is a pure choice (``controller.brain.choose_removals``);
+the worker's two-stage SIGTERM is the last line of defence for a busy one.
+
+Every launch carries a ``ClientToken``: "With an idempotent request, if the original request
+completes successfully, any subsequent retries complete successfully without performing any
+further actions" (Ensuring idempotency in Amazon EC2 API requests,
+https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-idempotency.html), so a launch retried
+after an answer that never arrived does not start a second instance.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping
+import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from controller.brain import choose_removals
 from infra.config import Settings
-from infra.metrics import Metric, instance_dimensions
-from infra.observe import ACTIVE_STATES, LIVE_STATES, FleetReader, Instance, InstanceState
+from infra.metrics import Metric, instance_dimensions, read_period
+from infra.observe import LIVE_STATES, FleetReader, Instance, InstanceState
 from infra.tags import NAME_TAG, Role, stack_tags
 from infra.userdata import app_user_data
 
 log = logging.getLogger(__name__)
 
-IDLE_LOOKBACK_S = 10  # a CloudWatch high-resolution period; on standard metrics it finds nothing -> "newest"
+IDLE_LOOKBACK_S = 20  # a worker publishes every 5 s: 20 s without an image is idle (a high-resolution period)
+NOT_FOUND = "InvalidInstanceID.NotFound"
+# RunInstances refusals that say "not now" rather than "never": the controller backs off and tries again.
+CAPACITY_CODES = frozenset({"InsufficientInstanceCapacity", "InstanceLimitExceeded", "VcpuLimitExceeded",
+                            "InsufficientCapacity", "Unsupported"})
+THROTTLE_CODES = frozenset({"RequestLimitExceeded", "Throttling", "ThrottlingException"})
 
 
-def free_indices(instances: Iterable[Instance], settings: Settings, count: int) -> list[int]:
-    """The ``count`` lowest n (from 1) whose ``Name=<app prefix>-<n>`` no live instance holds."""
-    used = {i.name for i in instances if i.state in LIVE_STATES}
+class Refusal(StrEnum):
+    CAPACITY = "capacity"
+    THROTTLED = "throttled"
+
+
+def refusal(err: Exception) -> Refusal | None:
+    """Whether an EC2 error is a capacity refusal or throttling (both worth a back-off), else None."""
+    if not isinstance(err, ClientError):
+        return None
+    code = err.response.get("Error", {}).get("Code", "")
+    if code in CAPACITY_CODES:
+        return Refusal.CAPACITY
+    if code in THROTTLE_CODES:
+        return Refusal.THROTTLED
+    return None
+
+
+def error_code(err: Exception) -> str:
+    if isinstance(err, ClientError):
+        return err.response.get("Error", {}).get("Code", "ClientError")
+    return type(err).__name__
+
+
+def free_names(used: Iterable[str], settings: Settings, count: int) -> list[str]:
+    """The ``count`` lowest ``<app prefix>-<n>`` names (n from 1) that ``used`` does not hold."""
+    used = set(used)
     out, k = [], 1
     while len(out) < count:
-        if settings.app_instance_name(k) not in used:
-            out.append(k)
+        name = settings.app_instance_name(k)
+        if name not in used:
+            out.append(name)
         k += 1
     return out
 
 
-def choose_removals(instances: Iterable[Instance], count: int, activity: Mapping[str, float] | None = None) -> list[str]:
-    """Ids of the ``count`` instances to remove: pending, then idle, then newest."""
-    activity = activity or {}
-    candidates = [i for i in instances if i.state in ACTIVE_STATES]
-
-    def rank(inst: Instance):
-        busy = activity.get(inst.id, 0.0) > 0
-        return (inst.state != InstanceState.PENDING, busy, -inst.launch_time, inst.id)
-
-    return [i.id for i in sorted(candidates, key=rank)[: max(0, count)]]
+def free_indices(instances: Iterable[Instance], settings: Settings, count: int) -> list[int]:
+    """The ``count`` lowest n whose ``Name=<app prefix>-<n>`` no live instance holds."""
+    used = {i.name for i in instances if i.state in LIVE_STATES}
+    return [int(name.rsplit("-", 1)[1]) for name in free_names(used, settings, count)]
 
 
 def user_data(settings: Settings) -> str:
@@ -59,26 +89,32 @@ def user_data(settings: Settings) -> str:
     return app_user_data(settings)
 
 
+def new_token() -> str:
+    """A ClientToken (at most 64 ASCII characters)."""
+    return uuid.uuid4().hex
+
+
 def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],
                     lookback_s: int = IDLE_LOOKBACK_S, now: datetime | None = None) -> dict[str, float]:
-    """Images each instance processed in the last ``lookback_s`` (CloudWatch ImagesProcessed).
+    """Images each instance processed in the last ``lookback_s`` (high-resolution ImagesProcessed).
 
     Best effort: on any error the answer is {} and removal falls back to newest-first.
     """
     if cloudwatch is None or not instance_ids:
         return {}
     end = now or datetime.now(UTC)
+    period = read_period(lookback_s)
     queries = [{
         "Id": f"m{i}",
         "MetricStat": {
             "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(Metric.IMAGES_PROCESSED),
                        "Dimensions": instance_dimensions(settings.prefix, iid)},
-            "Period": lookback_s, "Stat": "Sum"},
+            "Period": period, "Stat": "Sum"},
         "ReturnData": True,
     } for i, iid in enumerate(instance_ids[:500])]
     try:
-        resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=lookback_s),
-                                          EndTime=end + timedelta(seconds=1))
+        resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=period),
+                                          EndTime=end + timedelta(seconds=period))
     except (ClientError, BotoCoreError) as err:
         log.warning("cannot read %s for idle check of %d instances: %s", Metric.IMAGES_PROCESSED, len(instance_ids), err)
         return {}
@@ -110,38 +146,18 @@ class Ec2Actuator:
         try:
             reservations = self.ec2.describe_instances(InstanceIds=list(instance_ids))["Reservations"]
         except ClientError as err:
-            if err.response.get("Error", {}).get("Code") == "InvalidInstanceID.NotFound":
+            if error_code(err) == NOT_FOUND:
                 return set()  # not listed yet: AWS's describe may lag a fresh run_instances
             log.error("describe_instances failed for %s", instance_ids)
             raise
         return {i["InstanceId"] for r in reservations for i in r["Instances"]
                 if InstanceState(i["State"]["Name"]) not in LIVE_STATES}
 
-    def launch(self, n: int, fleet: list[Instance] | None = None) -> list[str]:
-        """Bring ``n`` more instances up (warm-pool stopped ones first); returns their ids."""
-        if n <= 0:
-            return []
-        fleet = self.fleet() if fleet is None else fleet
-        ids: list[str] = []
-        if self.warm_pool:
-            stopped = [i.id for i in fleet if i.state == InstanceState.STOPPED][:n]
-            if stopped:
-                try:
-                    self.ec2.start_instances(InstanceIds=stopped)
-                except ClientError:
-                    log.error("start_instances failed for %s", stopped)
-                    raise
-                log.info("started warm instances %s", stopped)
-                ids += stopped
-        for k in free_indices(fleet, self.settings, n - len(ids)):
-            ids.append(self._run_one(k))
-        return ids
-
-    def _run_one(self, k: int) -> str:
+    def run_one(self, name: str, token: str) -> str:
+        """One RunInstances for one instance named ``name``; ``token`` makes a retry return the same instance."""
         s = self.settings
-        name = s.app_instance_name(k)
         kwargs = {
-            "MinCount": 1, "MaxCount": 1,
+            "MinCount": 1, "MaxCount": 1, "ClientToken": token,
             "TagSpecifications": [{"ResourceType": "instance", "Tags": stack_tags(s.prefix, Role.APP, **{NAME_TAG: name})}],
         }
         if s.launch_template:
@@ -151,11 +167,38 @@ class Ec2Actuator:
         started = time.monotonic()
         try:
             inst = self.ec2.run_instances(**kwargs)["Instances"][0]
-        except ClientError:
-            log.error("run_instances failed for %s (template %r, ami %s)", name, s.launch_template, s.ami_id)
+        except (ClientError, BotoCoreError) as err:
+            log.error("run_instances failed for %s (template %r, ami %s, token %s): %s", name, s.launch_template,
+                      s.ami_id, token, error_code(err))
             raise
         log.info("launched %s as %s in %.0f ms", inst["InstanceId"], name, (time.monotonic() - started) * 1000)
         return inst["InstanceId"]
+
+    def start_stopped(self, instance_ids: list[str]) -> list[str]:
+        """Warm pool: start stopped instances (they keep their names)."""
+        if not instance_ids:
+            return []
+        try:
+            self.ec2.start_instances(InstanceIds=list(instance_ids))
+        except (ClientError, BotoCoreError):
+            log.error("start_instances failed for %s", instance_ids)
+            raise
+        log.info("started warm instances %s", instance_ids)
+        return list(instance_ids)
+
+    def launch(self, n: int, fleet: list[Instance] | None = None) -> list[str]:
+        """Bring ``n`` more instances up (warm-pool stopped ones first), one RunInstances each; returns their
+        ids. A convenience for tools and tests: the controller's loop launches one at a time itself."""
+        if n <= 0:
+            return []
+        fleet = self.fleet() if fleet is None else fleet
+        ids: list[str] = []
+        if self.warm_pool:
+            ids += self.start_stopped([i.id for i in fleet if i.state == InstanceState.STOPPED][:n])
+        used = {i.name for i in fleet if i.state in LIVE_STATES}
+        for name in free_names(used, self.settings, n - len(ids)):
+            ids.append(self.run_one(name, new_token()))
+        return ids
 
     def remove(self, instance_ids: list[str]) -> list[str]:
         """Terminate (or, with a warm pool, stop) these instances."""
@@ -164,8 +207,8 @@ class Ec2Actuator:
         verb = "stop_instances" if self.warm_pool else "terminate_instances"
         try:
             getattr(self.ec2, verb)(InstanceIds=list(instance_ids))
-        except ClientError:
-            log.error("%s failed for %s", verb, instance_ids)
+        except (ClientError, BotoCoreError) as err:
+            log.error("%s failed for %s: %s", verb, instance_ids, error_code(err))
             raise
         log.info("%s %s", "stopped" if self.warm_pool else "terminated", instance_ids)
         return list(instance_ids)
@@ -175,6 +218,8 @@ class Ec2Actuator:
         if count <= 0:
             return []
         fleet = self.fleet() if fleet is None else fleet
+        return self.remove(choose_removals(fleet, count, self.activity(fleet)))
+
+    def activity(self, fleet: list[Instance]) -> dict[str, float]:
         running = [i.id for i in fleet if i.state == InstanceState.RUNNING]
-        activity = recent_activity(self.cloudwatch, self.settings, running)
-        return self.remove(choose_removals(fleet, count, activity))
+        return recent_activity(self.cloudwatch, self.settings, running)

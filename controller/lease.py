@@ -135,6 +135,26 @@ class Lease:
             self._was_leader = leader
         return leader
 
+    def confirm(self) -> bool:
+        """Still ours, right now? A consistent read of the item: the same owner *and* the same version we last
+        wrote, and our own clock still inside it. The loop asks this immediately before every EC2 call, so a
+        controller that lost the lease mid-actuation (a slow reaper pass, a long launch) stops at once instead
+        of acting on for the rest of its tick beside the one that took over."""
+        if not is_leader(self.mem, self.clock(), self.duration):
+            return False
+        try:
+            view = self.read()
+        except (ClientError, BotoCoreError) as err:
+            log.warning("controller lease on %s unreadable before an EC2 call (%s): not acting", self.table, err)
+            return False
+        if view.owner != self.owner or view.rvn != self.mem.held_rvn:
+            log.warning("controller %s lost the lease on %s (now %s, version %s): stopping this actuation",
+                        self.owner[:8], self.table, (view.owner or "nobody")[:8], (view.rvn or "-")[:8])
+            self.mem = LeaseMemory()
+            self._was_leader = False
+            return False
+        return True
+
     def release(self) -> None:
         """Clean stop: hand the lease back at once (only if it is still ours)."""
         if self.mem.held_rvn is None:

@@ -19,8 +19,19 @@ DEFAULT_REGION = "us-east-1"
 DEFAULT_PREFIX = "imgrec"
 DEFAULT_WEB_INSTANCE_NAME = "web-instance"
 DEFAULT_APP_INSTANCE_PREFIX = "app-tier-instance"
-DEFAULT_MIN_INSTANCES = 1
-DEFAULT_MAX_INSTANCES = 19
+# Scaling profiles (README "Scaling"): `work` sizes the fleet by measured work, `course` keeps one instance per
+# few messages (what the course's grader expects). Each profile gives defaults to the settings it shapes; a
+# variable that is set wins over its profile.
+SCALING_PROFILES = ("work", "course")
+DEFAULT_SCALING = "work"
+PROFILE_DEFAULTS: dict[str, dict[str, float]] = {
+    "work": {"min_instances": 1, "max_instances": 19, "scale_in_window_s": 10.0},
+    "course": {"min_instances": 0, "max_instances": 15, "scale_in_window_s": 2.0},
+}
+DEFAULT_LATENCY_TARGET_S = 45.0
+# Until the controller has measured its own fleet: AWS-like guesses (README "Scaling" cites them).
+DEFAULT_BOOT_ESTIMATE_S = 40.0
+DEFAULT_RATE_ESTIMATE = 25.0
 DEFAULT_MODEL = "efficientnet_lite0"
 DEFAULT_RUNTIME = "onnx"  # onnxruntime: ~120 MB RSS per worker after loading instead of ~790 MB with torch (README "Runtimes")
 RUNTIMES = ("onnx", "torch")
@@ -55,7 +66,6 @@ DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_MAX_POOL_CONNECTIONS = 64
 DEFAULT_POLL_INTERVAL_S = 1.0
 DEFAULT_TARGET_BACKLOG_PER_INSTANCE = 5
-DEFAULT_SCALE_IN_WINDOW_S = 2.0
 DEFAULT_TORCH_THREADS = 1
 DEFAULT_WORKER_BATCH_SIZE = 10
 DEFAULT_WEB_HOST = "127.0.0.1"
@@ -99,9 +109,10 @@ class ConfigError(ValueError):
     """A setting from the environment is missing or invalid; the message names it."""
 
 
-def env_field(var: str, default, doc: str):
-    """A settings field read from environment variable ``var``; ``doc`` goes into the README table."""
-    return field(default=default, metadata={"env": var, "doc": doc})
+def env_field(var: str, default, doc: str, *, profile: bool = False):
+    """A settings field read from environment variable ``var``; ``doc`` goes into the README table.
+    ``profile``: unset means the scaling profile's default (``PROFILE_DEFAULTS``)."""
+    return field(default=default, metadata={"env": var, "doc": doc, "profile": profile})
 
 
 _env_field = env_field
@@ -126,8 +137,15 @@ class Settings:
     app_instance_prefix: str = _env_field(
         "IMGREC_APP_INSTANCE_PREFIX", DEFAULT_APP_INSTANCE_PREFIX, "app instances are tagged `Name=<this>-<n>`"
     )
-    min_instances: int = _env_field("IMGREC_MIN_INSTANCES", DEFAULT_MIN_INSTANCES, "fewest app-tier instances (0 allowed)")
-    max_instances: int = _env_field("IMGREC_MAX_INSTANCES", DEFAULT_MAX_INSTANCES, "most app-tier instances")
+    scaling: str = _env_field(
+        "IMGREC_SCALING", DEFAULT_SCALING,
+        "scaling profile: `work` sizes the fleet by measured work within IMGREC_LATENCY_TARGET, `course` keeps "
+        "one instance per IMGREC_TARGET_BACKLOG messages (0 to 15, the course grader's)",
+    )
+    min_instances: int | None = _env_field(
+        "IMGREC_MIN_INSTANCES", None, "fewest app-tier instances (0 allowed); unset: work 1, course 0", profile=True)
+    max_instances: int | None = _env_field(
+        "IMGREC_MAX_INSTANCES", None, "most app-tier instances; unset: work 19, course 15", profile=True)
     model: str = _env_field("IMGREC_MODEL", DEFAULT_MODEL, "classifier model name")
     runtime: str = _env_field(
         "IMGREC_RUNTIME", DEFAULT_RUNTIME, "worker inference runtime: `onnx` (no torch in the worker) or `torch` (reference, CUDA)"
@@ -161,10 +179,23 @@ class Settings:
     )
     poll_interval_s: float = _env_field("IMGREC_POLL_INTERVAL", DEFAULT_POLL_INTERVAL_S, "controller loop period (s)")
     target_backlog_per_instance: int = _env_field(
-        "IMGREC_TARGET_BACKLOG", DEFAULT_TARGET_BACKLOG_PER_INSTANCE, "acceptable messages per app instance"
+        "IMGREC_TARGET_BACKLOG", DEFAULT_TARGET_BACKLOG_PER_INSTANCE, "course profile: messages per app instance"
     )
-    scale_in_window_s: float = _env_field(
-        "IMGREC_SCALE_IN_WINDOW", DEFAULT_SCALE_IN_WINDOW_S, "backlog must stay low this long before scale-in (s)"
+    scale_in_window_s: float | None = _env_field(
+        "IMGREC_SCALE_IN_WINDOW", None, "the need must stay lower this long before scale-in (s); unset: work 10, "
+        "course 2", profile=True,
+    )
+    latency_target_s: float = _env_field(
+        "IMGREC_LATENCY_TARGET", DEFAULT_LATENCY_TARGET_S,
+        "work profile: launch only what drains the backlog within this many seconds at the least instance-time",
+    )
+    boot_estimate_s: float = _env_field(
+        "IMGREC_BOOT_ESTIMATE", DEFAULT_BOOT_ESTIMATE_S,
+        "work profile: launch-to-first-image seconds assumed until the controller has measured one",
+    )
+    rate_estimate: float = _env_field(
+        "IMGREC_RATE_ESTIMATE", DEFAULT_RATE_ESTIMATE,
+        "work profile: images/s one instance is assumed to serve until the controller has measured it",
     )
     torch_threads: int = _env_field(
         "IMGREC_TORCH_THREADS", DEFAULT_TORCH_THREADS, "inference threads per worker process (torch or onnxruntime)"
@@ -217,10 +248,15 @@ class Settings:
     )
 
     def __post_init__(self) -> None:
-        # Derived names: set here so a frozen instance is complete after construction.
+        # Derived names and the profile's defaults: set here so a frozen instance is complete after construction.
         for name in DERIVED_SUFFIXES:
             if not getattr(self, name):
                 object.__setattr__(self, name, _derived_default(self.prefix, name))
+        if self.scaling not in SCALING_PROFILES:
+            raise ConfigError(f"IMGREC_SCALING={self.scaling!r}: must be one of {', '.join(SCALING_PROFILES)}")
+        for name, value in PROFILE_DEFAULTS[self.scaling].items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, type(value)(value))
         self._validate()
 
     def _validate(self) -> None:
@@ -273,6 +309,12 @@ class Settings:
             fail("target_backlog_per_instance", "must be >= 1")
         if self.scale_in_window_s < 0:
             fail("scale_in_window_s", "must be >= 0")
+        if not 1 <= self.latency_target_s <= 86400:
+            fail("latency_target_s", "must be between 1 and 86400 seconds")
+        if not 0 <= self.boot_estimate_s <= 3600:
+            fail("boot_estimate_s", "must be between 0 and 3600 seconds")
+        if not 0 < self.rate_estimate <= 100000:
+            fail("rate_estimate", "must be a positive number of images/s")
         if self.runtime not in RUNTIMES:
             fail("runtime", f"must be one of {', '.join(RUNTIMES)}")
         if not 1 <= self.max_hold_s <= 43200:
@@ -317,6 +359,10 @@ class Settings:
             for name in DERIVED_SUFFIXES:
                 if getattr(self, name) == _derived_default(self.prefix, name):
                     changes.setdefault(name, "")
+        if changes.get("scaling", self.scaling) != self.scaling:
+            for name, value in PROFILE_DEFAULTS[self.scaling].items():
+                if getattr(self, name) == value:
+                    changes.setdefault(name, None)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -384,6 +430,7 @@ def values_from_env(cls: type, env: Mapping[str, str] | None = None) -> dict:
 
 def _parse(f: dataclasses.Field, var: str, raw: str):
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    kind = kind.removesuffix(" | None")
     try:
         if kind == "int":
             return int(raw)
@@ -399,7 +446,9 @@ def table_rows(cls: type, *, note: str = "") -> list[tuple[str, str, str]]:
     rows = []
     for f in dataclasses.fields(cls):
         default = f.default
-        if default is None:
+        if f.metadata.get("profile"):
+            shown = "profile"
+        elif default is None:
             shown = "unset"
         elif default == "":
             shown = "derived" if f.name in DERIVED_SUFFIXES else "empty"

@@ -1,18 +1,20 @@
-"""The EC2 actuator and one controller tick, against the real moto server over HTTP."""
+"""The EC2 actuator and one controller tick, against the real moto server over HTTP (as strict as AWS: new
+instances are not listed for a moment, CloudWatch keeps each datum at its resolution)."""
 
 from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
 
-from controller.actuator import Ec2Actuator, choose_removals, recent_activity
+from controller.actuator import Ec2Actuator, recent_activity
+from controller.brain import choose_removals
 from controller.loop import Action, Controller
 from infra.messages import ImageRequest
 from infra.metrics import Metric
 from infra.observe import Instance, InstanceState, app_instances, queue_url
 from infra.tags import STACK_TAG
 from infra.userdata import ENV_FILE, app_user_data
-from tests.helpers import wait_until
+from tests.helpers import strict_aws, wait_listed, wait_until
 
 
 def tags_of(ec2, instance_id: str) -> dict[str, str]:
@@ -26,7 +28,7 @@ def live_names(ec2, settings) -> list[str]:
 
 def test_launch_tags_with_lowest_free_index(settings, clients):
     act = Ec2Actuator(clients.ec2, settings)
-    ids = act.launch(3)
+    ids = wait_listed(clients.ec2, act.launch(3))
     assert len(ids) == 3
     assert live_names(clients.ec2, settings) == [settings.app_instance_name(k) for k in (1, 2, 3)]
     tags = tags_of(clients.ec2, ids[0])
@@ -35,14 +37,14 @@ def test_launch_tags_with_lowest_free_index(settings, clients):
     assert inst["ImageId"] == settings.ami_id and inst["InstanceType"] == settings.instance_type
     # the freed index 2 is reused before 4
     act.remove([ids[1]])
-    act.launch(2)
+    wait_listed(clients.ec2, act.launch(2))
     assert live_names(clients.ec2, settings) == [settings.app_instance_name(k) for k in (1, 2, 3, 4)]
 
 
 def test_user_data_is_the_app_boot_script_with_its_units_and_env_file(settings, clients):
     """The AMI path boots like deploy's launch template (tests/test_deploy.py compares the two byte for
     byte): the worker unit that exists, the env file its units read, the worker's own settings."""
-    iid = Ec2Actuator(clients.ec2, settings).launch(1)[0]
+    (iid,) = wait_listed(clients.ec2, Ec2Actuator(clients.ec2, settings).launch(1))
     attr = clients.ec2.describe_instance_attribute(InstanceId=iid, Attribute="userData")["UserData"]["Value"]
     script = base64.b64decode(attr).decode()
     assert script == app_user_data(settings)
@@ -60,7 +62,7 @@ def test_launch_template_path(settings, clients):
     clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={
         "ImageId": settings.ami_id, "InstanceType": "t3.small"})
     act = Ec2Actuator(clients.ec2, settings.replace(launch_template=name))
-    iid = act.launch(1)[0]
+    (iid,) = wait_listed(clients.ec2, act.launch(1))
     inst = clients.ec2.describe_instances(InstanceIds=[iid])["Reservations"][0]["Instances"][0]
     assert inst["InstanceType"] == "t3.small"  # came from the template, not settings.instance_type
     assert tags_of(clients.ec2, iid)["Name"] == settings.app_instance_name(1)
@@ -68,7 +70,7 @@ def test_launch_template_path(settings, clients):
 
 def test_remove_terminates_and_warm_pool_stops_then_restarts(settings, clients):
     cold = Ec2Actuator(clients.ec2, settings)
-    a, b = cold.launch(2)
+    a, b = wait_listed(clients.ec2, cold.launch(2))
     cold.remove([a])
     states = {i.id: i.state for i in app_instances(clients.ec2, settings, include_terminated=True)}
     assert states[a] == InstanceState.TERMINATED and states[b] == InstanceState.RUNNING
@@ -77,6 +79,7 @@ def test_remove_terminates_and_warm_pool_stops_then_restarts(settings, clients):
     warm.remove([b])
     assert {i.id: i.state for i in app_instances(clients.ec2, settings)}[b] == InstanceState.STOPPED
     ids = warm.launch(2)
+    wait_listed(clients.ec2, ids[1:])
     assert ids[0] == b  # the stopped one is started first, then one new
     fleet = {i.id: i for i in app_instances(clients.ec2, settings)}
     assert fleet[b].state in (InstanceState.PENDING, InstanceState.RUNNING)
@@ -101,15 +104,19 @@ def test_choose_removals_prefers_pending_then_idle_then_newest():
 
 def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
     act = Ec2Actuator(clients.ec2, settings, cloudwatch=clients.cloudwatch)
-    idle = act.launch(1)[0]
+    (idle,) = wait_listed(clients.ec2, act.launch(1))
     idle_at = clients.ec2.describe_instances(InstanceIds=[idle])["Reservations"][0]["Instances"][0]["LaunchTime"]
     # EC2 launch times have 1 s resolution: launch `busy` in a later second, so it is the strictly newest.
     wait_until(lambda: datetime.now(UTC).replace(microsecond=0) > idle_at, 5, interval=0.05,
                what="the next whole second")
-    busy = act.launch(1)[0]
+    (busy,) = wait_listed(clients.ec2, act.launch(1))
     clients.cloudwatch.put_metric_data(Namespace=settings.metrics_namespace, MetricData=[{
         "MetricName": str(Metric.IMAGES_PROCESSED), "Value": 10.0, "Unit": "Count", "Timestamp": datetime.now(UTC),
+        "StorageResolution": 1,  # as workers publish it: a 20 s read of standard data finds nothing on AWS
         "Dimensions": [{"Name": "Stack", "Value": settings.prefix}, {"Name": "InstanceId", "Value": busy}]}])
+    # CloudWatch serves a datum a moment after the put (IMGREC_STRICT_CW_INGEST_DELAY)
+    wait_until(lambda: recent_activity(clients.cloudwatch, settings, [busy]).get(busy, 0) > 0, 10,
+               what="the datum readable")
     activity = recent_activity(clients.cloudwatch, settings, [busy, idle])
     assert activity.get(busy, 0) > 0 and activity.get(idle, 0) == 0
     assert choose_removals(app_instances(clients.ec2, settings), 1, {}) == [busy]  # newest-first alone
@@ -119,9 +126,14 @@ def test_idle_signal_from_cloudwatch_picks_the_idle_instance(settings, clients):
 
 
 def test_controller_ticks_scale_out_and_back(stack, clients):
-    settings = stack.replace(min_instances=1, max_instances=3, scale_in_window_s=0.5)
+    settings = stack.replace(scaling="course", min_instances=1, max_instances=3, scale_in_window_s=0.5)
     now = [1000.0]
     ctl = Controller(settings, clients, clock=lambda: now[0])
+    with strict_aws(settings, sqs_count_lag_s=0):  # this test reads counts right after changing them
+        ticks_scale_out_and_back(ctl, settings, clients, now)
+
+
+def ticks_scale_out_and_back(ctl, settings, clients, now):
     first = ctl.step()
     assert first.action == Action.LAUNCH and first.desired == 1
     url = queue_url(clients.sqs, settings.req_queue)
@@ -129,8 +141,9 @@ def test_controller_ticks_scale_out_and_back(stack, clients):
         clients.sqs.send_message(QueueUrl=url, MessageBody=ImageRequest.new(f"k{i}.jpg", None, f"k{i}.jpg").to_json())
     tick = ctl.step()
     assert tick.backlog == 12 and tick.desired == 3 and tick.action == Action.LAUNCH and len(tick.changed) == 2
+    assert ctl.step().action == Action.NONE  # no double launch, though EC2 may not list them yet
+    wait_listed(clients.ec2, [*first.changed, *tick.changed])
     assert len(app_instances(clients.ec2, settings)) == 3
-    assert ctl.step().action == Action.NONE  # no double launch
     clients.sqs.purge_queue(QueueUrl=url)
     tick = ctl.step()
     assert tick.backlog == 0 and tick.desired == 3  # inside the window: hold
@@ -152,10 +165,12 @@ def test_a_launch_that_dies_before_any_fleet_read_is_replaced_at_the_next_tick(s
     ctl = Controller(settings, clients, clock=lambda: now[0])
     first = ctl.step()
     assert first.action == Action.LAUNCH and len(first.changed) == 1
+    wait_listed(clients.ec2, first.changed)
     clients.ec2.terminate_instances(InstanceIds=list(first.changed))  # what the runner does to a failed boot
     now[0] += 1.0
     tick = ctl.step()
     assert tick.action == Action.LAUNCH and tick.pending == 0 and set(tick.changed).isdisjoint(first.changed), tick
+    wait_listed(clients.ec2, tick.changed)
     assert len(app_instances(clients.ec2, settings)) == 1
 
 

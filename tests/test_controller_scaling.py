@@ -58,7 +58,7 @@ BURST = 300
 
 
 def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack, clients, tmp_path):
-    settings = stack.replace(min_instances=1, max_instances=4, target_backlog_per_instance=5)
+    settings = stack.replace(scaling="course", min_instances=1, max_instances=4, target_backlog_per_instance=5)
     # Enough that one lean worker (about 30 images/s here) is still busy when the new instances boot.
     requests = upload_images(clients.s3, settings, BURST)
     sampler = FleetSampler(clients.ec2, settings)
@@ -116,7 +116,7 @@ def test_burst_scales_out_to_max_back_to_min_and_dead_workers_are_replaced(stack
 
 
 def test_grader_profile_min0_max15_peaks_at_15_and_returns_to_zero(stack, clients, tmp_path):
-    settings = stack.replace(min_instances=0, max_instances=15)
+    settings = stack.replace(scaling="course")  # the course's profile: 0 to 15
     requests = upload_images(clients.s3, settings, 100)
     sampler = FleetSampler(clients.ec2, settings)
     with scaling_stack(settings, tmp_path) as (sup, ctl):

@@ -35,6 +35,8 @@ IMAGES_PROCESSED = Metric.IMAGES_PROCESSED
 IMAGE_ERRORS = Metric.IMAGE_ERRORS
 END_TO_END_MS = Metric.END_TO_END_MS
 DESIRED_INSTANCES = Metric.DESIRED_INSTANCES
+CAPACITY_ERRORS = Metric.CAPACITY_ERRORS
+THROTTLED_CALLS = Metric.THROTTLED_CALLS
 
 RATE_WINDOW_S = 10  # images/s and errors/s are averaged over this many seconds
 LATENCY_WINDOW_S = 30  # p50/p95 cover the samples of this many seconds
@@ -45,7 +47,7 @@ MAX_BACKOFF_S = 15.0
 SERIES = (
     "req_visible", "req_in_flight", "resp_visible", "dlq_visible",
     "inst_pending", "inst_running", "inst_stopping", "inst_stopped", "desired",
-    "images_per_s", "errors_per_s", "latency_p50_ms", "latency_p95_ms",
+    "images_per_s", "errors_per_s", "latency_p50_ms", "latency_p95_ms", "launch_refusals",
 )
 SOURCES = ("sqs", "ec2", "cloudwatch")
 
@@ -121,6 +123,8 @@ def live_queries(settings: Settings, native_percentiles: bool) -> list[dict]:
         metric_query("ip", settings, IMAGES_PROCESSED, "Sum", 1),
         metric_query("ie", settings, IMAGE_ERRORS, "Sum", 1),
         metric_query("de", settings, DESIRED_INSTANCES, "Maximum", 1),
+        metric_query("lc", settings, CAPACITY_ERRORS, "Sum", 1),
+        metric_query("lt", settings, THROTTLED_CALLS, "Sum", 1),
     ]
     queries += [metric_query("la", settings, END_TO_END_MS, "Average", 1),
                 metric_query("lx", settings, END_TO_END_MS, "Maximum", 1),
@@ -142,6 +146,8 @@ def summarize_live(results: dict[str, list[tuple[float, float]]], end: float) ->
     }
     desired = results.get("de", [])
     out["desired"] = max(desired)[1] if desired else None
+    # RunInstances refused for capacity or throttled (the controller backs off): over the whole window.
+    out["launch_refusals"] = sum(v for qid in ("lc", "lt") for _, v in results.get(qid, []))
     p50, p95 = results.get("p50"), results.get("p95")
     if p50 and p95:
         out["latency_p50_ms"], out["latency_p95_ms"] = p50[-1][1], p95[-1][1]

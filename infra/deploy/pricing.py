@@ -1,13 +1,14 @@
 """A small on-demand price table, so `deploy` can say what max scale costs before it starts.
 
-Figures are Linux on-demand USD per hour in us-east-1 (public AWS price list, 2024);
-other regions are usually 0-30 % dearer. They are an estimate for a confirmation
-prompt, not a bill.
+The per-hour figures are the runtime contract's table (``infra/prices.py``); this adds
+EBS and the load balancer. An estimate for a confirmation prompt, not a bill.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from infra.prices import USD_PER_HOUR  # the one price table (tests import it from here too)
 
 HOURS_PER_MONTH = 730
 EBS_GP3_USD_PER_GB_MONTH = 0.08
@@ -15,27 +16,6 @@ EBS_GP3_USD_PER_GB_MONTH = 0.08
 ALB_USD_PER_HOUR = 0.0225
 ALB_USD_PER_LCU_HOUR = 0.008
 ALB_LCUS = 1
-PRICE_REGION = "us-east-1"
-
-USD_PER_HOUR: dict[str, float] = {
-    "t3.micro": 0.0104,
-    "t3.small": 0.0208,
-    "t3.medium": 0.0416,
-    "t3.large": 0.0832,
-    "t3.xlarge": 0.1664,
-    "t2.micro": 0.0116,
-    "t2.small": 0.023,
-    "t2.medium": 0.0464,
-    "c5.large": 0.085,
-    "c5.xlarge": 0.17,
-    "c6i.large": 0.085,
-    "c6i.xlarge": 0.17,
-    "c7i.large": 0.08925,
-    "m5.large": 0.096,
-    "m6i.large": 0.096,
-    "g4dn.xlarge": 0.526,
-    "g5.xlarge": 1.006,
-}
 
 
 @dataclass(frozen=True)

@@ -225,8 +225,12 @@ def status_line(settings: Settings, clients) -> str:
     fleet = count_by_state(app_instances(clients.ec2, settings))
     done = bucket_object_count(clients.s3, settings.out_bucket)
     states = " ".join(f"{n} {s}" for s, n in fleet.items() if n and s != "terminated") or "0 running"
+    from infra.metrics import launch_refusals
+
+    refused = launch_refusals(clients.cloudwatch, settings.metrics_namespace, settings.prefix)
+    held = " | launches refused: " + ", ".join(f"{n} {why}" for why, n in refused.items()) if refused else ""
     return (f"backlog {depth.visible} queued + {depth.in_flight} in flight | app tier: {states} "
-            f"| images done: {done}")
+            f"| images done: {done}{held}")
 
 
 def run(settings: Settings) -> int:

@@ -69,7 +69,7 @@ class ProcStack:
             {}, endpoint_url=moto_url, prefix=prefix, app_instance_prefix=f"{prefix}-app",
             web_instance_name=f"{prefix}-web", data_dir=str(data_dir), web_port=free_port(),
             receive_wait_s=2, visibility_timeout_s=VISIBILITY_S, max_receive_count=FAULT_MAX_RECEIVES,
-            max_attempts=3, max_instances=4, request_timeout_s=120,
+            max_attempts=3, scaling="course", min_instances=1, max_instances=4, request_timeout_s=120,
             **{"controller_lease_s": CONTROLLER_LEASE_S, **overrides})
         self.settings = self.direct.replace(endpoint_url=self.proxy.url)  # what the tiers use
         self.clients: Clients | None = None  # the administrator's, once the account exists

@@ -17,7 +17,8 @@
       { key: "inst_pending", label: "pending", color: C.blue },
       { key: "inst_stopping", label: "stopping", color: C.amber },
       { key: "inst_stopped", label: "stopped", color: C.grey },
-      { key: "desired", label: "desired", color: "#1c2430", dash: [6, 4], width: 1.5 }] },
+      { key: "desired", label: "desired", color: "#1c2430", dash: [6, 4], width: 1.5 },
+      { key: "launch_refusals", label: "launches refused (30 s)", color: C.red, dash: [2, 3] }] },
     { el: "chart-rate", unit: "images/s", series: [
       { key: "images_per_s", label: "images/s", color: C.violet, fill: "rgba(124,58,237,.12)" }] },
     { el: "chart-latency", unit: "ms", series: [
@@ -101,6 +102,9 @@
     text("cur-pending", fmt(v.inst_pending));
     text("cur-stopping", fmt(v.inst_stopping));
     text("cur-desired", fmt(v.desired));
+    const refused = v.launch_refusals || 0;
+    text("cur-refusals", refused ? ` · ${fmt(refused)} launches refused (capacity or throttling): backing off` : "");
+    document.getElementById("cur-refusals")?.classList.toggle("warn", refused > 0);
     text("cur-rate", fmt(v.images_per_s));
     text("cur-latency", has("latency_p50_ms") ? `${fmt(v.latency_p50_ms)} / ${fmt(v.latency_p95_ms)}` : "–");
     text("latency-mode", latest.latency_mode === "approx" ? "(approx.: emulator has no percentiles)" : "");
