@@ -117,6 +117,15 @@ def verify(directory: str | Path, model: str) -> Manifest:
 
 # ------------------------------------------------------------------ fetch (boot on AWS)
 
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def pinned_sha256(source: str | Path) -> str | None:
+    """The sha256 an artifact URI names (deploy's ``.../models/<model>/<sha256>/``), or None (pure)."""
+    segment = str(source).rstrip("/").rpartition("/")[2]
+    return segment if _SHA256.match(segment) else None
+
+
 def _split_s3(uri: str) -> tuple[str, str]:
     if not uri.startswith("s3://"):
         raise ValueError(f"not an s3:// URI: {uri}")
@@ -155,7 +164,9 @@ def install(source: str | Path, dest: str | Path, model: str, *, s3=None, sha256
             wait_s: float = 0.0) -> Manifest:
     """Copy an artifact from ``source`` (``s3://bucket/prefix/`` or a local directory) into ``dest``, verified.
 
-    ``source`` holds ``model.onnx`` and ``manifest.json``. Both land in a temporary
+    ``source`` holds ``model.onnx`` and ``manifest.json``. A source whose last path segment is a sha256
+    (deploy's ``s3://bucket/models/<model>/<sha256>/``) pins the artifact: the manifest must say that
+    same sha256, so a file and manifest replaced together are refused too. Both land in a temporary
     directory beside ``dest`` and replace it only after verifying, so a failed or
     corrupt download never leaves a half-written artifact where a worker looks.
     ``s3`` is a boto3 S3 client (from ``infra.clients``), needed for s3:// sources.
@@ -186,6 +197,11 @@ def install(source: str | Path, dest: str | Path, model: str, *, s3=None, sha256
                 raise ArtifactError(f"manifest says sha256 {manifest.sha256}, but the stack names {sha256}")
         except ArtifactError as err:
             raise ArtifactError(f"{err} (downloaded from {source})") from None
+        pinned = pinned_sha256(source)
+        if pinned is not None and manifest.sha256 != pinned:
+            # A file and manifest swapped together agree with each other; the URI deploy wrote does not.
+            raise ArtifactError(f"manifest from {source} says sha256 {manifest.sha256}, but the URI pins {pinned}: "
+                                f"refusing an artifact that is not the one deployed")
         _replace_dir(staging, dest)
         return manifest
     finally:

@@ -44,11 +44,22 @@ class Fetched:
     nbytes: int = 0
 
 
-def client_error_verdict(code: str) -> tuple[Verdict, str]:
-    """Classify an S3 error code from get_object (pure)."""
+def client_error_verdict(code: str, where: str = "") -> tuple[Verdict, str]:
+    """Classify an S3 error code from get_object (pure); ``where`` names the object in the reason.
+
+    A missing key is a 404 only for a caller allowed ``s3:ListBucket`` on the bucket; without it S3
+    answers 403 ("If you don't have the s3:ListBucket permission, Amazon S3 returns an HTTP status code
+    403 Forbidden error", API_GetObject), which cannot be told from a real denial, so it is retried
+    (and reaches the dead-letter queue) rather than answered. The app role is granted ListBucket on
+    the input bucket for this reason.
+    """
+    suffix = f": {where}" if where else ""
     if code in _MISSING_CODES:
-        return Verdict.BAD_INPUT, _MISSING_REASONS.get(code, "input object not found")
-    return Verdict.RETRY, f"S3 error {code}"
+        return Verdict.BAD_INPUT, _MISSING_REASONS.get(code, "input object not found") + suffix
+    if code in ("AccessDenied", "403"):
+        return Verdict.RETRY, (f"S3 AccessDenied{suffix} (missing, with no s3:ListBucket on the bucket to say so, "
+                               f"or not readable by this role)")
+    return Verdict.RETRY, f"S3 error {code}{suffix}"
 
 
 def fetch_image(s3, bucket: str, request: ImageRequest, *, max_bytes: int, min_side: int | None = None) -> Fetched:
@@ -65,7 +76,8 @@ def fetch_image(s3, bucket: str, request: ImageRequest, *, max_bytes: int, min_s
         data = resp["Body"].read()
     except ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", "Unknown"))
-        verdict, reason = client_error_verdict(code)
+        where = f"s3://{bucket}/{request.key}" + (f" version {request.version}" if request.version else "")
+        verdict, reason = client_error_verdict(code, where)
         log.log(logging.INFO if verdict is Verdict.BAD_INPUT else logging.ERROR,
                 "get_object s3://%s/%s version %s for request %s failed: %s",
                 bucket, request.key, request.version, request.request_id, code)

@@ -1,4 +1,4 @@
-"""The queue worker: request queue -> S3 input -> model -> S3 output + response queue -> delete.
+"""The queue worker: request queue -> S3 input -> model -> S3 output + job store + reply queue -> delete.
 
 Three stages overlap so the model never waits on the network: a prefetch thread
 receives a batch and fetches, decodes and preprocesses it; the main thread runs
@@ -6,11 +6,19 @@ inference; a post thread writes outputs and results and deletes the requests. At
 most one batch waits between stages, so a worker holds at most about three batches.
 
 Nothing is lost: a request message is deleted only after its output object and
-result message are written, so a crash repeats work (same key, same value) and
-never drops it. Bad input (not an image, missing object) gets an error result and
-is deleted at once; an unknown failure hands the message back after a backoff that
-grows with its receive count (``retry_visibility_s``) and, after ``maxReceiveCount``
-receives, the redrive policy moves it to the dead-letter queue.
+result are written, so a crash repeats work (same key, same value) and never drops
+it. The result goes to the job store first, where any web process finds it (no result
+depends on a reply queue that may be being deleted: AWS still accepts sends to a
+deleted queue for up to 60 s and then drops them), then to the reply queue the
+request names, which only wakes its waiting request; a reply queue that no longer
+exists gets the response queue. Bad input (not an image, missing object) gets an
+error result and is deleted at once; an unknown failure hands the message back after
+a backoff that grows with its receive count (``retry_visibility_s``) and, after
+``maxReceiveCount`` receives, the redrive policy moves it to the dead-letter queue. So
+does a request of a schema version this worker does not read (a newer web tier during
+a rolling upgrade): left for redelivery, not dropped; on its last receive it is logged
+once with its id and its job marked failed, and ``python -m infra redrive`` brings it
+back once the workers are upgraded.
 
 If any stage thread (or the visibility heartbeat) dies, the worker releases what it
 holds and exits non-zero, so systemd's ``Restart=on-failure`` (on a local instance, its
@@ -33,13 +41,15 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from app_tier.answers import Answers
 from app_tier.classifier import Classifier, Prediction
 from app_tier.fetch import Verdict, fetch_image
 from app_tier.metrics import Metrics
 from app_tier.visibility import HeldMessages
 from infra.clients import Clients
 from infra.config import Settings
-from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, check_reply_to, output_key
+from infra.jobstore import JobStore
+from infra.messages import BadMessage, BadName, ImageRequest, ImageResult, UnknownVersion, check_reply_to, output_key
 from infra.metrics import Metric
 from infra.observe import queue_url
 
@@ -56,7 +66,6 @@ STAGE_JOIN_S = 5.0  # after a stage died, how long to wait for the others before
 # and never later than the visibility timeout would have let it.
 RETRY_BASE_S = 2
 RETRY_MAX_S = 120
-MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 # Batches a worker holds before inference finishes with them: the one being inferred and one
 # prepared behind it. More would hide latency no better and hoard messages that newly
 # launched instances could be working on.
@@ -85,6 +94,7 @@ class ItemState(StrEnum):
     DROP = "drop"  # not one of our messages: delete without a result
     RETRY = "retry"  # unknown failure: leave it, it comes back
     GIVE_UP = "give_up"  # unknown failure on the last allowed receive: error result, leave it for the DLQ
+    NEWER = "newer"  # a schema version we do not read: leave it (an upgraded worker may), then the DLQ
 
 
 @dataclass
@@ -131,9 +141,10 @@ def result_for(item: Item, instance_id: str, infer_ms: float | None, now: float)
         return None
     if item.state is ItemState.DONE:
         return ImageResult(req.request_id, req.name, label=item.prediction.label, score=item.prediction.score,
-                           worker=instance_id, sent_at=req.sent_at, done_at=now, infer_ms=infer_ms)
+                           worker=instance_id, sent_at=req.sent_at, done_at=now, infer_ms=infer_ms,
+                           receives=item.receive_count, batch_id=req.batch_id)
     return ImageResult(req.request_id, req.name, error=item.reason or "failed", worker=instance_id,
-                       sent_at=req.sent_at, done_at=now)
+                       sent_at=req.sent_at, done_at=now, receives=item.receive_count, batch_id=req.batch_id)
 
 
 class Worker:
@@ -163,6 +174,7 @@ class Worker:
         self._last_at: float | None = None
         self.held: HeldMessages | None = None
         self.metrics: Metrics | None = None
+        self.store = JobStore(self.clients.dynamodb, settings.jobs_table)
         self._req_url = self._resp_url = ""
         # JPEG decode can skip DCT scales while the picture stays twice the model's input.
         self._min_side = 2 * classifier.input_size
@@ -222,6 +234,8 @@ class Worker:
         n = self.settings.worker_batch_size
         self._fetch_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="fetch")
         self._write_pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="write")
+        self.answers = Answers(sqs, self.store, self._resp_url, self.settings.resp_queue, self.instance_id,
+                               self._write_pool)
         log.info("worker %s ready: model %s, runtime %s on %s, queue %s, batch %d, %d threads", self.instance_id,
                  self.classifier.name, self.classifier.runtime, self.classifier.device, self.settings.req_queue, n,
                  self.settings.torch_threads)
@@ -377,6 +391,9 @@ class Worker:
                     if refused:
                         raise BadMessage(f"request {item.request.request_id}: {refused}")
                 output_key(item.request.name)
+            except UnknownVersion as err:
+                item.state, item.reason = ItemState.NEWER, str(err)
+                self.answers.newer_version(err, item.message_id, item.receive_count, self.settings.max_receive_count)
             except BadMessage as err:
                 log.warning("dropping message %s: %s", item.message_id, err)
                 item.state, item.reason = ItemState.DROP, str(err)
@@ -461,7 +478,7 @@ class Worker:
     def _let_go(self, batch: Batch) -> None:
         """Stop holding the batch; retryable failures come back after their backoff, not the whole timeout."""
         retry = {i.receipt: retry_visibility_s(i.receive_count, self.settings.visibility_timeout_s)
-                 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP)}
+                 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP, ItemState.NEWER)}
         self.held.discard(i.receipt for i in batch.items if i.receipt not in retry)
         if retry:
             log.info("batch %s: %d messages retry later (%s s; instance %s)", batch.short_ids, len(retry),
@@ -482,7 +499,11 @@ class Worker:
             result = result_for(item, self.instance_id, per_image_ms, now)
             if result is not None:
                 batch.results[item.message_id] = result
-        sent = self._send_results(batch)
+        give_up = {i.message_id for i in batch.items if i.state is ItemState.GIVE_UP}
+        recorded = self.answers.record(batch.results, only_if_queued=give_up)
+        replies = {i.message_id: i.request.reply_to for i in batch.items if i.message_id in batch.results}
+        sent = self.answers.send({mid: (replies[mid], r) for mid, r in batch.results.items()}, recorded,
+                                 batch.short_ids)
         deletable = [i for i in batch.items
                      if i.state is ItemState.DROP or (i.state in (ItemState.DONE, ItemState.ERROR) and i.message_id in sent)]
         self._delete(deletable)
@@ -499,42 +520,6 @@ class Worker:
             log.error("put_object s3://%s/%s for request %s failed: %s", self.settings.out_bucket, key,
                       item.request.request_id, err)
             return False
-
-    def _send_results(self, batch: Batch) -> set[str]:
-        """Send the batch's result messages, each to the reply queue its request named (checked in
-        ``_prepare``; none named: the stack's response queue); returns the message ids whose result
-        went out. A reply queue that no longer exists (its web process is gone) gets the response queue."""
-        by_queue: dict[str, list[tuple[str, ImageResult]]] = {}
-        for mid, result in batch.results.items():
-            item = next(i for i in batch.items if i.message_id == mid)
-            by_queue.setdefault(item.request.reply_to or self._resp_url, []).append((mid, result))
-        sent: set[str] = set()
-        for url, pending in by_queue.items():
-            for start in range(0, len(pending), 10):
-                chunk = pending[start:start + 10]
-                sent |= self._send_chunk(url, chunk, batch)
-        return sent
-
-    def _send_chunk(self, url: str, chunk: list[tuple[str, ImageResult]], batch: Batch) -> set[str]:
-        entries = [{"Id": str(n), "MessageBody": r.to_json()} for n, (_, r) in enumerate(chunk)]
-        try:
-            resp = self.clients.sqs.send_message_batch(QueueUrl=url, Entries=entries)
-        except ClientError as err:
-            if url != self._resp_url and err.response["Error"]["Code"] in MISSING_QUEUE:
-                log.warning("reply queue %s is gone; answering batch %s on %s", url.rpartition("/")[2],
-                            batch.short_ids, self.settings.resp_queue)
-                return self._send_chunk(self._resp_url, chunk, batch)
-            log.error("send_message_batch to %s failed for batch %s: %s", url.rpartition("/")[2], batch.short_ids, err)
-            return set()
-        except BotoCoreError as err:
-            log.error("send_message_batch to %s failed for batch %s: %s", url.rpartition("/")[2], batch.short_ids, err)
-            return set()
-        sent = {chunk[int(ok["Id"])][0] for ok in resp.get("Successful", [])}
-        for failed in resp.get("Failed", []):
-            mid, result = chunk[int(failed["Id"])]
-            log.error("result for request %s (message %s) was not sent: %s", result.request_id, mid,
-                      failed.get("Message") or failed.get("Code"))
-        return sent
 
     def _delete(self, items: list[Item]) -> None:
         for start in range(0, len(items), 10):
@@ -569,7 +554,7 @@ class Worker:
             self.metrics.timing(Metric.INFERENCE_MS, batch.infer_ms / n_done)
         self._answered += ok + errors
         self._last_at = time.monotonic()
-        retry = sum(1 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP))
+        retry = sum(1 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP, ItemState.NEWER))
         log.info("batch %s size=%d ok=%d errors=%d retry=%d fetch=%.0fms infer=%.0fms (cpu %.0fms) write=%.0fms instance=%s",
                  batch.short_ids, len(batch.items), ok, errors, retry, batch.fetch_ms, batch.infer_ms, batch.infer_cpu_ms,
                  batch.write_ms, self.instance_id)

@@ -9,6 +9,13 @@ it is deleted. Not sooner: AWS accepts sends to a deleted queue for up to 60 s a
 those answers would be lost. The shared response queue is drained the same way
 when its holder died (stale heartbeat), and never deleted; released at a clean
 stop, it waits for the next default web process, as it always has. ``decide`` is pure; ``Reaper`` acts.
+
+The same pass looks at the dead-letter queue: a request there will not be answered (its
+workers failed on it ``maxReceiveCount`` times, or could not read its schema version), so
+its job is marked failed with that reason (never over a result), and a synchronous client
+waiting for it answers at once (its web process re-reads the job store every second).
+Messages stay in the dead-letter queue for ``python -m infra redrive``; each is looked at
+once and then hidden for ``DLQ_LOOK_S``, so the passes go round all of them.
 """
 
 from __future__ import annotations
@@ -20,8 +27,8 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.jobstore import JobStore
-from infra.messages import BadMessage, ImageResult
+from infra.jobstore import JobStore, StoreConflict
+from infra.messages import BadMessage, ImageRequest, ImageResult, UnknownVersion, recorded_by_worker
 from infra.observe import QueueDepth, owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_urls
 from infra.tags import OWNER_TAG, STACK_TAG
@@ -29,6 +36,9 @@ from infra.tags import OWNER_TAG, STACK_TAG
 log = logging.getLogger(__name__)
 
 DRAIN_ROUNDS = 10  # receives of up to 10 messages per orphan per pass: bounds one tick
+DLQ_ROUNDS = 5  # receives of up to 10 dead-lettered requests per pass
+DLQ_LOOK_S = 30  # a dead-lettered request looked at is hidden this long (redrive waits for it at most that)
+MARKED_MEMORY = 10_000  # dead-lettered message ids already marked, not written again
 
 
 class ReapAction(StrEnum):
@@ -75,6 +85,8 @@ class Reaper:
         self._quiet_since: float | None = None
         self._req_url: str | None = None
         self._resp_url: str | None = None
+        self._dlq_url: str | None = None
+        self._marked: dict[str, None] = {}  # insertion-ordered: the oldest are forgotten first
 
     def run_once(self, now: float, monotonic: float) -> dict[str, ReapAction]:
         """``now``: epoch seconds (heartbeats are epoch); ``monotonic``: for the quiet period."""
@@ -105,24 +117,80 @@ class Reaper:
                 log.info("reply queue %s deleted: no live owner, empty, request queue quiet for %.0f s", name,
                          quiet_for)
             done[name] = action
+        try:
+            self.mark_dead_letters()
+        except (ClientError, BotoCoreError) as err:
+            log.error("dead-letter pass on %s failed: %s; trying again next pass", self.settings.dlq, err)
         return done
+
+    def mark_dead_letters(self) -> int:
+        """Mark the jobs of dead-lettered requests failed (only those still queued); returns how many."""
+        if self._dlq_url is None:
+            self._dlq_url = queue_url(self.sqs, self.settings.dlq)
+        marked = 0
+        for _ in range(DLQ_ROUNDS):
+            msgs = self.sqs.receive_message(QueueUrl=self._dlq_url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                            VisibilityTimeout=DLQ_LOOK_S).get("Messages", [])
+            if not msgs:
+                break
+            for msg in msgs:
+                if msg["MessageId"] not in self._marked and self._mark_one(msg):
+                    marked += 1
+        return marked
+
+    def _mark_one(self, msg: dict) -> bool:
+        mid = msg["MessageId"]
+        try:
+            req = ImageRequest.from_json(msg.get("Body", ""))
+            ids, why = {"request_id": req.request_id, "name": req.name, "batch_id": req.batch_id}, (
+                f"its request reached the dead-letter queue: the workers failed on it "
+                f"{self.settings.max_receive_count} times (an image that crashes them, or a lasting fault); "
+                f"python -m infra redrive retries it")
+        except UnknownVersion as err:
+            ids, why = err.ids, (f"its request is message schema version {err.version}, which the workers do not "
+                                 f"read yet: dead-lettered; python -m infra redrive retries it after the upgrade")
+        except BadMessage as err:
+            log.warning("dead-lettered message %s is not a request (%s); left for inspection", mid, err)
+            self._remember(mid)
+            return False
+        if not ids.get("request_id"):
+            self._remember(mid)
+            return False
+        result = ImageResult(ids["request_id"], ids.get("name") or "", error=why, batch_id=ids.get("batch_id"))
+        try:
+            changed = self.store.complete(result, only_if_queued=True)
+        except (ClientError, BotoCoreError, StoreConflict) as err:
+            log.error("cannot mark job %s failed (dead-lettered message %s): %s; next pass", result.request_id, mid,
+                      err)
+            return False
+        self._remember(mid)
+        if changed:
+            log.warning("job %s (%s) marked failed: %s (message %s)", result.request_id, result.name, why, mid)
+        return changed
+
+    def _remember(self, mid: str) -> None:
+        self._marked[mid] = None
+        while len(self._marked) > MARKED_MEMORY:
+            del self._marked[next(iter(self._marked))]
 
     def drain(self, url: str) -> int:
         """Record every visible result in the job store, then delete it; returns how many."""
         recorded = 0
         for _ in range(DRAIN_ROUNDS):
-            msgs = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+            msgs = self.sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0,
+                                            MessageAttributeNames=["All"]).get("Messages", [])
             if not msgs:
                 break
             done = []
             for msg in msgs:
                 try:
-                    self.store.complete(ImageResult.from_json(msg.get("Body", "")))
+                    if not recorded_by_worker(msg):  # the worker recorded it already
+                        self.store.complete(ImageResult.from_json(msg.get("Body", "")))
                     recorded += 1
                 except BadMessage as err:
                     log.warning("dropping garbled message %s on %s: %s", msg.get("MessageId"),
                                 url.rpartition("/")[2], err)
-                except (ClientError, BotoCoreError) as err:
+                except (ClientError, BotoCoreError, StoreConflict) as err:
                     log.error("cannot record result in message %s: %s; it stays", msg.get("MessageId"), err)
                     continue
                 done.append(msg)

@@ -1,4 +1,4 @@
-"""`python -m infra provision | status | teardown | up | moto | deploy | destroy | bake | readme`."""
+"""`python -m infra provision | status | teardown | redrive | up | moto | deploy | destroy | bake | readme`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("provision", help="create the stack's data part: buckets, queues, job table (idempotent)")
     sub.add_parser("status", help="print queue depths, bucket counts and instances")
     sub.add_parser("teardown", help="empty the stack's buckets and delete the stack (the data part provision made)")
+    red = sub.add_parser("redrive", help="move dead-lettered requests back to the request queue (after an upgrade)")
+    red.add_argument("--wait", type=float, default=45.0,
+                     help="seconds to wait for dead-lettered requests the controller is looking at (default 45)")
     sub.add_parser("up", help="run the whole local stack (moto, provision, web tier, controller, workers)")
     dep = sub.add_parser("deploy", help="create the whole system on AWS (asks first; see docs/DEPLOY.md)")
     dep.add_argument("--yes", action="store_true", help="do not ask for confirmation")
@@ -73,9 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     from infra.config import LOCAL_ENDPOINT
 
     local = settings.replace(endpoint_url=LOCAL_ENDPOINT)
-    if args.command == "status" and settings.endpoint_url is None and local_aws_files(local)[0].is_file():
+    if args.command in ("status", "redrive") and settings.endpoint_url is None and local_aws_files(local)[0].is_file():
         # `make run` is up here (its keys file exists only while it runs): read it, as the workload's --monitor does.
-        print(f"AWS_ENDPOINT_URL is unset and a local stack is running: status of {LOCAL_ENDPOINT}", file=sys.stderr)
+        print(f"AWS_ENDPOINT_URL is unset and a local stack is running: {args.command} on {LOCAL_ENDPOINT}",
+              file=sys.stderr)
         settings = local
     clients = Clients(settings)
     if args.command in ("deploy", "destroy", "bake"):
@@ -91,6 +95,12 @@ def main(argv: list[str] | None = None) -> int:
             from infra.cfn.stack import teardown
 
             print(teardown(settings, clients))
+        elif args.command == "redrive":
+            from infra.redrive import redrive, summary
+
+            result = redrive(settings, clients.sqs, wait_s=args.wait)
+            print(summary(result, settings))
+            return 1 if result.failed or result.left_in_flight else 0
         elif args.command == "status":
             from infra.status import format_table, status_rows
 

@@ -30,10 +30,25 @@ _HOSTILE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _KEY_PUNCTUATION = frozenset("._ -")
 REPLY_INFIX = "reply"
 REPLY_TOKEN_RE = re.compile(r"^[0-9a-f]{12}$")
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # job and batch ids (the web tier's JOB_ID_RE and BATCH_ID_RE)
 
 
 class BadMessage(ValueError):
     """A queue message that is not one of ours; it is dropped, never retried."""
+
+
+class UnknownVersion(BadMessage):
+    """A message of a schema version this code does not read (a newer tier during a rolling upgrade).
+
+    Not ours to drop: the worker leaves it for redelivery (an upgraded worker may take it) and the
+    redrive policy moves it to the dead-letter queue, whence ``python -m infra redrive`` brings it back.
+    ``ids`` holds what could be read of it anyway (``request_id``, ``name``, ``batch_id``), so its job
+    can be marked failed with the reason."""
+
+    def __init__(self, version, ids: dict[str, str]):
+        super().__init__(f"unknown message schema version {version!r} (this code reads {SCHEMA_VERSION})")
+        self.version = version
+        self.ids = ids
 
 
 class BadName(ValueError):
@@ -111,11 +126,12 @@ class ImageRequest:
     name: str
     sent_at: float
     reply_to: str | None = None  # the sender's reply queue URL; None: the stack's response queue
+    batch_id: str | None = None  # the batch the job counts in (its result updates the batch's counters)
 
     @classmethod
     def new(cls, key: str, version: str | None, name: str, request_id: str | None = None,
-            reply_to: str | None = None) -> ImageRequest:
-        return cls(request_id or new_request_id(), key, version, name, time.time(), reply_to)
+            reply_to: str | None = None, batch_id: str | None = None) -> ImageRequest:
+        return cls(request_id or new_request_id(), key, version, name, time.time(), reply_to, batch_id)
 
     def to_json(self) -> str:
         body = _dump(asdict(self))
@@ -134,6 +150,7 @@ class ImageRequest:
                 name=str(data["name"]),
                 sent_at=float(data["sent_at"]),
                 reply_to=None if data.get("reply_to") is None else str(data["reply_to"]),
+                batch_id=None if data.get("batch_id") is None else str(data["batch_id"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise BadMessage(f"request message lacks a field: {err}") from None
@@ -150,6 +167,8 @@ class ImageResult:
     sent_at: float | None = None  # when the web tier enqueued the request
     done_at: float | None = None
     infer_ms: float | None = None
+    receives: float | None = None  # how many times the request was received (1: no worker lost it on the way)
+    batch_id: str | None = None  # routing, like request_id: which batch's counters the result moves
 
     @property
     def ok(self) -> bool:
@@ -181,8 +200,26 @@ class ImageResult:
 
 
 # The one declaration of what a result carries: the message above, the job store's item
-# (infra/jobstore.py) and the JSON API's job all derive their result fields from it.
-RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageResult) if f.name != "request_id")
+# (infra/jobstore.py) and the JSON API's job all derive their result fields from it. The routing
+# fields (which job, which batch) are the job's own, not the result's.
+ROUTING_FIELDS = ("request_id", "batch_id")
+RESULT_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(ImageResult) if f.name not in ROUTING_FIELDS)
+
+
+# A result message whose worker already recorded it in the job store carries this message attribute
+# (attributes, not the body: a web process of an older version ignores it and records it again).
+RECORDED_ATTRIBUTE = "imgrec-recorded"
+
+
+def recorded_attributes() -> dict:
+    """SendMessage(Batch) MessageAttributes of a result the worker recorded itself."""
+    return {RECORDED_ATTRIBUTE: {"DataType": "String", "StringValue": "1"}}
+
+
+def recorded_by_worker(message: dict) -> bool:
+    """Whether a received result message says its worker recorded it in the job store (pure)."""
+    attr = message.get("MessageAttributes", {}).get(RECORDED_ATTRIBUTE, {})
+    return attr.get("StringValue") == "1"
 
 
 def _dump(data: dict) -> str:
@@ -195,6 +232,23 @@ def _load(body: str) -> dict:
         data = json.loads(body)
     except (TypeError, ValueError):
         raise BadMessage("message body is not JSON") from None
-    if not isinstance(data, dict) or data.get("v") != SCHEMA_VERSION:
-        raise BadMessage(f"unknown message schema {data.get('v') if isinstance(data, dict) else type(data)}")
+    if not isinstance(data, dict):
+        raise BadMessage(f"message body is JSON {type(data).__name__}, not an object")
+    if data.get("v") != SCHEMA_VERSION:
+        if "v" not in data:
+            raise BadMessage("message has no schema version")
+        raise UnknownVersion(data.get("v"), readable_ids(data))
     return data
+
+
+def readable_ids(data: dict) -> dict[str, str]:
+    """What a message of another version still says about its job, when those fields look sane (pure)."""
+    out = {}
+    for key, pattern in (("request_id", ID_RE), ("batch_id", ID_RE)):
+        value = data.get(key)
+        if isinstance(value, str) and pattern.match(value):
+            out[key] = value
+    name = data.get("name")
+    if isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS:
+        out["name"] = name
+    return out

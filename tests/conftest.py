@@ -9,9 +9,8 @@ from pathlib import Path
 import pytest
 
 from infra.cfn.stack import provision
-from infra.clients import CONTAINER_CREDENTIALS_URI_VAR, Clients
+from infra.clients import Clients
 from infra.config import Settings
-from infra.local.credentials import without_credentials
 from infra.local.moto_server import MotoServer, free_port
 from tests.helpers import flask_app
 
@@ -99,13 +98,3 @@ def app(app_settings):
 def client(app):
     """Flask's test client: requests go through the whole app (routing, validation, error handlers), no sockets."""
     return app.test_client()
-
-
-def child_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """Environment for a child process (worker, web tier, controller) that uses ``settings``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGREC_")}
-    if CONTAINER_CREDENTIALS_URI_VAR in extra:  # a role's credentials only: environment keys would win in boto3
-        env = without_credentials(env)
-    env.update(settings.to_env())
-    env.update(PYTHONUNBUFFERED="1", **extra)
-    return env

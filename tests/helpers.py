@@ -8,12 +8,15 @@ requests on the queues and read results off them, as the web tier would.
 from __future__ import annotations
 
 import inspect
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+from infra.clients import CONTAINER_CREDENTIALS_URI_VAR
 from infra.config import Settings
+from infra.local.credentials import without_credentials
 from infra.messages import ImageRequest, ImageResult
 from infra.observe import queue_url
 from tests.images import jpeg_bytes
@@ -86,6 +89,46 @@ def wait_until(condition: Callable[[], T], timeout: float, interval: float = 0.2
         time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
     raise WaitTimeout(f"waited {time.monotonic() - started:.1f} s (limit {timeout:g} s) for "
                       f"{what or describe(condition)}; last value {value!r:.200}")
+
+
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """Environment for a child process (worker, web tier, controller) that uses ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGREC_")}
+    if CONTAINER_CREDENTIALS_URI_VAR in extra:  # a role's credentials only: environment keys would win in boto3
+        env = without_credentials(env)
+    env.update(settings.to_env())
+    env.update(PYTHONUNBUFFERED="1", **extra)
+    return env
+
+
+# ---------------------------------------------------------------- a real browser (selenium)
+
+def chromium_paths() -> tuple[str | None, str | None]:
+    """Debian's chromium and chromedriver, or None where they are not installed (the browser tests skip)."""
+    import shutil
+
+    return shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
+
+
+@contextmanager
+def chrome(tmp_path, width: int = 1100, height: int = 900) -> Iterator:
+    """Headless Chromium driven by selenium for the block; quit at the end, whatever happened."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium, driver_path = chromium_paths()
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--disable-extensions", "--no-first-run", "--mute-audio", "--hide-scrollbars",
+                f"--user-data-dir={tmp_path / 'chromium-profile'}", f"--window-size={width},{height}"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 # ---------------------------------------------------------------- requests in, results out

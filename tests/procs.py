@@ -16,8 +16,7 @@ import requests
 
 from infra.config import Settings
 from infra.local.moto_server import free_port
-from tests.conftest import child_env
-from tests.helpers import wait_until
+from tests.helpers import child_env, wait_until
 
 # The name the process helpers and older tests use; one implementation (tests/helpers.py).
 wait_for = wait_until

@@ -9,8 +9,7 @@ import time
 
 from app_tier.visibility import HeldMessages
 from infra.observe import queue_depth, queue_url
-from tests.conftest import child_env
-from tests.helpers import enqueue, stays_true, upload
+from tests.helpers import child_env, enqueue, stays_true, upload
 from tests.images import jpeg_bytes
 from tests.procs import ROOT
 

@@ -131,7 +131,6 @@ def test_metrics_reflect_queues_instances_and_cloudwatch(dash, stack, clients):
              what="per-instance images done")
     row = dash.latest()["instances"][0]
     assert (row["id"], row["name"], row["state"]) == (iid, stack.app_instance_name(1), "running")
-    assert row["uptime_s"] >= 0
 
 
 def test_since_returns_only_newer_points(dash):

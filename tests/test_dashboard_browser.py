@@ -1,7 +1,7 @@
 """Done-when test for the dashboard: headless Chromium watches a burst rise and fall.
 
-Chromium is driven through chromedriver's W3C WebDriver HTTP API with `requests`
-(no extra package). The burst is made directly with boto3 on the data sources the
+Chromium is driven with selenium, as the other browser tests are (``tests.helpers.chrome``).
+The burst is made directly with boto3 on the data sources the
 page reads: messages on the request queue, moto EC2 instances tagged like app-tier
 instances, and CloudWatch metrics published by the workers' own publisher.
 
@@ -10,87 +10,25 @@ Set IMGREC_DASHBOARD_SCREENSHOT=docs/dashboard.png to refresh the committed scre
 
 from __future__ import annotations
 
-import base64
 import os
 import shutil
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
-import requests
 
 from app_tier.metrics import Metrics
-from infra.local.moto_server import free_port
 from tests.dashboard_server import DashboardServer
-from tests.procs import ROOT, stop_process, wait_for
+from tests.helpers import chrome, chromium_paths, wait_listed
+from tests.procs import ROOT, wait_for
 from web_tier.metrics_source import DESIRED_INSTANCES, END_TO_END_MS, IMAGE_ERRORS, IMAGES_PROCESSED
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 BURST_MESSAGES = 80
 PER_INSTANCE_PER_STEP = 2
 
 pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    not all(chromium_paths()),
     reason="needs Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)",
 )
-
-
-class Browser:
-    """Headless Chromium behind chromedriver, spoken to over the W3C WebDriver protocol."""
-
-    def __init__(self, tmp: Path, width: int = 1440, height: int = 1400):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen([CHROMEDRIVER, f"--port={self.port}"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self.session = None
-        try:
-            wait_for(self._ready, 20, what="chromedriver")
-            args = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    "--disable-extensions", "--no-first-run", "--mute-audio", "--hide-scrollbars",
-                    f"--user-data-dir={tmp / 'chromium-profile'}", f"--window-size={width},{height}"]
-            caps = {"browserName": "chrome", "goog:chromeOptions": {"binary": CHROMIUM, "args": args}}
-            resp = requests.post(f"{self.base}/session", json={"capabilities": {"alwaysMatch": caps}}, timeout=60)
-            resp.raise_for_status()
-            self.session = f"{self.base}/session/{resp.json()['value']['sessionId']}"
-        except BaseException:
-            self.close()
-            raise
-
-    def _ready(self) -> bool:
-        try:
-            return requests.get(f"{self.base}/status", timeout=1).json()["value"]["ready"]
-        except (OSError, ValueError, KeyError):
-            return False
-
-    def _call(self, method: str, path: str, payload: dict | None = None):
-        resp = requests.request(method, self.session + path, json=payload, timeout=60)
-        body = resp.json()
-        if resp.status_code != 200:
-            raise RuntimeError(f"webdriver {path}: {body.get('value', body)}")
-        return body["value"]
-
-    def open(self, url: str) -> None:
-        self._call("POST", "/url", {"url": url})
-
-    def js(self, script: str, *args):
-        return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
-
-    def screenshot(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(base64.b64decode(self._call("GET", "/screenshot")))
-
-    def close(self) -> None:
-        if self.session:
-            try:
-                requests.delete(self.session, timeout=20)
-            except OSError:
-                pass
-            self.session = None
-        stop_process(self.proc, timeout=10)
 
 
 class Burst:
@@ -200,40 +138,37 @@ def backlog_series(state: dict) -> list[int]:
 def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
     burst = Burst(stack, clients)
     burst.launch(1)  # the minimum fleet, before the burst
-    with DashboardServer(stack, clients) as dash:
-        browser = Browser(tmp_path)
-        try:
-            browser.open(f"{dash.url}/dashboard")
-            wait_for(lambda: (browser.js(PAGE_STATE) or {}).get("rows") == 1, 20, interval=0.5,
-                     what="the page to show the idle fleet")
-            for _ in range(4):  # a flat baseline before the burst
-                burst.desire(1)
-                time.sleep(1)
-            burst.send(BURST_MESSAGES)
-            screenshot = tmp_path / "dashboard.png"
-            peak_rows = 0
-            for step in range(60):
-                if step in (1, 3):
-                    burst.launch(2 if step == 1 else 3)  # what the controller would do: 1 -> 3 -> 6
-                if step == 4:
-                    burst.poison(3)
-                burst.desire(1 if step > 8 and burst.drained() else 6)
-                burst.step()
-                time.sleep(1.0)
-                if step == 7:
-                    state = browser.js(PAGE_STATE)
-                    peak_rows = state["rows"]
-                    browser.screenshot(screenshot)
-                if step > 8 and burst.drained():
-                    break
-            burst.flush()
-            for _ in range(3):
-                burst.desire(1)
-                time.sleep(1)
-            burst.terminate(keep=1)  # scale back in to the minimum
-            final = wait_for(lambda: _settled(browser), 30, interval=1.0, what="the page to show the fleet back at 1")
-        finally:
-            browser.close()
+    wait_listed(clients.ec2, burst.instances)  # listed by EC2 (eventually consistent) before the page's first sample
+    with DashboardServer(stack, clients) as dash, chrome(tmp_path, width=1440, height=1400) as browser:
+        browser.get(f"{dash.url}/dashboard")
+        wait_for(lambda: (browser.execute_script(PAGE_STATE) or {}).get("rows") == 1, 20, interval=0.5,
+                 what="the page to show the idle fleet")
+        for _ in range(4):  # a flat baseline before the burst
+            burst.desire(1)
+            time.sleep(1)
+        burst.send(BURST_MESSAGES)
+        screenshot = tmp_path / "dashboard.png"
+        peak_rows = 0
+        for step in range(60):
+            if step in (1, 3):
+                burst.launch(2 if step == 1 else 3)  # what the controller would do: 1 -> 3 -> 6
+            if step == 4:
+                burst.poison(3)
+            burst.desire(1 if step > 8 and burst.drained() else 6)
+            burst.step()
+            time.sleep(1.0)
+            if step == 7:
+                state = browser.execute_script(PAGE_STATE)
+                peak_rows = state["rows"]
+                browser.save_screenshot(str(screenshot))
+            if step > 8 and burst.drained():
+                break
+        burst.flush()
+        for _ in range(3):
+            burst.desire(1)
+            time.sleep(1)
+        burst.terminate(keep=1)  # scale back in to the minimum
+        final = wait_for(lambda: _settled(browser), 30, interval=1.0, what="the page to show the fleet back at 1")
 
     backlog = backlog_series(final)
     running = [r for r in final["running"] if r is not None]
@@ -247,8 +182,8 @@ def test_dashboard_shows_a_burst_rise_and_fall(stack, clients, tmp_path):
         shutil.copyfile(screenshot, ROOT / target)
 
 
-def _settled(browser: Browser) -> dict | None:
-    state = browser.js(PAGE_STATE)
+def _settled(browser) -> dict | None:
+    state = browser.execute_script(PAGE_STATE)
     if state and state["rows"] == 1 and state["backlogText"] == "0" and state["running"][-1] == 1:
         return state
     return None

@@ -21,9 +21,8 @@ from infra.deploy.pricing import USD_PER_HOUR, alb_usd_per_hour, ebs_usd_per_hou
 from infra.deploy.settings import DEFAULT_AMI_PARAMETER, DeploySettings
 from infra.tags import ROLE_TAG, STACK_TAG
 from infra.userdata import Source, bake_script
-from tests.conftest import child_env
 from tests.deploy_helpers import write_artifact
-from tests.helpers import strict_aws, wait_listed
+from tests.helpers import child_env, strict_aws, wait_listed
 from tests.procs import ROOT
 
 

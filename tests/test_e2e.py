@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import math
 import re
+import signal
 
 import pytest
 
@@ -137,6 +138,26 @@ def test_ctrl_c_stops_everything(local_stack):
     assert stack.leftovers == [], f"processes left behind: {stack.leftovers}"
     assert not host_mounts_mentioning(str(stack.data_dir.resolve())), "an instance mount is left on the host"
     hierarchy, _ = cgroups.Hierarchy.detect()  # the runner's cgroups nest under ours (it is our descendant)
+    assert hierarchy is None or not hierarchy.runner_group(runner.pid).exists(), "a memory cgroup is left"
+    for port in (stack.web_port, stack.endpoint_port):
+        wait_until(lambda port=port: not port_in_use("127.0.0.1", port), 10, interval=0.1, what=f"port {port} free")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["double-ctrl-c", "double-sigterm"])
+def test_a_second_signal_during_the_stop_leaves_nothing_running(tmp_path, sig):
+    """An impatient person presses Ctrl-C twice (the terminal signals the whole process group each time), or a
+    supervisor sends SIGTERM twice: the stop still runs to its end, leaving no process, port, mount or cgroup.
+    The second signal comes while the children are being stopped."""
+    stack = StackProcess(tmp_path / "stack").start(timeout=180)
+    family = stack.processes()
+    runner = next(p for p in family if "infra.local.runner" in " ".join(p.cmdline()))
+    stack.stop(timeout=30, sig=sig, times=2, gap_s=0.5)
+    log = stack.log_path.read_text(errors="replace")
+    assert stack.proc.returncode == 0, f"the stack did not exit by itself ({stack.proc.returncode}):\n{log[-2000:]}"
+    assert "already stopping" in log and "local stack stopped" in log and "Traceback" not in log
+    assert stack.leftovers == [], f"processes left behind: {stack.leftovers}"
+    assert not host_mounts_mentioning(str(stack.data_dir.resolve())), "an instance mount is left on the host"
+    hierarchy, _ = cgroups.Hierarchy.detect()
     assert hierarchy is None or not hierarchy.runner_group(runner.pid).exists(), "a memory cgroup is left"
     for port in (stack.web_port, stack.endpoint_port):
         wait_until(lambda port=port: not port_in_use("127.0.0.1", port), 10, interval=0.1, what=f"port {port} free")

@@ -71,8 +71,12 @@ def test_app_policy_is_exactly_what_the_worker_needs(deployed):
         "sqs:GetQueueAttributes": {req}, "sqs:GetQueueUrl": {req, resp}, "sqs:SendMessage": {resp, replies},
         "s3:GetObject": {"arn:aws:s3:::lp-in-bucket/*", f"{artifact}/model.onnx", f"{artifact}/manifest.json"},
         "s3:GetObjectVersion": {"arn:aws:s3:::lp-in-bucket/*"},
-        "s3:ListBucket": {"arn:aws:s3:::lp-in-bucket"},  # a missing input is a 404, not a 403
+        # a missing input is a 404 (answered at once, naming the key), not a 403 retried to the DLQ
+        "s3:ListBucket": {"arn:aws:s3:::lp-in-bucket"},
         "s3:PutObject": {"arn:aws:s3:::lp-out-bucket/*"}, "cloudwatch:PutMetricData": {"*"},
+        # results recorded in the job table, where any web process finds them (no index, no other table)
+        "dynamodb:GetItem": {f"arn:aws:dynamodb:us-east-1:{account}:table/lp-jobs"},
+        "dynamodb:UpdateItem": {f"arn:aws:dynamodb:us-east-1:{account}:table/lp-jobs"},
     }
 
 
@@ -85,7 +89,10 @@ def test_web_policy_scopes_ec2_by_template_tag_and_role(deployed):
     assert grants["s3:PutObject"] == {"arn:aws:s3:::lp-in-bucket/*"}
     assert grants["sqs:SendMessage"] == {f"arn:aws:sqs:{region}:lp-req-queue"}
     replies = f"arn:aws:sqs:{region}:lp-reply-*"
-    assert grants["sqs:ReceiveMessage"] == {f"arn:aws:sqs:{region}:lp-resp-queue", replies}
+    # the controller's reaper reads dead-lettered requests to mark their jobs failed; it never deletes them
+    dlq = f"arn:aws:sqs:{region}:lp-req-dlq"
+    assert grants["sqs:ReceiveMessage"] == {f"arn:aws:sqs:{region}:lp-resp-queue", replies, dlq}
+    assert dlq not in grants["sqs:DeleteMessage"]
     assert grants["sqs:CreateQueue"] == grants["sqs:DeleteQueue"] == {replies}  # only under the stack's prefix
     table = f"arn:aws:dynamodb:{region}:table/lp-jobs"
     assert grants["dynamodb:UpdateItem"] == {table, table + "/index/*"}

@@ -32,6 +32,7 @@ from infra.local.moto_iam import iam_action, principal_matches
 from infra.local.moto_server import MotoServer, free_port
 from infra.local.stack import provision_stack
 from infra.observe import InstanceState, queue_url, web_instances
+from infra.tags import STACK_TAG
 from tests.helpers import wait_listed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,6 +122,16 @@ def test_the_app_role_does_its_work_and_batch_calls_count_as_their_iam_actions(e
     assert done.get("Failed", []) == []  # authorised as sqs:DeleteMessage
     app.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     assert app.sts.get_caller_identity()["Arn"].endswith(f":assumed-role/{e.account.app_role}/test-{e.account.app_role}")
+    # A missing input is a 404 the worker answers at once (the role may list its input bucket; without that S3,
+    # and the strict local AWS, answer 403), and the worker records its result in the job table.
+    with pytest.raises(ClientError) as missing:
+        app.s3.get_object(Bucket=s.in_bucket, Key="never-uploaded.jpg")
+    assert missing.value.response["Error"]["Code"] == "NoSuchKey"
+    from infra.jobstore import JobStore
+    from infra.messages import ImageResult
+
+    assert JobStore(app.dynamodb, s.jobs_table).complete(ImageResult("app-rec-1", "a.jpg", label="tabby",
+                                                                     batch_id="b-app-role")) is True
 
 
 def test_the_web_role_does_its_work(enforced):
@@ -136,9 +147,12 @@ def test_the_web_role_does_its_work(enforced):
     web.sqs.delete_message_batch(QueueUrl=resp, Entries=[{"Id": "0", "ReceiptHandle": msgs[0]["ReceiptHandle"]}])
     web.sqs.get_queue_attributes(QueueUrl=queue_url(web.sqs, s.dlq), AttributeNames=["All"])  # dashboard depth
     web.ec2.describe_instances()
-    launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    # Tagged as the controller tags its launches: the web role may end only its own stack's instances
+    # (aws:ResourceTag/imgrec:stack, judged by the strict local AWS as on AWS).
+    launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": s.prefix}]}])["Instances"][0]["InstanceId"]
     wait_listed(e.admin.ec2, [launched])  # a new instance is NotFound for a moment, as on AWS
-    web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN
+    web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN and tags
     web.cloudwatch.put_metric_data(Namespace=s.metrics_namespace, MetricData=[{"MetricName": "x", "Value": 1}])
     web.cloudwatch.get_metric_data(MetricDataQueries=[{"Id": "m", "MetricStat": {"Metric": {
         "Namespace": s.metrics_namespace, "MetricName": "x"}, "Period": 60, "Stat": "Sum"}}],
@@ -163,7 +177,8 @@ APP_DENIALS = {
 WEB_DENIALS = {
     "delete a bucket": lambda e, c: c.s3.delete_bucket(Bucket=e.settings.out_bucket),
     "delete the input bucket": lambda e, c: c.s3.delete_bucket(Bucket=e.settings.in_bucket),
-    "read the DLQ's messages": lambda e, c: c.sqs.receive_message(QueueUrl=_url(e, e.settings.dlq)),
+    "delete from the DLQ": lambda e, c: c.sqs.delete_message(QueueUrl=_url(e, e.settings.dlq),
+                                                              ReceiptHandle="x"),
     "delete from the DLQ in a batch": lambda e, c: c.sqs.delete_message_batch(
         QueueUrl=_url(e, e.settings.dlq), Entries=[{"Id": "0", "ReceiptHandle": "x"}]),
     "receive requests": lambda e, c: c.sqs.receive_message(QueueUrl=_url(e, e.settings.req_queue)),
@@ -334,6 +349,7 @@ def test_local_iam_off_restores_moto_permissive_defaults(tmp_path):
     ("s3:HeadBucket", "s3:ListBucket"),
     ("s3:GetObjectVersion", "s3:GetObjectVersion"),
     ("ec2:RunInstances", "ec2:RunInstances"),
+    ("dynamodb:TransactWriteItems", "dynamodb:UpdateItem"),
 ])
 def test_moto_actions_map_to_the_iam_actions_aws_authorises(moto_action, iam):
     assert iam_action(moto_action) == iam

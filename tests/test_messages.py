@@ -1,5 +1,6 @@
 """The wire contract: messages fit 1 KB, names become safe keys."""
 
+import json
 import unicodedata
 
 import pytest
@@ -112,3 +113,23 @@ def test_result_answer_format():
     assert not bad.ok and bad.answer == "x:error: not an image"
     with pytest.raises(BadMessage):
         ImageResult.from_json('{"v": 1, "name": "x"}')
+
+
+def test_a_newer_schema_version_is_not_garbage():
+    """A message from a newer tier (rolling upgrade) is UnknownVersion, carrying the ids it still has, so the
+    worker leaves it for redelivery and marks its job, instead of dropping it as garbled."""
+    from infra.messages import UnknownVersion
+
+    body = json.dumps({"v": 2, "request_id": "abc123", "batch_id": "batch-0001", "name": "cat.jpg",
+                       "image": {"bucket": "b", "key": "k"}})
+    with pytest.raises(UnknownVersion) as err:
+        ImageRequest.from_json(body)
+    assert err.value.version == 2 and err.value.ids == {"request_id": "abc123", "batch_id": "batch-0001",
+                                                        "name": "cat.jpg"}
+    hostile = json.dumps({"v": 3, "request_id": "../../x", "name": "a" * 500})
+    with pytest.raises(UnknownVersion) as err:
+        ImageRequest.from_json(hostile)
+    assert err.value.ids == {}  # nothing that does not look like our own ids is taken from it
+    with pytest.raises(BadMessage) as err:
+        ImageRequest.from_json(json.dumps({"request_id": "abc"}))  # no version at all: garbage
+    assert not isinstance(err.value, UnknownVersion)

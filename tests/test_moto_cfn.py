@@ -80,6 +80,23 @@ def test_a_bucket_gets_its_versioning_and_public_access_block(moto):
     assert (versioning, block) == (("Enabled", True) if which == "ours" else (None, False))
 
 
+def test_a_stack_update_reaches_every_attribute_of_a_queue(moto):
+    which, s = moto
+    dlq = {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": f"{s.prefix}-dlq"}}
+
+    def template(receives: int, retention: int) -> dict:
+        return {"Resources": {"D": dlq, "Q": queue(f"{s.prefix}-q", MessageRetentionPeriod=retention, RedrivePolicy={
+            "deadLetterTargetArn": {"Fn::GetAtt": ["D", "Arn"]}, "maxReceiveCount": receives})}}
+
+    assert put_stack(s, template(3, 3600)) == "CREATE_COMPLETE"
+    assert put_stack(s, template(2, 7200), kind="UPDATE") == "UPDATE_COMPLETE"
+    sqs = client(s, "sqs")
+    got = sqs.get_queue_attributes(QueueUrl=sqs.get_queue_url(QueueName=f"{s.prefix}-q")["QueueUrl"],
+                                   AttributeNames=["All"])["Attributes"]
+    seen = (json.loads(got["RedrivePolicy"])["maxReceiveCount"], got["MessageRetentionPeriod"])
+    assert [str(v) for v in seen] == (["2", "7200"] if which == "ours" else ["3", "3600"])
+
+
 def test_each_resource_operation_is_an_event(moto):
     which, s = moto
     put_stack(s, {"Resources": {"Q": queue(f"{s.prefix}-q")}})

@@ -57,3 +57,40 @@ def test_a_template_without_a_profile_launches_without_one(clients, settings):
     clients.ec2.create_launch_template(LaunchTemplateName=name, LaunchTemplateData={"ImageId": settings.ami_id})
     launched = clients.ec2.run_instances(MinCount=1, MaxCount=1, LaunchTemplate={"LaunchTemplateName": name})
     assert _described_profile(clients, launched["Instances"][0]["InstanceId"]) is None
+
+
+def test_concurrent_dynamodb_counter_updates_are_not_lost(clients, stack):
+    """AWS applies each UpdateItem atomically; moto's threaded server lost concurrent ADDs before the fix."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def add_one(_):
+        clients.dynamodb.update_item(TableName=stack.jobs_table, Key={"id": {"S": "counter"}},
+                                     UpdateExpression="ADD n :one", ExpressionAttributeValues={":one": {"N": "1"}})
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(add_one, range(300)))
+    item = clients.dynamodb.get_item(TableName=stack.jobs_table, Key={"id": {"S": "counter"}}, ConsistentRead=True)
+    assert item["Item"]["n"] == {"N": "300"}
+
+
+def test_a_cancelled_transaction_leaves_every_item_as_it_was(clients, stack):
+    """All or nothing (what the job store's batch counters rely on), with the item-level rollback of
+    infra/local/moto_speedups.py: the first update applied, the second's condition failed, both undone."""
+    db, table = clients.dynamodb, stack.jobs_table
+    db.put_item(TableName=table, Item={"id": {"S": "a"}, "n": {"N": "1"}})
+    db.put_item(TableName=table, Item={"id": {"S": "b"}, "n": {"N": "1"}})
+    try:
+        db.transact_write_items(TransactItems=[
+            {"Update": {"TableName": table, "Key": {"id": {"S": "a"}}, "UpdateExpression": "SET n = :two",
+                        "ExpressionAttributeValues": {":two": {"N": "2"}}}},
+            {"Put": {"TableName": table, "Item": {"id": {"S": "new"}, "n": {"N": "9"}}}},
+            {"Update": {"TableName": table, "Key": {"id": {"S": "b"}}, "UpdateExpression": "SET n = :two",
+                        "ConditionExpression": "n = :zero",
+                        "ExpressionAttributeValues": {":two": {"N": "2"}, ":zero": {"N": "0"}}}}])
+    except ClientError as err:
+        assert err.response["Error"]["Code"] == "TransactionCanceledException"
+    else:
+        raise AssertionError("the transaction should have been cancelled")
+    got = {k: db.get_item(TableName=table, Key={"id": {"S": k}}, ConsistentRead=True).get("Item")
+           for k in ("a", "b", "new")}
+    assert got == {"a": {"id": {"S": "a"}, "n": {"N": "1"}}, "b": {"id": {"S": "b"}, "n": {"N": "1"}}, "new": None}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -17,8 +18,7 @@ from app_tier.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactError, sha256_o
 from app_tier.onnx_classifier import load_onnx_classifier
 from app_tier.preprocess import IMAGENET_MEAN, IMAGENET_STD, decode_image, to_input
 from infra.config import DEFAULT_MODEL
-from tests.conftest import child_env
-from tests.helpers import collect, enqueue, upload
+from tests.helpers import child_env, collect, enqueue, upload
 from tests.images import jpeg_bytes, make_image
 from tests.procs import ROOT
 
@@ -154,3 +154,25 @@ def test_onnx_worker_never_imports_torch_and_labels_match_torch(stack, clients, 
     for r in requests:
         [res] = results[r.request_id]
         assert res.ok and res.worker == "onnx-1" and res.label == expected[r.name], res
+
+
+def test_an_artifact_uri_pins_its_sha256(stack, clients, model_dir, tmp_path):
+    """Deploy's URI names the artifact's sha256: a model and manifest replaced together (consistent with each
+    other) under that URI are refused; the genuine pair is installed."""
+    bucket, source = stack.out_bucket, Path(model_dir) / MODEL
+    genuine = json.loads((source / MANIFEST_FILE).read_text())
+    prefix = f"models/{MODEL}/{genuine['sha256']}"
+    for name in (MODEL_FILE, MANIFEST_FILE):
+        clients.s3.upload_file(str(source / name), bucket, f"{prefix}/{name}")
+    assert artifact.pinned_sha256(f"s3://{bucket}/{prefix}/") == genuine["sha256"]
+    assert artifact.pinned_sha256(f"s3://{bucket}/models/{MODEL}/") is None
+    dest = tmp_path / "models" / MODEL
+    assert artifact.install(f"s3://{bucket}/{prefix}/", dest, MODEL, s3=clients.s3).sha256 == genuine["sha256"]
+
+    other = b"another model, self-consistent"
+    forged = {**genuine, "sha256": hashlib.sha256(other).hexdigest(), "size": len(other)}
+    clients.s3.put_object(Bucket=bucket, Key=f"{prefix}/{MODEL_FILE}", Body=other)
+    clients.s3.put_object(Bucket=bucket, Key=f"{prefix}/{MANIFEST_FILE}", Body=json.dumps(forged).encode())
+    with pytest.raises(ArtifactError, match="the URI pins"):
+        artifact.install(f"s3://{bucket}/{prefix}/", dest, MODEL, s3=clients.s3)
+    assert artifact.verify(dest, MODEL).sha256 == genuine["sha256"]  # the installed one untouched

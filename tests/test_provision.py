@@ -4,6 +4,7 @@ over HTTP: attributes, idempotence, teardown."""
 import json
 import subprocess
 import sys
+import time
 
 import pytest
 from botocore.exceptions import ClientError
@@ -11,8 +12,7 @@ from botocore.exceptions import ClientError
 from infra.cfn.stack import provision, teardown
 from infra.messages import reply_queue_name
 from infra.tags import STACK_TAG
-from tests.conftest import child_env
-from tests.helpers import wait_listed
+from tests.helpers import child_env, wait_listed
 
 
 def _queue_attrs(clients, name):
@@ -163,3 +163,21 @@ def test_a_payload_less_answer_is_an_error_the_loops_retry():
 
     with pytest.raises(BotoCoreError, match="Attributes missing"):
         queue_depth(CutConnection(), "http://queue")
+
+
+def test_provision_right_after_teardown_waits_out_queue_deleted_recently(settings, clients, capsys):
+    """AWS keeps a deleted queue's name for 60 s (the strict local AWS does too, 4 s here): provisioning again
+    at once waits, saying so, instead of failing with QueueDeletedRecently."""
+    from tests.helpers import strict_aws
+
+    with strict_aws(settings, sqs_tombstone_s=4):
+        provision(settings, clients)
+        teardown(settings, clients)
+        started = time.monotonic()
+        report = dict(provision(settings, clients).lines)
+        waited = time.monotonic() - started
+    assert "created" in report.values()
+    assert _queue_attrs(clients, settings.req_queue)[1]["QueueArn"].endswith(settings.req_queue)
+    assert waited >= 2.5  # the names came back only after the tombstone (a mandated delay)
+    out = capsys.readouterr().out
+    assert "a queue of that name was deleted less than 60 s ago" in out

@@ -25,8 +25,7 @@ from infra.local.imds import MetadataServer
 from infra.local.runner import Runner, consoles_text, detect_features
 from infra.local.stack import provision_stack, upload_artifact
 from infra.observe import InstanceState, app_instances
-from tests.conftest import child_env
-from tests.helpers import launch_template, template_user_data
+from tests.helpers import child_env, launch_template, template_user_data
 from tests.localinst import collect_results, host_mounts_mentioning, local_processes, send_images
 from tests.procs import log_text, stop_process, wait_for
 from web_tier.metrics_source import instance_rows
@@ -225,10 +224,8 @@ def test_real_boot_script_runs_the_worker_which_classifies_and_ctrl_c_leaves_not
         assert f"worker {iid} ready" in console
         pid_marker = f"imgrec-init-{proc.pid}-"
         assert local_processes(pid_marker)
-        started = time.monotonic()
         os.killpg(proc.pid, signal.SIGINT)
-        assert proc.wait(10) == 0
-        assert time.monotonic() - started < 10
+        assert proc.wait(10) == 0  # a bounded wait: a stop that hangs fails here
         assert not local_processes(pid_marker), "instance processes left behind"
         assert not host_mounts_mentioning(str(Path(settings.data_dir).resolve()))
         if HIERARCHY is not None:

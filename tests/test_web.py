@@ -18,6 +18,7 @@ import requests
 
 from infra.cfn.stack import provision
 from infra.clients import Clients
+from infra.local.moto_server import free_port
 from infra.messages import ImageRequest, ImageResult
 from infra.observe import bucket_object_count, queue_depth, queue_url
 from tests.images import jpeg_bytes, make_image, png_bytes
@@ -266,3 +267,80 @@ def test_store_is_reachable_in_app_extensions(stack):
     assert app.config["MAX_CONTENT_LENGTH"] == state.max_body_bytes
 
 
+
+
+def test_a_result_recorded_by_another_process_answers_a_waiting_post_promptly(moto_server, tmp_path):
+    """The result lands in the job store, not on this process's reply queue (a worker after a reply-queue
+    fallback, another web process, the reaper): the waiting POST / answers within a few seconds, not at
+    its 120 s timeout."""
+    from infra.jobstore import JobStore
+
+    settings = web_settings(moto_server, tmp_path / "data", request_timeout_s=120.0)
+    clients = Clients(settings)
+    provision(settings, clients)
+    with running_web(settings, tmp_path / "web.log") as proc:
+        answer: dict = {}
+
+        def post():
+            resp = requests.post(proc.base + "/", files={"myfile": ("elsewhere.jpg", jpeg_bytes(4))}, timeout=150)
+            answer.update(status=resp.status_code, text=resp.text)
+
+        waiting = threading.Thread(target=post)
+        waiting.start()
+        sqs = clients.sqs
+        msg = wait_for(lambda: sqs.receive_message(QueueUrl=queue_url(sqs, settings.req_queue),
+                                                   WaitTimeSeconds=1).get("Messages"), 20, what="the request")[0]
+        request = ImageRequest.from_json(msg["Body"])
+        JobStore(clients.dynamodb, settings.jobs_table).complete(
+            ImageResult(request.request_id, request.name, label="goldfish", score=0.9, worker="elsewhere"))
+        waiting.join(10)
+        assert not waiting.is_alive(), "POST / did not see the result recorded in the job store"
+        assert answer == {"status": 200, "text": "elsewhere:goldfish"}
+        assert "result found in the job store" in log_text(proc)
+
+
+def test_web_processes_starting_together_leave_exactly_one_on_the_shared_queue(moto_server, tmp_path):
+    """Every deployed web instance has the same settings (reply queue `shared`): three starting at once
+    must not all answer from the response queue (its claim is one conditional write, not read-then-tag)."""
+    settings = web_settings(moto_server, tmp_path / "data")
+    provision(settings, Clients(settings))
+    procs = []
+    try:
+        for i in range(3):
+            s = settings.replace(web_port=free_port())
+            procs.append(start_module("web_tier", s, log_path=tmp_path / f"web{i}.log", IMGREC_REPLY_QUEUE="shared"))
+        chose = lambda p: ("answers from the shared response queue" in log_text(p)  # noqa: E731
+                           or "reply queue" in log_text(p) and " made for web process" in log_text(p))
+        wait_for(lambda: all(chose(p) for p in procs), 60, what="each web process to choose its reply queue")
+        shared = [p for p in procs if "answers from the shared response queue" in log_text(p)]
+        assert len(shared) == 1, [log_text(p)[-400:] for p in procs]
+        # The holder stops cleanly: the claim is released, and a new process takes the shared queue at once.
+        holder = shared[0]
+        stop_process(holder, timeout=20)
+        procs.remove(holder)
+        again = start_module("web_tier", settings.replace(web_port=free_port()), log_path=tmp_path / "web3.log",
+                             IMGREC_REPLY_QUEUE="shared")
+        procs.append(again)
+        wait_for(lambda: chose(again), 60, what="the new process to choose")
+        assert "answers from the shared response queue" in log_text(again)
+    finally:
+        for p in procs:
+            stop_process(p)
+
+
+def test_shared_queue_claim_is_one_conditional_write(stack, clients):
+    """Three claimants released at the same instant (a barrier): exactly one holds the shared queue."""
+    from web_tier.replies import ReplyQueue
+
+    barrier = threading.Barrier(3)
+    replies = [ReplyQueue(stack, clients.sqs, clients.dynamodb, owner=f"host:{i}:x") for i in range(3)]
+
+    def claim(reply):
+        barrier.wait()
+        return reply._claim_shared()
+
+    with ThreadPoolExecutor(3) as pool:
+        won = list(pool.map(claim, replies))
+    assert sum(won) == 1, won
+    holder = replies[won.index(True)]
+    assert holder.claim.renew() and not replies[won.index(False)].claim.renew()

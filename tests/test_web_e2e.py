@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import os
-import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +18,7 @@ import requests
 from infra.cfn.stack import provision
 from infra.clients import Clients
 from infra.observe import queue_depth, queue_url
+from tests.helpers import chrome, chromium_paths
 from tests.images import jpeg_bytes, truncated_jpeg, write_images
 from tests.procs import log_text, running_web, start_module, stop_process, wait_for, web_settings
 
@@ -148,29 +148,15 @@ def test_result_that_arrives_while_the_web_tier_is_down_is_kept(moto_server, tmp
 
 # ---------------------------------------------------------------- the page in headless Chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 SCREENSHOT = Path(__file__).resolve().parent.parent / "docs" / "web-ui.png"
 
 
 @pytest.fixture
 def browser(tmp_path):
-    if not (CHROMIUM and CHROMEDRIVER):
+    if not all(chromium_paths()):
         pytest.skip("Debian's chromium and chromium-driver are not installed (apt-get install chromium chromium-driver)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1100,900"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    try:
+    with chrome(tmp_path) as driver:
         yield driver
-    finally:
-        driver.quit()
 
 
 def test_page_uploads_many_images_and_shows_each_result(system, truth, browser, tmp_path):

@@ -17,6 +17,7 @@ from infra.clients import Clients
 from infra.config import Settings
 from infra.jobstore import JobStore
 from web_tier.dispatcher import Dispatcher, Router
+from web_tier.recheck import StoreRecheck
 from web_tier.replies import ReplyQueue
 from web_tier.state import EXTENSION, WebState
 
@@ -32,7 +33,7 @@ def create_app(settings: Settings | None = None, *, clients: Clients | None = No
     clients = clients or Clients(settings, pool=max(settings.max_pool_connections, settings.web_threads))
     store = JobStore(clients.dynamodb, settings.jobs_table)
     router = Router()
-    reply = ReplyQueue(settings, clients.sqs)
+    reply = ReplyQueue(settings, clients.sqs, clients.dynamodb)
     state = WebState(settings, clients, store, router, reply, Dispatcher(settings, clients.sqs, store, router, reply))
 
     app = Flask(__name__)
@@ -53,6 +54,8 @@ def create_app(settings: Settings | None = None, *, clients: Clients | None = No
 
     if start_dispatcher:
         state.dispatcher.start()
+        state.recheck = StoreRecheck(store, router)
+        state.recheck.start()
     return app
 
 

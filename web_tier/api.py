@@ -16,7 +16,7 @@ import time
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
 
-from infra.jobstore import Job, JobStatus
+from infra.jobstore import Job, JobStatus, StoreBusy
 from infra.messages import new_request_id
 from web_tier.intake import Rejected, check_upload, read_bounded, record_refused, submit
 from web_tier.upload import refuse_large_body, state
@@ -101,6 +101,9 @@ def get_jobs():
 def read_store(st, ids: list[str]) -> dict[str, Job]:
     try:
         return st.store.get_many(ids)
+    except StoreBusy as err:  # never "unknown job" for a job that exists
+        log.warning("job store read of %d ids: %s", len(ids), err)
+        raise Rejected(503, "job store busy, try again", retry_after=1) from None
     except (ClientError, BotoCoreError) as err:
         log.error("job store read of %d ids failed: %s", len(ids), err)
         raise Rejected(503, "job store unavailable, try again") from None

@@ -1,8 +1,13 @@
 """Batches users can take home: ``GET /api/batches/<id>`` (progress and results) and ``<id>.csv``.
 
 A batch is every job submitted with the same batch id (one ``POST /api/jobs`` with
-many files, or the page's uploads one by one with ``?batch=<id>``), read with one
-query on the job store's batch index, so any web process answers for it.
+many files, or the page's uploads one by one with ``?batch=<id>``: a batch stays open).
+Its progress comes from the batch's counters, read with ConsistentRead and moved in the
+same transaction as each job (``infra/jobstore.py``); its jobs from one query on the
+job store's batch index, which AWS documents as eventually consistent: a job just
+submitted may be missing there and a status behind. So "finished" needs both the
+counters (every submitted job done or failed) and the listing (every job there); jobs
+listed as queued are re-read from the table. Any web process answers for any batch.
 """
 
 from __future__ import annotations
@@ -10,11 +15,13 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import time
+from dataclasses import dataclass
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify
 
-from infra.jobstore import Job, JobStatus
+from infra.jobstore import BatchCounts, Job, JobStatus, StoreBusy
 from web_tier.api import BATCH_ID_RE, batch_links
 from web_tier.intake import Rejected
 from web_tier.upload import state
@@ -54,29 +61,63 @@ def csv_text(jobs: list[Job]) -> str:
     return buf.getvalue()
 
 
-def _batch(batch_id: str) -> list[Job]:
+@dataclass(frozen=True)
+class BatchView:
+    jobs: list[Job]
+    counts: dict[str, int]
+    total: int
+    finished: bool
+
+
+def view(counters: BatchCounts | None, jobs: list[Job]) -> BatchView:
+    """Progress from the counters, jobs from the (lagging) index; a batch from before the counters
+    existed is read from its jobs alone (pure)."""
+    if counters is None:
+        n = counts(jobs)
+        return BatchView(jobs, n, len(jobs), bool(jobs) and n[JobStatus.QUEUED.value] == 0)
+    complete = len(jobs) >= counters.submitted
+    return BatchView(jobs, counters.as_dict(), counters.submitted, counters.finished and complete)
+
+
+INDEX_WAIT_S = 3.0  # how long a read waits for the batch index to list every submitted job (AWS: about 1 s)
+
+
+def _batch(batch_id: str) -> BatchView:
     if not BATCH_ID_RE.match(batch_id):
         raise Rejected(404, "unknown batch id")
+    store = state().store
     try:
-        jobs = state().store.batch(batch_id)
+        counters = store.batch_counts(batch_id)
+        listed = store.batch(batch_id)
+        deadline, pause = time.monotonic() + INDEX_WAIT_S, 0.1
+        while counters is not None and len(listed) < counters.submitted and time.monotonic() < deadline:
+            time.sleep(pause)  # the index catches up with the last submissions
+            pause = min(pause * 2, 1.0)
+            listed = store.batch(batch_id)
+        jobs = store.refresh(listed)
+    except StoreBusy as err:
+        log.warning("reading batch %s: %s", batch_id, err)
+        raise Rejected(503, "job store busy, try again", retry_after=1) from None
     except (ClientError, BotoCoreError) as err:
         log.error("reading batch %s failed: %s", batch_id, err)
         raise Rejected(503, "job store unavailable, try again") from None
-    if not jobs:
+    if counters is None and not jobs:
         raise Rejected(404, "unknown batch id")
-    return jobs
+    return view(counters, jobs)
 
 
 @bp.get("/api/batches/<batch_id>.csv")
 def batch_csv(batch_id: str):
-    jobs = _batch(batch_id)
-    return Response(csv_text(jobs), mimetype="text/csv", headers={
+    got = _batch(batch_id)
+    if len(got.jobs) < got.total:  # the index has not caught up with the last submissions yet
+        raise Rejected(503, f"batch index is catching up ({len(got.jobs)} of {got.total} jobs listed), try again",
+                       retry_after=1)
+    return Response(csv_text(got.jobs), mimetype="text/csv", headers={
         "Content-Disposition": f'attachment; filename="imgrec-batch-{batch_id}.csv"', "Cache-Control": "no-store"})
 
 
 @bp.get("/api/batches/<batch_id>")
 def batch(batch_id: str):
-    jobs = _batch(batch_id)
-    n = counts(jobs)
-    return jsonify(batch=batch_links(batch_id), total=len(jobs), counts=n, finished=n[JobStatus.QUEUED.value] == 0,
-                   jobs=[j.to_dict() for j in jobs])
+    got = _batch(batch_id)
+    return jsonify(batch=batch_links(batch_id), total=got.total, listed=len(got.jobs), counts=got.counts,
+                   finished=got.finished, jobs=[j.to_dict() for j in got.jobs])

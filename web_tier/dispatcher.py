@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.jobstore import JobStore
-from infra.messages import BadMessage, ImageResult
+from infra.jobstore import JobStore, StoreConflict
+from infra.messages import BadMessage, ImageResult, recorded_by_worker
 from web_tier.replies import ReplyQueue
 
 log = logging.getLogger(__name__)
@@ -39,29 +39,61 @@ class Watch:
     ids: frozenset[str]
     event: threading.Event = field(default_factory=threading.Event)
     results: dict[str, ImageResult] = field(default_factory=dict)
+    recheck: bool = False  # the store re-reader (web_tier/recheck.py) looks its ids up every second
 
 
 class Router:
-    """Request id -> waiting requests. Several requests may watch the same id."""
+    """Request id -> waiting requests. Several requests may watch the same id.
 
-    def __init__(self):
+    It also remembers the ids this process sent and has seen no result for (``outstanding``), until
+    their request's timeout: a clean stop with none out deletes its reply queue at once. An id whose
+    result lands elsewhere (another process, the reaper) or never comes expires, so the set stays
+    bounded by the requests of one timeout."""
+
+    def __init__(self, clock=time.monotonic):
         self._lock = threading.Lock()
+        self._clock = clock
         self._watches: dict[str, list[Watch]] = {}
-        self._expected: set[str] = set()  # sent by this process, no result seen yet
+        self._expected: dict[str, float] = {}  # request id -> when we stop expecting its result
+        self._expiry: collections.deque[tuple[float, str]] = collections.deque()  # the same, oldest first
 
-    def expect(self, request_id: str) -> None:
+    def expect(self, request_id: str, ttl_s: float) -> None:
         with self._lock:
-            self._expected.add(request_id)
+            until = self._clock() + ttl_s
+            self._expected[request_id] = until
+            self._expiry.append((until, request_id))
+            self._prune()
+
+    def _prune(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            until, request_id = self._expiry.popleft()
+            if self._expected.get(request_id) == until:
+                del self._expected[request_id]
+        if len(self._expiry) > 2 * len(self._expected) + 64:  # answered ids leave stale entries behind
+            self._expiry = collections.deque((u, i) for u, i in self._expiry if self._expected.get(i) == u)
 
     @property
     def outstanding(self) -> int:
         with self._lock:
+            self._prune()
             return len(self._expected)
 
+    @property
+    def tracked(self) -> int:
+        """Entries held for ``outstanding`` (for the bounded-memory test)."""
+        with self._lock:
+            return len(self._expected) + len(self._expiry)
+
+    def recheck_ids(self) -> list[str]:
+        """Ids that waiting synchronous requests want looked up in the job store."""
+        with self._lock:
+            return [i for i, ws in self._watches.items() if any(w.recheck for w in ws)]
+
     @contextmanager
-    def watch(self, ids):
+    def watch(self, ids, *, recheck: bool = False):
         """Register before sending (or before reading the store) so no result slips between."""
-        w = Watch(frozenset(ids))
+        w = Watch(frozenset(ids), recheck=recheck)
         with self._lock:
             for i in w.ids:
                 self._watches.setdefault(i, []).append(w)
@@ -79,7 +111,7 @@ class Router:
     def deliver(self, result: ImageResult) -> int:
         """Hand a result to everyone watching its id; returns how many were waiting."""
         with self._lock:
-            self._expected.discard(result.request_id)
+            self._expected.pop(result.request_id, None)
             waiting = list(self._watches.get(result.request_id, ()))
             for w in waiting:
                 w.results[result.request_id] = result
@@ -154,6 +186,8 @@ class Dispatcher(threading.Thread):
                 if self.reply.url is None:
                     self.reply.open()
                     self.reply.start_heartbeat()
+                elif self.reply.shared and self.reply.claim_lost:
+                    self._reopen()
                 self.poll_once()
                 backoff = 0.5
             except (ClientError, BotoCoreError) as err:
@@ -199,7 +233,9 @@ class Dispatcher(threading.Thread):
                 results.append((msg, result))
         # Record first, then answer: a client that reads its job right after its answer sees it done, from
         # any web process. A failed write still answers (the message stays and is recorded on redelivery).
-        persisted = list(self._persist_pool.map(lambda mr: self.persist(mr[1], received_at), results))
+        # A worker that recorded the result itself says so in a message attribute: nothing left to write.
+        persisted = list(self._persist_pool.map(
+            lambda mr: recorded_by_worker(mr[0]) or self.persist(mr[1], received_at), results))
         for _, result in results:
             self.route(result, received_at)
         done += [msg for (msg, _), ok in zip(results, persisted, strict=True) if ok]
@@ -232,7 +268,7 @@ class Dispatcher(threading.Thread):
         try:
             self.store.complete(result, received_at)
             return True
-        except (ClientError, BotoCoreError) as err:
+        except (ClientError, BotoCoreError, StoreConflict) as err:
             self.stats.persist_errors += 1
             log.error("cannot record result %s (%s): %s; its message stays on %s", result.request_id,
                       result.name, err, self.reply.name)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
 
-from infra.jobstore import Job, JobStatus
+from infra.jobstore import Job, JobStatus, StoreConflict
 from infra.messages import BadName, ImageRequest, ImageResult, new_request_id, safe_name
 from web_tier.state import NotReady
 
@@ -28,10 +28,11 @@ READ_CHUNK = 64 * 1024
 class Rejected(Exception):
     """An upload we refuse: an HTTP status and a one-line reason for the client."""
 
-    def __init__(self, status: int, reason: str):
+    def __init__(self, status: int, reason: str, *, retry_after: int | None = None):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.retry_after = retry_after  # seconds, for a Retry-After header (503)
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,9 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
     except (ClientError, BotoCoreError) as err:
         log.error("put_object %s/%s failed: %s", settings.in_bucket, upload.key, err)
         raise Rejected(503, "image store unavailable, try again") from None
-    request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to)
-    state.router.expect(request.request_id)
+    request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to,
+                               batch_id=batch_id)
+    state.router.expect(request.request_id, settings.request_timeout_s)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
@@ -123,7 +125,7 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
               batch_id=batch_id, created_at=created, enqueued_at=request.sent_at)
     try:
         state.store.add(job)
-    except (ClientError, BotoCoreError) as err:
+    except (ClientError, BotoCoreError, StoreConflict) as err:
         log.error("recording job %s (%s) failed: %s; its result will record it", job.id, upload.key, err)
     log.info("job %s enqueued: key=%s version=%s batch=%s reply=%s", job.id, upload.key, request.version, batch_id,
              state.reply.name or "-")
@@ -138,7 +140,7 @@ def record_refused(state, filename: str | None, reason: str, batch_id: str, rece
               result=ImageResult(job_id, name, error=reason))
     try:
         state.store.add(job)
-    except (ClientError, BotoCoreError) as err:
+    except (ClientError, BotoCoreError, StoreConflict) as err:
         log.error("recording refused file %r of batch %s failed: %s", name, batch_id, err)
         return None
     return job_id

@@ -37,6 +37,7 @@ class WebState:
     reply: ReplyQueue
     dispatcher: Dispatcher
     dashboard_sampler: object | None = None  # set by create_app; has stop()
+    recheck: object | None = None  # the store re-reader (web_tier/recheck.py), started with the dispatcher
     _req_url: str | None = None
     _health: dict = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -70,5 +71,7 @@ class WebState:
         result outstanding there is nothing to wait for."""
         if self.dashboard_sampler is not None:
             self.dashboard_sampler.stop()
+        if self.recheck is not None:
+            self.recheck.stop()
         self.dispatcher.stop(timeout=dispatcher_timeout if self.router.outstanding else 0.2)
         self.reply.close(outstanding=self.router.outstanding)

@@ -1,8 +1,11 @@
 """``GET /`` (the page) and ``POST /`` (the course API: one image in, ``<name>:<label>`` out).
 
-``POST /`` is synchronous: it waits for its own result, routed by request id by
-the dispatcher, up to ``settings.request_timeout_s``; then ``504`` with the job
-id so the client can fetch the result later from ``GET /api/jobs/<id>``.
+``POST /`` is synchronous: it waits for its own result up to ``settings.request_timeout_s``,
+from whichever has it first: its reply (routed by request id by the dispatcher) or the job
+store, which ``web_tier/recheck.py`` re-reads every second for every waiting request (a result
+recorded by the worker, another web process, the reaper, or "failed" from the dead-letter
+queue). Then ``504`` with the job id so the client can fetch the result later from
+``GET /api/jobs/<id>``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from infra.jobstore import JobStatus
+from infra.jobstore import JobStatus, StoreBusy
 from infra.messages import new_request_id
 from web_tier.intake import COURSE_FIELDS, Rejected, check_upload, read_bounded, submit
 from web_tier.state import EXTENSION, WebState
@@ -61,7 +64,7 @@ def classify():
         upload = check_upload(f.filename, data, st.settings.max_upload_bytes)
         job_id = new_request_id()
         started = time.perf_counter()
-        with st.router.watch([job_id]) as w:  # before sending: a fast result must find us
+        with st.router.watch([job_id], recheck=True) as w:  # before sending: a fast result must find us
             submit(st, upload, job_id, received_at)
             sent = time.perf_counter()
             w.event.wait(st.settings.request_timeout_s)
@@ -71,9 +74,9 @@ def classify():
         return text(err.reason, err.status)
     result = w.results.get(job_id)
     if result is None:
-        try:  # recorded by another process or the reaper (our reply queue was lost)?
+        try:  # recorded in the store in the last second, after the re-reader's last look?
             job = st.store.get(job_id)
-        except (ClientError, BotoCoreError) as err:
+        except (ClientError, BotoCoreError, StoreBusy) as err:
             log.warning("job %s: store read after the wait failed: %s", job_id, err)
             job = None
         if job is None or job.status is JobStatus.QUEUED:
@@ -93,7 +96,11 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Rejected)
     def rejected(err: Rejected):
-        return _error(err.status, err.reason)
+        resp = _error(err.status, err.reason)
+        if err.retry_after is not None:
+            resp = app.make_response(resp)
+            resp.headers["Retry-After"] = str(err.retry_after)
+        return resp
 
     @app.errorhandler(RequestEntityTooLarge)
     def too_large(_err):

@@ -55,7 +55,7 @@ def _metrics(namespace: str) -> dict:
 
 def app_policy(prefix: str, namespace: str, artifact_keys: tuple[str, str]) -> dict:
     """App-tier worker: take work, read inputs (and list them, so a missing key is a 404, not a 403),
-    write results, answer, put metrics; at boot read exactly the two objects of its model artifact."""
+    write and record results, answer, put metrics; at boot read exactly the two objects of its model artifact."""
     return {"Version": POLICY_VERSION, "Statement": [
         statement("ReadModelArtifact", ["s3:GetObject"], [objects("ModelBucket", key) for key in artifact_keys]),
         statement("WorkRequestQueue", ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:GetQueueAttributes",
@@ -64,6 +64,9 @@ def app_policy(prefix: str, namespace: str, artifact_keys: tuple[str, str]) -> d
         statement("AnswerReplyQueues", ["sqs:SendMessage"], [reply_queues(prefix)]),
         statement("ReadInputs", ["s3:GetObject", "s3:GetObjectVersion"], [objects("InputBucket")]),
         statement("ListInputs", ["s3:ListBucket"], ["{{InputBucket.Arn}}"]),
+        # Each result is recorded in the job table before its reply (its batch's counters move in the same
+        # transaction, authorised as its UpdateItems), so no result depends on a reply queue.
+        statement("RecordResults", ["dynamodb:GetItem", "dynamodb:UpdateItem"], ["{{JobsTable.Arn}}"]),
         statement("WriteResults", ["s3:PutObject"], [objects("OutputBucket")]),
         _metrics(namespace),
     ]}
@@ -90,7 +93,9 @@ def web_policy(prefix: str, namespace: str) -> dict:
         statement("JobState", ["dynamodb:BatchGetItem", "dynamodb:DeleteItem", "dynamodb:DescribeTable",
                                "dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:UpdateItem"],
                   ["{{JobsTable.Arn}}", "{{JobsTable.Arn}}/index/*"]),
-        statement("WatchDeadLetters", ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"], [queue("DeadLetterQueue")]),
+        # The controller's reaper reads dead-lettered requests (never deletes them) to mark their jobs failed.
+        statement("WatchDeadLetters", ["sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes", "sqs:GetQueueUrl",
+                                       "sqs:ReceiveMessage"], [queue("DeadLetterQueue")]),
         # Launches only through the stack's launch template, with its image and security group.
         statement("LaunchAppTier", ["ec2:RunInstances"], [
             regional("ec2", "instance/*"), regional("ec2", "volume/*"), regional("ec2", "network-interface/*"),

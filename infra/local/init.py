@@ -35,6 +35,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from infra.local import isolation
+from infra.local.init_systemctl import UNIT_DIR, WANTS_DIR, State, SystemctlVerbs
 from infra.local.spawn import EXIT_NAMES, EXIT_USER, describe_exit, spawn
 from infra.local.units import (
     CLEAN_SIGNALS,
@@ -47,8 +48,6 @@ from infra.local.units import (
     start_allowed,
 )
 
-UNIT_DIR = "/etc/systemd/system"
-WANTS_DIR = f"{UNIT_DIR}/multi-user.target.wants"
 FIRST_BOOT_DONE = "first-boot-done"  # in the instance folder: cloud-init runs user data once per instance
 TICK_S = 0.1
 BOOT_KILL_S = 2.0  # a boot script still running at shutdown gets SIGTERM, then SIGKILL after this
@@ -57,17 +56,6 @@ BOOT_KILL_S = 2.0  # a boot script still running at shutdown gets SIGTERM, then 
 class Boot(StrEnum):
     RUNNING = "running"
     OK = "ok"
-    FAILED = "failed"
-
-
-class State(StrEnum):
-    """systemd's ActiveState, with the sub-state that matters here."""
-
-    INACTIVE = "inactive"
-    ACTIVATING = "activating"  # a oneshot's ExecStart running, or waiting for a unit it is After=
-    ACTIVE = "active"
-    DEACTIVATING = "deactivating"
-    AUTO_RESTART = "auto-restart"  # activating (auto-restart) in systemd's terms
     FAILED = "failed"
 
 
@@ -80,12 +68,14 @@ class Service:
     restarts: int = 0
     restart_at: float = 0.0
     stop_deadline: float = 0.0
+    start_deadline: float = float("inf")  # a oneshot's ExecStart past it is stopped and the unit fails (timeout)
+    start_timed_out: bool = False
     killed: bool = False  # SIGKILL sent after TimeoutStopSec
     waiters: list[socket.socket] = field(default_factory=list)  # systemctl calls waiting for this stop
     result: str = ""
 
 
-class Init:
+class Init(SystemctlVerbs):
     def __init__(self, instance_dir: Path, user_data: Path, console: int, *, root_prefix: Path | None,
                  run_as_user: bool, clock=time.monotonic):
         self.dir = instance_dir
@@ -202,6 +192,11 @@ class Init:
             error = self.start(dep)
             if error or self.service(dep).state == State.FAILED:
                 return self._dependency_failed(svc, dep)
+        for dep in svc.unit.wants:  # started along; its failure is not ours (systemd.unit(5))
+            try:
+                self.start(dep)
+            except (OSError, UnitError) as err:
+                self.say(f"{svc.unit.name}: wanted unit {dep} not started: {err}")
         waiting = [d for d in svc.unit.after if d in self.services and self.services[d].state == State.ACTIVATING]
         if waiting:
             svc.state, svc.pid, svc.result = State.ACTIVATING, 0, ""
@@ -241,11 +236,16 @@ class Init:
                 return self._start_failed(svc, EXIT_USER,
                                           f"Failed to determine user credentials: No such process ({unit.user})")
             env.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
-        svc.pid = spawn(self.console, expand_command(unit.exec_start, env), env, cwd=unit.working_directory or "/", user=user)
+        svc.pid = spawn(self.console, expand_command(unit.exec_start, env), env, cwd=unit.working_directory or "/",
+                        user=user, no_new_privs=unit.no_new_privileges)
         svc.state = State.ACTIVATING if unit.oneshot else State.ACTIVE
-        svc.result, svc.killed = "", False
+        svc.result, svc.killed, svc.start_timed_out = "", False, False
+        svc.start_deadline = now + unit.timeout_start_s if unit.oneshot else float("inf")
         self.say(f"{'Starting' if unit.oneshot else 'Started'} {unit.name} "
                  f"(pid {svc.pid}{'' if user or not unit.user else ', as root: User= off'}).")
+        if unit.no_ops:
+            self.say(f"{unit.name}: {', '.join(unit.no_ops)} accepted and not enforced locally "
+                     f"(documented no-ops, infra/local/units.py NO_OPS)")
         return None
 
     def _start_failed(self, svc: Service, code: int, why: str) -> None:
@@ -335,6 +335,16 @@ class Init:
         unit = svc.unit
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)  # what is left of the unit's processes goes with it
+        if svc.start_timed_out:  # its start job timed out (TimeoutStartSec): failed, whatever its exit
+            svc.pid, svc.start_timed_out = 0, False
+            self.say(f"{unit.name}: Main process exited, {words}")
+            self.say(f"{unit.name}: Failed with result 'timeout'.")
+            self.say(f"Failed to start {unit.name}.")
+            if unit.restart in ("on-failure", "on-abnormal", "always") and not self.shutting_down:
+                svc.state, svc.restart_at, svc.result = State.AUTO_RESTART, self.clock() + unit.restart_s, "timeout"
+            else:
+                svc.state, svc.result = State.FAILED, "timeout"
+            return
         if svc.state == State.DEACTIVATING:
             svc.state, svc.pid = State.INACTIVE, 0
             svc.result = "timeout" if svc.killed else "success"
@@ -379,6 +389,12 @@ class Init:
                 self.start(svc.unit.name)
             elif svc.state == State.ACTIVATING and not svc.pid:
                 self._after_ready(svc)
+            elif svc.state == State.ACTIVATING and not svc.start_timed_out and now >= svc.start_deadline:
+                self._start_timed_out(svc, now)
+            elif svc.start_timed_out and not svc.killed and now >= svc.stop_deadline:
+                self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
+                svc.killed = True
+                self._kill(svc, signal.SIGKILL, whole_group=True)
             elif svc.state == State.DEACTIVATING and not svc.killed and now >= svc.stop_deadline:
                 self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
                 svc.killed = True
@@ -386,6 +402,15 @@ class Init:
         if self.shutting_down and self.boot_pid and now - self.boot_killed_at > BOOT_KILL_S:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.boot_pid, signal.SIGKILL)
+
+    def _start_timed_out(self, svc: Service, now: float) -> None:
+        """TimeoutStartSec passed with the oneshot's ExecStart still running: stop it as systemd does (KillSignal,
+        SIGKILL after TimeoutStopSec); when it has gone the unit fails with result 'timeout'."""
+        unit = svc.unit
+        svc.start_timed_out, svc.stop_deadline = True, now + unit.timeout_stop_s
+        self.say(f"{unit.name}: start operation timed out after {unit.timeout_start_s:g} s (TimeoutStartSec). "
+                 f"Terminating.")
+        self._kill(svc, unit.kill_signal, whole_group=unit.kill_mode not in ("mixed", "process"))
 
     def _after_ready(self, svc: Service) -> None:
         """A unit waiting on After= starts once those jobs ended, or fails if one it Requires= did not start."""
@@ -414,121 +439,6 @@ class Init:
     def done(self) -> bool:
         return self.shutting_down and not self.boot_pid and all(
             s.state not in (State.ACTIVE, State.ACTIVATING, State.DEACTIVATING) for s in self.services.values())
-
-    # ------------------------------------------------------------ systemctl
-
-    def command(self, args: list[str], conn: socket.socket) -> None:
-        """One systemctl call; replies at once except for stop/restart, which answer when stopped."""
-        flags = {a for a in args if a.startswith("-")}
-        words = [a for a in args if not a.startswith("-")]
-        if not words:
-            return self._send(conn, 1, "systemctl: no command")
-        verb, names = words[0], [n if "." in n else f"{n}.service" for n in words[1:]]
-        try:
-            if verb == "daemon-reload":
-                self.daemon_reload()
-                return self._send(conn, 0, "")
-            if verb in ("enable", "disable"):
-                for n in names:
-                    self.service(n)
-                    self._wants(n, verb == "enable")
-                    self.say(f"{verb}d {n}")
-                if "--now" in flags and verb == "enable":
-                    return self._start_all(names, conn)
-                if "--now" in flags:
-                    return self._stop_all(names, conn)
-                return self._send(conn, 0, "")
-            if verb == "start":
-                return self._start_all(names, conn)
-            if verb == "stop":
-                return self._stop_all(names, conn)
-            if verb == "restart":
-                for n in names:
-                    self.stop(n)
-                return self._after_stop(names, conn, then_start=True)
-            if verb in ("is-active", "is-failed", "is-enabled", "status"):
-                states = [self.service(n).state for n in names]
-                if verb == "is-enabled":
-                    out = ["enabled" if n in self.enabled else "disabled" for n in names]
-                    return self._send(conn, 0 if all(n in self.enabled for n in names) else 1, "\n".join(out))
-                out = [s.value if s != State.AUTO_RESTART else "activating" for s in states]
-                ok = {"is-failed": all(s == State.FAILED for s in states)}.get(verb, all(s == State.ACTIVE
-                                                                                         for s in states))
-                if verb == "status":
-                    out = [f"{n}: {s.value} (pid {self.services[n].pid}, restarts {self.services[n].restarts})"
-                           for n, s in zip(names, states, strict=True)]
-                return self._send(conn, 0 if ok else 3, "\n".join(out))
-            if verb == "reset-failed":
-                for n in names:
-                    svc = self.service(n)
-                    svc.starts.clear()
-                    if svc.state == State.FAILED:
-                        svc.state = State.INACTIVE
-                return self._send(conn, 0, "")
-        except (OSError, UnitError) as err:
-            return self._send(conn, 5, f"Failed: {err}")
-        return self._send(conn, 1, f"systemctl (local init): unknown command {verb!r}")
-
-    def _wants(self, name: str, enable: bool) -> None:
-        """systemctl enable's symlink in multi-user.target.wants, which the next boot starts."""
-        wants = Path(self.path(WANTS_DIR))
-        link = wants / name
-        if enable:
-            self.enabled.add(name)
-            wants.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to(f"{UNIT_DIR}/{name}")
-        else:
-            self.enabled.discard(name)
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
-
-    def _start_all(self, names: list[str], conn: socket.socket) -> None:
-        """As ``systemctl start``: answers when the start jobs ended (a oneshot's ExecStart has exited)."""
-        errors = [e for e in (self.start(n) for n in names) if e]
-        if errors:
-            return self._send(conn, 1, "\n".join(errors))
-        self._starting.append((names, conn))
-        return self._answer_starts()
-
-    def _answer_starts(self) -> None:
-        keep = []
-        for names, conn in self._starting:
-            states = {n: self.services[n] for n in names}
-            if any(s.state == State.ACTIVATING for s in states.values()):
-                keep.append((names, conn))
-                continue
-            errors = [f"Job for {n} failed because "
-                      f"{'a dependency job failed' if s.result == 'dependency' else 'its process exited with an error'}"
-                      for n, s in states.items() if s.state in (State.FAILED, State.AUTO_RESTART)]
-            self._send(conn, 1 if errors else 0, "\n".join(errors))
-        self._starting = keep
-
-    def _stop_all(self, names: list[str], conn: socket.socket) -> None:
-        for n in names:
-            self.stop(n)
-        self._after_stop(names, conn, then_start=False)
-
-    def _after_stop(self, names: list[str], conn: socket.socket, *, then_start: bool) -> None:
-        pending = [n for n in names if self.services[n].state == State.DEACTIVATING]
-        if not pending:
-            return self._start_all(names, conn) if then_start else self._send(conn, 0, "")
-        self._deferred.append((pending, names, conn, then_start))
-        return None
-
-    def run_deferred(self) -> None:
-        self._answer_starts()
-        keep = []
-        for pending, names, conn, then_start in self._deferred:
-            if all(self.services[n].state != State.DEACTIVATING for n in pending):
-                if then_start:
-                    self._start_all(names, conn)
-                else:
-                    self._send(conn, 0, "")
-            else:
-                keep.append((pending, names, conn, then_start))
-        self._deferred = keep
-
 
 def _reply(conn: socket.socket, code: int, out: str) -> None:
     with contextlib.suppress(OSError):

@@ -54,6 +54,11 @@ ACTION_ALIASES = {
     "s3:GetPublicAccessBlock": "s3:GetBucketPublicAccessBlock",
     "s3:PutPublicAccessBlock": "s3:PutBucketPublicAccessBlock",
     "s3:DeletePublicAccessBlock": "s3:PutBucketPublicAccessBlock",
+    # "Permissions for Put, Update, Delete, and Get actions are governed by the permissions used for the
+    # underlying PutItem, UpdateItem, DeleteItem, and GetItem operations"; there is no TransactWriteItems
+    # action (docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html). Ours hold
+    # only Update actions.
+    "dynamodb:TransactWriteItems": "dynamodb:UpdateItem",
 }
 # Signing name -> IAM service prefix, where they differ.
 SERVICE_PREFIXES = {"monitoring": "cloudwatch"}

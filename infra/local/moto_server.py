@@ -120,7 +120,7 @@ ALWAYS_ON = ("moto_fixes",)
 # resource model moto has: 1-2 s and ~150 MB, which a run that never uses it should not pay for).
 ON_LOAD = {"cloudformation": ("moto_speedups:cloudformation", "moto_cfn_buckets", "moto_cfn_events",
                               "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets",
-                              "moto_cfn_load_balancers", "moto_cfn_deletions")}
+                              "moto_cfn_load_balancers", "moto_cfn_deletions", "moto_cfn_queues")}
 _load_lock = threading.Lock()
 
 

@@ -18,10 +18,16 @@ behaviour (same results, same errors) and only removes repeated work:
 - CloudFormation parsed every template body with PyYAML's pure-Python loader, JSON too: the stack's
   40 kB JSON template took 140-440 ms per change set, ``json.loads`` takes about 1 ms (a YAML body still
   goes to the YAML loader).
+- DynamoDB's TransactWriteItems deep-copied every table it touches before each
+  transaction, to roll back on a cancel: 36 ms for a 1000-job table, so the job store's
+  two transactions per job grew quadratically with the table. It now keeps a copy of
+  only the items the transaction names and puts those back on a cancel (the same
+  all-or-nothing result; writes are serialised by ``moto_fixes``).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import logging
@@ -77,6 +83,59 @@ def cloudformation() -> None:
 
     ChangeSet._parse_template = _parse_template
     _cloudformation_applied = True
+class _TablesNotCopied:
+    """What ``copy`` is inside moto's DynamoDB models during one transaction: tables are not copied (their
+    touched items are, by ``_item_backups``); anything else is, as before."""
+
+    def __init__(self, table_cls: type):
+        self.table_cls = table_cls
+
+    def deepcopy(self, value, memo=None):
+        return value if isinstance(value, self.table_cls) else copy.deepcopy(value, memo)
+
+    def __getattr__(self, name):
+        return getattr(copy, name)
+
+
+def _transaction_keys(backend, transact_items) -> dict:
+    """(table name, hash, range) -> (table, hash value, range value) for each item a transaction names."""
+    out = {}
+    for entry in transact_items:
+        try:
+            op_type, op = next(iter(entry.items()))
+            table = backend.get_table(op["TableName"])
+            attrs = op["Item"] if op_type == "Put" else op["Key"]
+            hv, rv = backend.get_keys_value(table, attrs)
+        except Exception:  # noqa: BLE001 - moto's own code answers it with the right error
+            continue
+        out.setdefault((table.name, str(hv), str(rv)), (table, hv, rv))
+    return out
+
+
+def _item_backups(original, models, table_cls):
+    @functools.wraps(original)
+    def transact_write_items(self, transact_items):
+        keys = _transaction_keys(self, transact_items)
+        saved = [(table, hv, rv, copy.deepcopy(table.get_item(hv, rv))) for table, hv, rv in keys.values()]
+        models.copy = _TablesNotCopied(table_cls)
+        try:
+            return original(self, transact_items)
+        except BaseException:
+            for table, hv, rv, item in saved:
+                if table.range_key_attr:
+                    if item is None:
+                        table.items[hv].pop(rv, None)
+                    else:
+                        table.items[hv][rv] = item
+                elif item is None:
+                    table.items.pop(hv, None)
+                else:
+                    table.items[hv] = item
+            raise
+        finally:
+            models.copy = copy
+
+    return transact_write_items
 
 
 def apply() -> None:
@@ -84,6 +143,8 @@ def apply() -> None:
     if _applied:
         return
     from moto import backends
+    from moto.dynamodb import models as dynamodb_models
+    from moto.dynamodb.models.table import Table
     from moto.sqs import models as sqs_models
     from moto.sqs.exceptions import InvalidAttributeName
 
@@ -113,5 +174,7 @@ def apply() -> None:
 
     sqs_models.SQSBackend.get_queue_attributes = get_queue_attributes
     sqs_models.SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period
+    backend = dynamodb_models.DynamoDBBackend
+    backend.transact_write_items = _item_backups(backend.transact_write_items, dynamodb_models, Table)
     _applied = True
     log.debug("moto speed-ups applied")

@@ -6,6 +6,7 @@ Standard library only, as the init is.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pwd
 import signal
@@ -16,6 +17,7 @@ from infra.local import isolation
 EXIT_CHDIR, EXIT_EXEC, EXIT_GROUP, EXIT_USER = 200, 203, 216, 217
 EXIT_NAMES = {EXIT_CHDIR: "CHDIR", EXIT_EXEC: "EXEC", EXIT_GROUP: "GROUP", EXIT_USER: "USER"}
 MAX_FD = 4096  # descriptors above stdio closed in the child
+PR_SET_NO_NEW_PRIVS = 38  # linux/prctl.h
 
 
 def describe_exit(status: int) -> tuple[int | None, int | None, str]:
@@ -27,9 +29,20 @@ def describe_exit(status: int) -> tuple[int | None, int | None, str]:
     return code, None, f"code=exited, status={code}/{'SUCCESS' if code == 0 else EXIT_NAMES.get(code, 'FAILURE')}"
 
 
-def spawn(console: int, argv: list[str], env: dict[str, str], *, cwd: str, user: pwd.struct_passwd | None) -> int:
+def no_new_privileges() -> None:
+    """prctl(PR_SET_NO_NEW_PRIVS, 1): what systemd's NoNewPrivileges=yes sets before exec (setuid binaries and
+    file capabilities no longer raise privileges). Raises OSError where the call fails."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def spawn(console: int, argv: list[str], env: dict[str, str], *, cwd: str, user: pwd.struct_passwd | None,
+          no_new_privs: bool = False) -> int:
     """fork + exec, as systemd does; a failure between them exits with systemd's status for that step
-    (200/CHDIR, 203/EXEC, 216/GROUP, 217/USER), which the init then sees like any exit.
+    (200/CHDIR, 203/EXEC, 216/GROUP, 217/USER; NoNewPrivileges= failing counts as 203), which the init then
+    sees like any exit.
 
     Not subprocess.Popen: it reaps finished children of its own behind a waitpid(-1) loop.
     """
@@ -54,6 +67,8 @@ def spawn(console: int, argv: list[str], env: dict[str, str], *, cwd: str, user:
             step = EXIT_USER
             os.setuid(user.pw_uid)
         step = EXIT_EXEC
+        if no_new_privs:
+            no_new_privileges()
         os.execvpe(argv[0], argv, env)
     except BaseException as err:  # noqa: BLE001 - the child must never return into the init's loop
         with contextlib.suppress(OSError):

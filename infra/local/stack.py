@@ -13,7 +13,9 @@ queue, the others from their own reply queues) (with the web role's credentials;
 its profile's role from the runner); the model artifact into the stack's bucket; the controller. Each runs as a child in its own session, so the
 terminal's Ctrl-C reaches only this process, which then stops the children in
 reverse order (web first, moto last; the runner stops every instance through its
-units) and leaves no process, mount or cgroup behind.
+units) and leaves no process, mount or cgroup behind. Its signal handlers only set a
+flag (``StopSignals``): a second Ctrl-C or SIGTERM during the stop is acknowledged, never
+lets the stop stop half-way.
 """
 
 from __future__ import annotations
@@ -55,6 +57,49 @@ class Child:
 
 class AlreadyRunning(RuntimeError):
     pass
+
+
+class StopRequested(Exception):  # noqa: N818 - a request, not an error
+    """Raised by the main thread (never by a signal handler) at a safe point once Ctrl-C or SIGTERM came."""
+
+
+class StopSignals:
+    """SIGINT and SIGTERM only set a flag here; the main thread checks it between steps and in its loop.
+
+    Raising from the handler (KeyboardInterrupt) aborted whatever the main thread was doing, the stop
+    itself included: a second Ctrl-C in quick succession, as a terminal sends it, or a second SIGTERM,
+    interrupted the teardown and left moto running on its port. Now every further signal is only counted
+    and said once, and the stop runs to its end.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.first: str | None = None
+        self._said = 0
+        self._previous: dict[int, object] = {}
+
+    def __call__(self, signum, _frame) -> None:
+        self.count += 1
+        self.first = self.first or signal.Signals(signum).name
+
+    def install(self) -> StopSignals:
+        self._previous = {sig: signal.signal(sig, self) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def check(self) -> None:
+        """At a safe point in start-up or the loop: leave for the stop if a signal came."""
+        if self.count:
+            raise StopRequested(self.first)
+
+    def say_repeats(self) -> None:
+        """During the stop: say once per new signal that it is already under way."""
+        if self.count > 1 and self._said < self.count - 1:
+            self._said = self.count - 1
+            say("  already stopping: everything stops within a few seconds (a further Ctrl-C is not needed)")
 
 
 def claim_pidfile(path: Path) -> None:
@@ -107,9 +152,9 @@ def say(*parts: object, sep: str = " ", err: bool = False) -> None:
             os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
-def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
+def stop_children(children: list[Child], grace: float = STOP_GRACE_S, signals: StopSignals | None = None) -> None:
     """SIGTERM every tier at once (moto stays up while they drain), wait, SIGKILL the process groups
-    that remain; moto last."""
+    that remain; moto last. Further Ctrl-Cs meanwhile are only acknowledged (``signals``)."""
     tiers = [c for c in children if c.name != "moto"]
     started = time.monotonic()
     for child in tiers:
@@ -120,15 +165,27 @@ def stop_children(children: list[Child], grace: float = STOP_GRACE_S) -> None:
             child.proc.send_signal(signal.SIGTERM)
             started = time.monotonic()
         wait_s = {"runner": STOP_GRACE_RUNNER_S, "moto": STOP_GRACE_MOTO_S}.get(child.name, grace / 2)
-        try:
-            child.proc.wait(max(0.0, started + wait_s - time.monotonic()))
+        if _wait(child.proc, max(0.0, started + wait_s - time.monotonic()), signals):
             say(f"  {child.name} stopped ({time.monotonic() - started:.1f} s after SIGTERM)")
-        except subprocess.TimeoutExpired:
+        else:
             log.warning("%s did not stop in %.0f s; killing it", child.name, wait_s)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(child.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            child.proc.wait(2)
+        _wait(child.proc, 2, signals)
+
+
+def _wait(proc: subprocess.Popen, timeout: float, signals: StopSignals | None) -> bool:
+    """Wait for ``proc`` up to ``timeout`` s in short steps, acknowledging further signals; True if it ended."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if signals is not None:
+            signals.say_repeats()
+        try:
+            proc.wait(max(0.0, min(0.1, deadline - time.monotonic())))
+            return True
+        except subprocess.TimeoutExpired:
+            if time.monotonic() >= deadline:
+                return False
 
 
 def web_processes(settings: Settings) -> list[tuple[str, dict[str, str]]]:
@@ -224,17 +281,16 @@ def run(settings: Settings) -> int:
     claim_pidfile(pidfile)
     check_ports(settings, endpoint_port)
 
-    # Ctrl-C and SIGTERM both end the main loop; children are stopped in `finally`.
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C and SIGTERM set a flag that start-up (between steps) and the main loop check; the children
+    # are stopped in `finally`, which no further signal can interrupt.
+    signals = StopSignals().install()
     children: list[Child] = []
     credential_server = clients = None
     moto = MotoServer(port=endpoint_port, log_file=open(log_dir / "moto.log", "ab"))  # noqa: SIM115
     try:
         moto.start()
         children.append(Child("moto", moto.proc))
+        signals.check()
         say(f"strict AWS emulation: {strict_line(settings.endpoint_url)}")
         account, report = open_account(settings)
         clients = Clients(settings, credentials=account.admin)
@@ -244,7 +300,9 @@ def run(settings: Settings) -> int:
         children.append(start_child("runner", "infra.local.runner", settings, log_dir, {}))
         credential_server = CredentialServer(
             settings, make_client("sts", settings, credentials=account.ec2_service)).start()
+        signals.check()
         settings, outputs = provision_stack(settings, clients, ami)
+        signals.check()
         (web_id, *_) = web_group_instances(clients, settings)  # from Auto Scaling: EC2 may not list it yet
         say(report, f"stack {settings.prefix}: {', '.join(sorted(outputs))}", sep="\n")
         web_role = credential_server.env_for_role(account.web_role, web_id)  # the tiers run as the web role
@@ -263,6 +321,7 @@ def run(settings: Settings) -> int:
             f" isolation: see {log_dir}/runner.log)\nCtrl-C stops everything.\n")
         next_status = time.monotonic() + 2
         while True:
+            signals.check()
             for child in children:
                 if child.proc.poll() is not None:
                     say(f"{child.name} exited with code {child.proc.returncode}; see {log_dir}/{child.name}.log",
@@ -275,8 +334,8 @@ def run(settings: Settings) -> int:
                     say(f"status unavailable: {err}")
                 next_status = time.monotonic() + STATUS_EVERY_S
             time.sleep(0.2)
-    except KeyboardInterrupt:
-        say("\nstopping…")
+    except (StopRequested, KeyboardInterrupt):  # KeyboardInterrupt: a SIGINT before the handler was installed
+        say(f"\nstopping ({signals.first or 'SIGINT'})…")
         return 0
     finally:
         stopping = time.monotonic()
@@ -285,14 +344,16 @@ def run(settings: Settings) -> int:
                 stop_web_group(clients, settings)
             except (ClientError, BotoCoreError) as err:
                 log.warning("could not stop the web instance record: %s", err)
-        stop_children(children)
+        stop_children(children, signals=signals)
         if credential_server is not None:
             credential_server.stop()
         sweep_instance_cgroups()
         remove_admin_credentials(settings)
         with contextlib.suppress(FileNotFoundError):
             pidfile.unlink()
+        signals.say_repeats()
         say(f"local stack stopped ({time.monotonic() - stopping:.1f} s)")
+        signals.restore()
 
 
 def main() -> int:
@@ -401,13 +462,18 @@ class StackProcess:
         except psutil.NoSuchProcess:
             return []
 
-    def stop(self, timeout: float = 15.0) -> float:
-        """Ctrl-C the stack; returns the seconds it took to exit."""
+    def stop(self, timeout: float = 15.0, *, sig: int = signal.SIGINT, times: int = 1, gap_s: float = 0.3) -> float:
+        """Ctrl-C the stack (``times`` of them, ``gap_s`` apart, as an impatient person does); returns the
+        seconds it took to exit."""
         if self.proc is None or self.proc.poll() is not None:
             return 0.0
         family = self.processes()
         started = time.monotonic()
-        os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+        for n in range(times):
+            if n:
+                time.sleep(gap_s)
+            with contextlib.suppress(ProcessLookupError):  # what a terminal's Ctrl-C does: the whole foreground group
+                os.killpg(self.proc.pid, sig)
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -2,10 +2,15 @@
 
 Pure functions only (standard library, no I/O), so the local init (``infra.local.init``)
 and its tests share one reading of the fields our units use: Type (simple, oneshot),
-RemainAfterExit, Requires, After, ExecStart, User, Group, WorkingDirectory, Environment,
-EnvironmentFile, Restart, RestartSec, KillSignal, KillMode, TimeoutStopSec,
-StartLimitIntervalSec and StartLimitBurst. Defaults are
+RemainAfterExit, Requires, Wants, After, ExecStart, User, Group, WorkingDirectory, Environment,
+EnvironmentFile, Restart, RestartSec, KillSignal, KillMode, TimeoutStartSec, TimeoutStopSec
+(TimeoutSec), NoNewPrivileges, StartLimitIntervalSec and StartLimitBurst. Defaults are
 systemd's own (systemd.service(5), systemd.kill(5), systemd.unit(5)).
+
+A directive the init neither implements (``IMPLEMENTED``) nor lists as a documented no-op
+(``NO_OPS``, each with what systemd would do instead) is refused: the unit does not load and
+the console says which directive of which unit, rather than the unit running as if it had
+been honoured (a hung model fetch with ``TimeoutStartSec`` ignored hung the boot for ever).
 """
 
 from __future__ import annotations
@@ -16,6 +21,9 @@ import signal
 from dataclasses import dataclass, field
 
 # systemd's defaults (DefaultTimeoutStopSec, DefaultStartLimitIntervalSec, DefaultStartLimitBurst, RestartSec).
+# TimeoutStartSec: DefaultTimeoutStartSec (90 s), "except when Type=oneshot is used, in which case the timeout is
+# disabled by default" (systemd.service(5)); for a simple service the start job ends at the fork anyway.
+DEFAULT_TIMEOUT_START_S = 90.0
 DEFAULT_TIMEOUT_STOP_S = 90.0
 DEFAULT_START_LIMIT_INTERVAL_S = 10.0
 DEFAULT_START_LIMIT_BURST = 5
@@ -31,6 +39,39 @@ _TIME_UNITS = {"us": 1e-6, "usec": 1e-6, "ms": 1e-3, "msec": 1e-3, "s": 1.0, "se
 
 class UnitError(ValueError):
     """A unit file or EnvironmentFile we cannot honour; the message names the unit and the field."""
+
+
+# Directives the local init honours, by section.
+IMPLEMENTED: dict[str, frozenset[str]] = {
+    "Unit": frozenset({"Description", "Requires", "Wants", "After", "StartLimitIntervalSec", "StartLimitBurst"}),
+    "Service": frozenset({"Type", "RemainAfterExit", "ExecStart", "User", "Group", "WorkingDirectory", "Environment",
+                          "EnvironmentFile", "Restart", "RestartSec", "KillSignal", "KillMode", "TimeoutStartSec",
+                          "TimeoutStopSec", "TimeoutSec", "NoNewPrivileges"}),
+    "Install": frozenset({"WantedBy"}),
+}
+# Directives accepted and not acted on, with what systemd does that the local init does not (the README says so).
+NO_OPS: dict[tuple[str, str], str] = {
+    ("Service", "PrivateTmp"): "systemd gives the unit its own /tmp; locally the instance's units share the "
+                               "instance's (its own mount namespace already keeps it from the host's)",
+    ("Service", "ProtectSystem"): "systemd mounts /usr, /boot (and /etc with full) read-only for the unit; locally "
+                                  "they stay as the instance has them (the local image is this checkout)",
+    ("Service", "AmbientCapabilities"): "systemd grants the capabilities (e.g. CAP_NET_BIND_SERVICE for port 80); "
+                                        "locally none are granted and the web tier binds an unprivileged port",
+}
+# Wants= of a target (network-online.target): targets are not emulated; the instance's network is up before its
+# init starts. Wants= of a service starts it, and its failure does not fail the wanting unit (systemd.unit(5)).
+
+
+def check_directives(name: str, sections: dict[str, list[tuple[str, str]]]) -> None:
+    """``UnitError`` for a section or directive that is neither implemented nor a documented no-op (pure)."""
+    for section, pairs in sections.items():
+        if section not in IMPLEMENTED:
+            raise UnitError(f"{name}: section [{section}] is not understood by the local init (it knows "
+                            f"{', '.join(f'[{s}]' for s in IMPLEMENTED)}); refusing the unit rather than ignoring it")
+        for key, _ in pairs:
+            if key not in IMPLEMENTED[section] and (section, key) not in NO_OPS:
+                raise UnitError(f"{name}: [{section}] {key}= is neither implemented by the local init nor a "
+                                f"documented no-op (infra/local/units.py); refusing the unit rather than ignoring it")
 
 
 @dataclass(frozen=True)
@@ -53,7 +94,11 @@ class Unit:
     type: str = "simple"
     remain_after_exit: bool = False
     requires: tuple[str, ...] = ()  # services only: targets are not emulated
+    wants: tuple[str, ...] = ()  # services only, started along; their failure is not ours
     after: tuple[str, ...] = ()
+    timeout_start_s: float = float("inf")  # a oneshot's ExecStart is killed and the unit failed after this
+    no_new_privileges: bool = False
+    no_ops: tuple[str, ...] = ()  # documented no-op directives the unit carries (said when it starts)
 
     @property
     def oneshot(self) -> bool:
@@ -126,8 +171,10 @@ def _sections(text: str) -> dict[str, list[tuple[str, str]]]:
 
 
 def parse_unit(name: str, text: str) -> Unit:
-    """The fields of ``name`` (e.g. ``imgrec-worker.service``); an unknown Restart= or a missing ExecStart fails."""
+    """The fields of ``name`` (e.g. ``imgrec-worker.service``); an unknown directive, an unknown Restart= or a
+    missing ExecStart fails."""
     sec = _sections(text)
+    check_directives(name, sec)
     unit_sec = dict(sec.get("Unit", []))
     service = sec.get("Service", [])
     values: dict[str, str] = {}
@@ -151,7 +198,9 @@ def parse_unit(name: str, text: str) -> Unit:
     kind = values.get("Type", "simple")
     if kind not in SERVICE_TYPES:
         raise UnitError(f"{name}: Type={kind} is not one of {', '.join(SERVICE_TYPES)}")
-    deps = {key: " ".join(v for k, v in sec.get("Unit", []) if k == key) for key in ("Requires", "After")}
+    deps = {key: " ".join(v for k, v in sec.get("Unit", []) if k == key) for key in ("Requires", "Wants", "After")}
+    default_start = "infinity" if kind == "oneshot" else str(DEFAULT_TIMEOUT_START_S)
+    no_ops = tuple(f"{key}=" for section, pairs in sec.items() for key, _ in pairs if (section, key) in NO_OPS)
     try:
         return Unit(
             name=name, exec_start=tuple(shlex.split(exec_start)), user=values.get("User", ""),
@@ -167,10 +216,18 @@ def parse_unit(name: str, text: str) -> Unit:
             start_limit_burst=int(unit_sec.get("StartLimitBurst", DEFAULT_START_LIMIT_BURST)),
             wanted_by=tuple(dict(sec.get("Install", [])).get("WantedBy", "").split()),
             type=kind, remain_after_exit=parse_bool(values.get("RemainAfterExit", "no")),
-            requires=_services(deps["Requires"]), after=_services(deps["After"]),
+            requires=_services(deps["Requires"]), wants=_services(deps["Wants"]), after=_services(deps["After"]),
+            timeout_start_s=_no_zero(parse_timespan(values.get("TimeoutStartSec", values.get("TimeoutSec",
+                                                                                           default_start)))),
+            no_new_privileges=parse_bool(values.get("NoNewPrivileges", "no")), no_ops=no_ops,
         )
     except (UnitError, ValueError) as err:
         raise UnitError(f"{name}: {err}") from None
+
+
+def _no_zero(seconds: float) -> float:
+    """systemd: "Pass 0 to disable the timeout logic"."""
+    return float("inf") if seconds == 0 else seconds
 
 
 def parse_env_file(text: str) -> dict[str, str]:

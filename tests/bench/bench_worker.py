@@ -38,7 +38,7 @@ from infra.config import Settings  # noqa: E402
 from infra.local.moto_server import MotoServer, free_port  # noqa: E402
 from infra.messages import ImageRequest  # noqa: E402
 from infra.observe import queue_url  # noqa: E402
-from tests.conftest import child_env  # noqa: E402
+from tests.helpers import child_env  # noqa: E402
 from tests.images import jpeg_bytes  # noqa: E402
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "imagenet-sample-200"

@@ -17,6 +17,7 @@ import json
 import logging
 import signal
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -280,3 +281,84 @@ def wait_for_queues(sqs, settings: Settings, timeout_s: float = 3 * VISIBILITY_S
         if all(d.visible + d.in_flight == 0 for d in depth.values()) or time.monotonic() > deadline:
             return depth
         time.sleep(0.5)
+
+
+# ---------------------------------------------------------------- synchronous clients during a fault
+
+@dataclass
+class SyncOutcome:
+    name: str
+    status: int  # 0: no HTTP answer (connection refused or reset)
+    text: str
+    waited_s: float
+    started: float = 0.0  # time.monotonic() when it was sent
+    job_id: str = ""
+    receives: int = 1  # times its request was received (a worker that died holding it makes it 2, ...)
+
+    def waited_beyond(self, outages: list[tuple[float, float]]) -> float:
+        """The wait less the time AWS was unreachable meanwhile (nothing can answer during an outage)."""
+        end = self.started + self.waited_s
+        overlap = sum(max(0.0, min(end, b) - max(self.started, a)) for a, b in outages)
+        return self.waited_s - overlap
+
+
+class SyncProbe:
+    """Course-API clients (``POST /``) sending unique images one after another while a fault plays, so a case can
+    say how long a synchronous client waited: never longer than its message's visibility timeout plus 10 s (a
+    worker that dies holding it costs one visibility timeout; nothing costs the 120 s request timeout)."""
+
+    def __init__(self, url: str, prefix: str, clients: int = 2):
+        self.url, self.prefix, self.n = url, prefix, clients
+        self.outcomes: list[SyncOutcome] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> SyncProbe:
+        from tests.images import jpeg_bytes
+
+        def client(k: int) -> None:
+            i = 0
+            with requests.Session() as http:
+                while not self._stop.is_set():
+                    name = f"{self.prefix}sync{k}-{i:03d}.jpg"
+                    started = time.monotonic()
+                    try:
+                        resp = http.post(self.url, files={"myfile": (name, jpeg_bytes(700 + i % 30, size=(120, 90)),
+                                                                     "image/jpeg")}, timeout=180)
+                        status, text, job_id = resp.status_code, resp.text, resp.headers.get("X-Job-Id", "")
+                    except requests.RequestException as err:
+                        status, text, job_id = 0, type(err).__name__, ""
+                    self.outcomes.append(SyncOutcome(name, status, text, time.monotonic() - started, started, job_id))
+                    i += 1
+                    if status != 200:
+                        self._stop.wait(0.5)
+
+        self._threads = [threading.Thread(target=client, args=(k,), daemon=True) for k in range(self.n)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(200)
+        ids = [o.job_id for o in self.outcomes if o.job_id]
+        jobs = wait_jobs(self.url, ids, timeout_s=60) if ids else {}
+        for o in self.outcomes:
+            o.receives = int(jobs.get(o.job_id, {}).get("receives") or 1)
+
+    @property
+    def answered(self) -> list[SyncOutcome]:
+        """Answered with the image's own label (200, ``<stem>:<label>``)."""
+        return [o for o in self.outcomes if o.status == 200 and o.text.startswith(Path(o.name).stem + ":")]
+
+    def longest_s(self, outages: list[tuple[float, float]] = ()) -> float:
+        """The longest wait of an answered request, less the outages it lived through."""
+        return max((o.waited_beyond(list(outages)) for o in self.outcomes if o.status in (200, 422, 504)),
+                   default=0.0)
+
+    def over_bound(self, bound_s: float, per_receive_s: float, outages: list[tuple[float, float]] = ()) -> list:
+        """Answered requests that waited longer than ``bound_s`` plus ``per_receive_s`` for each receive after
+        the first (a worker that died holding it), beyond the outages they lived through."""
+        return [o for o in self.outcomes if o.status in (200, 422, 504)
+                and o.waited_beyond(list(outages)) > bound_s + per_receive_s * (o.receives - 1)]

@@ -19,6 +19,7 @@ class Tally:
     peak_mb: dict[str, float] = field(default_factory=dict)  # process -> peak memory
     growth: dict[str, str] = field(default_factory=dict)  # process -> "baseline -> late (+x MB)"
     upload_bytes: list[str] = field(default_factory=list)  # oversize streams: bytes sent before the 413
+    sync_waits: list[str] = field(default_factory=list)  # per fault case: synchronous clients' longest wait
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -54,6 +55,7 @@ class Tally:
                 by_kind[kind].append(f"{endpoint} {outcome}")
             out += [f"  {kind:<34} {' | '.join(v)}" for kind, v in by_kind.items()]
         out += [f"oversize upload: {u}" for u in self.upload_bytes]
+        out += [f"synchronous clients, {w}" for w in self.sync_waits]
         if self.peak_mb:
             out.append("peak memory per process (PSS, MB):")
             out += [f"  {name:<28} {mb:8.0f}" for name, mb in sorted(self.peak_mb.items())]

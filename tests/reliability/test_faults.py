@@ -27,7 +27,7 @@ from infra.clients import Clients
 from tests.images import jpeg_bytes
 from tests.procs import wait_for
 from tests.reliability.faultproxy import Fault
-from tests.reliability.stack import audit, submit_all
+from tests.reliability.stack import VISIBILITY_S, SyncProbe, audit, submit_all
 from tests.reliability.tally import TALLY
 
 pytestmark = [pytest.mark.reliability, pytest.mark.e2e]
@@ -46,6 +46,32 @@ def finish(stack, prefix: str, submitted, case: str):
                        f"{len(result.lost)} lost, {len(result.failed)} failed, DLQ {result.dlq}")
     assert result.problems == [], result.problems
     return result
+
+
+def finish_sync(probe: SyncProbe, case: str, *, outages: list[tuple[float, float]] = ()) -> None:
+    """Synchronous clients during a fault: each answered with its own label, none waiting longer than its
+    message's visibility timeout plus 10 s (one more visibility timeout for each time a worker died holding
+    it), beyond the time AWS was unreachable meanwhile (``outages``, when nothing can answer); a refusal at
+    intake (503, or no connection) is not a wait, the client retries it."""
+    right = probe.answered
+    wrong = [o for o in probe.outcomes if o.status == 200 and o not in right]
+    stalled = [o for o in probe.outcomes if o.status in (422, 504)]
+    refused = [o for o in probe.outcomes if o.status in (0, 503)]
+    bound = VISIBILITY_S + 10
+    over = probe.over_bound(bound, VISIBILITY_S, outages)
+    redelivered = [o for o in probe.outcomes if o.receives > 1]
+    TALLY.requests(sent=len(probe.outcomes), answered=len(right), lost=len(stalled), mismatched=len(wrong),
+                   client_errors=len(refused))
+    TALLY.sync_waits.append(
+        f"{case}: {len(probe.outcomes)} synchronous requests, {len(right)} answered right, longest wait "
+        f"{probe.longest_s():.1f} s" + (f" ({probe.longest_s(outages):.1f} s beyond "
+                                         f"{sum(b - a for a, b in outages):.0f} s of outages)" if outages else "")
+        + f"; {len(redelivered)} received more than once (a worker died holding it, or the outage); over the bound ({bound} s, "
+        f"+{VISIBILITY_S} s per redelivery): {len(over)}; {len(refused)} refused at intake")
+    assert len(right) >= 2, f"{case}: the synchronous clients got almost nothing through: {probe.outcomes[:5]}"
+    assert wrong == [] and stalled == [], (wrong[:3], stalled[:3])
+    assert outages or refused == [], refused[:3]
+    assert over == [], over[:3]
 
 
 def healthz(url: str) -> int:
@@ -94,9 +120,14 @@ def test_sigkill_a_random_worker_every_few_seconds_during_300_images(proc_stack)
         from tests.reliability.stack import wait_jobs
 
         wait_jobs(stack.url, list(submitted.ids.values()), timeout_s=finish_at - time.monotonic())
+        # Synchronous clients while the kills go on, the burst done: a wait is then the work itself, plus a
+        # visibility timeout each time a worker dies holding the request (not the queue behind 300 images).
+        with SyncProbe(stack.url, f"sync-{prefix}") as probe:
+            wait_for(lambda: len(probe.outcomes) >= 30, 120, what="30 synchronous requests during the kills")
     finally:
         done.set()
         thread.join(5)
+    finish_sync(probe, "SIGKILL worker every 3 s")
     assert len(killed) >= 5, f"only {len(killed)} workers were killed: the run was too short to test anything"
     finish(stack, prefix, submitted, f"SIGKILL worker x{len(killed)}")
     consoles = stack.consoles()
@@ -122,21 +153,47 @@ def test_controller_sigkill_and_restart_mid_run(proc_stack):
     TALLY.fault(f"SIGKILL controller pid {pid}")
     # The workers pause while no controller runs, so the new one meets a backlog (the lean worker would
     # otherwise drain it before the new controller's lease wait is over) and must act on it.
-    paused = stack.workers()
-    for w in paused:
-        w.suspend()
+    paused: list[psutil.Process] = []
+
+    def pause_new_workers() -> None:
+        """Also a worker on an instance the dead controller launched just before it died, booting now."""
+        for w in stack.workers():
+            if w.pid not in {p.pid for p in paused}:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    w.suspend()
+                    paused.append(w)
+
+    holding = threading.Event()
+
+    def keep_paused() -> None:  # a worker restarting (Restart=on-failure) or booting comes back with a new pid
+        while not holding.wait(0.2):
+            pause_new_workers()
+
+    pause_new_workers()
+    holder = threading.Thread(target=keep_paused, daemon=True)
+    holder.start()
     try:
         more = submit_all(stack.url, rest)  # the backlog grows while no controller runs
         before_restart = len(stack.log("controller"))  # both controllers append to one log
         stack.start_tier("controller")
         wants_max = f"desired={stack.direct.max_instances} "
-        wait_for(lambda: wants_max in stack.log("controller")[before_restart:], 60,
-                 what="the restarted controller sizing the fleet for the backlog")
+        try:
+            wait_for(lambda: wants_max in stack.log("controller")[before_restart:], 60,
+                     what="the restarted controller sizing the fleet for the backlog")
+        except AssertionError as err:
+            raise AssertionError(f"{err}\ncontroller log since the restart:\n"
+                                 f"{stack.log('controller')[before_restart:][-3000:]}") from None
     finally:
+        holding.set()
+        holder.join(5)
         for w in paused:
             with contextlib.suppress(psutil.NoSuchProcess):
                 w.resume()
+    # Synchronous clients while the new controller works off the backlog (not while the test holds the workers).
+    with SyncProbe(stack.url, f"sync-{prefix}") as probe:
+        wait_for(lambda: len(probe.answered) >= 4, 90, what="synchronous clients answered")
     submitted.ids.update(more.ids)
+    finish_sync(probe, "controller SIGKILL + restart")
     finish(stack, prefix, submitted, "controller SIGKILL + restart")
     # The new controller took over: it scaled with the backlog and brings the fleet back to min.
     assert f"controller for {stack.direct.prefix}:" in stack.log("controller")[before_restart:], (
@@ -192,15 +249,20 @@ def test_web_tier_restart_mid_run(proc_stack):
 def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     stack = proc_stack
     prefix, images = make_images(120, "outage")
+    probe = SyncProbe(stack.url, f"sync-{prefix}").__enter__()
     submitted = submit_all(stack.url, dict(list(images.items())[:60]))
     health_during = []
+    outages: list[tuple[float, float]] = []  # when AWS was unreachable (monotonic): nothing can answer then
     for fault in (Fault.HTTP503, Fault.REFUSE, Fault.DROP):
+        began = time.monotonic()
         stack.proxy.inject(fault, 6.0)
         TALLY.fault(f"{fault.value} for 6 s")
         health_during.append(healthz(stack.url))
         wait_for(lambda: not stack.proxy.faulty, 15, what="fault to end")
+        outages.append((began, time.monotonic()))
         wait_for(lambda: healthz(stack.url) == 200, 30, what="/healthz back to 200 after the fault")
     # Submissions during a fault are refused (503) and retried by the client until accepted.
+    outages.append((time.monotonic(), time.monotonic() + 4.0))
     stack.proxy.inject(Fault.HTTP503, 4.0)
     TALLY.fault("http503 for 4 s (during submission)")
     more = submit_all(stack.url, dict(list(images.items())[60:]))
@@ -210,6 +272,8 @@ def test_s3_and_sqs_outage_through_the_proxy_then_recovery(proc_stack):
     TALLY.notes.append(f"/healthz during http503, refuse, drop: {health_during}")
     assert health_during[:2] == [503, 503], f"/healthz during the faults: {health_during}"
     wait_for(lambda: healthz(stack.url) == 200, 60, what="/healthz back to 200")
+    probe.__exit__(None, None, None)
+    finish_sync(probe, "S3/SQS outage", outages=outages)
     finish(stack, prefix, submitted, "S3/SQS outage (503, refused, dropped)")
     assert more.client_errors >= 1, "the submission-time outage was not seen by the client"
     for name in ("web", "controller", "runner"):

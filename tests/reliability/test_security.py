@@ -55,10 +55,12 @@ def test_buckets_private_encrypted_and_queues_encrypted(settings, clients):
 def test_request_messages_carry_no_image_bytes_and_fit_1_kb():
     longest = "n" * 196 + ".jpg"
     reply_to = "https://sqs.us-east-1.amazonaws.com/123456789012/" + "p" * 40 + "-reply-" + "r" * 32
-    msg = ImageRequest.new(safe_name(longest), "v" * 64, longest, reply_to=reply_to).to_json()
+    msg = ImageRequest.new(safe_name(longest), "v" * 64, longest, reply_to=reply_to, batch_id="b" * 64).to_json()
     assert len(msg.encode()) <= 1024
-    # The reply queue's URL is the only addition since the review: still no user bytes beyond the checked name.
-    assert set(ImageRequest.__dataclass_fields__) == {"request_id", "key", "version", "name", "sent_at", "reply_to"}
+    # The reply queue's URL and the batch id (64 checked characters) are the only additions since the review:
+    # still no user bytes beyond the checked name.
+    assert set(ImageRequest.__dataclass_fields__) == {"request_id", "key", "version", "name", "sent_at", "reply_to",
+                                                      "batch_id"}
 
 
 @pytest.mark.parametrize("name", ["../x.jpg", "a/../../b.jpg", "/etc/passwd", "..", "x/..", "a\\b.jpg",

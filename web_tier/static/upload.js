@@ -156,18 +156,9 @@
   }
 
   // A reload (or the batch link opened elsewhere): the batch's jobs from the server, any web process.
-  async function restore() {
-    if (!batchId) return;
-    let body;
-    try {
-      const resp = await fetch(`/api/batches/${encodeURIComponent(batchId)}`);
-      if (!resp.ok) return;  // unknown batch (nothing uploaded yet): start empty
-      body = await resp.json();
-    } catch (e) {
-      return;
-    }
+  function restoredCards(jobs) {
     const list = document.createDocumentFragment();
-    for (const job of body.jobs) {
+    for (const job of jobs) {
       const card = newCard(job.name);
       card.dataset.job = job.id;
       $("img", card).hidden = true;  // the picture stayed on the machine that sent it
@@ -181,9 +172,26 @@
         show(job, card);
       }
     }
-    results.prepend(list);
+    return list;
+  }
+
+  async function restore(tries = 0) {
+    if (!batchId) return;
+    let body;
+    try {
+      const resp = await fetch(`/api/batches/${encodeURIComponent(batchId)}`);
+      if (!resp.ok) return;  // unknown batch (nothing uploaded yet): start empty
+      body = await resp.json();
+    } catch (e) {
+      return;
+    }
+    const shown = new Set(Array.from(results.querySelectorAll(".card"), (c) => c.dataset.job));
+    const cards = restoredCards(body.jobs.filter((j) => !shown.has(j.id)));
+    if (tries) results.append(cards); else results.prepend(cards);
     summarize();
     poll();
+    // The batch index lags the job table for a moment after the last upload: fetch what it had not listed yet.
+    if (body.listed < body.total && tries < 10) setTimeout(() => restore(tries + 1), 1000);
   }
 
   input.addEventListener("change", () => { addFiles(input.files); input.value = ""; });

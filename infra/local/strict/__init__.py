@@ -25,6 +25,14 @@ BEHAVIOURS: dict[str, tuple[str, str]] = {
     "ec2_idempotency": ("RunInstances ClientToken idempotency", "ec2_idempotency"),
     "cloudwatch_resolution": ("CloudWatch storage resolution, Period and StartTime rules", "cw_resolution"),
     "cloudwatch_ingest": ("CloudWatch ingest delay", "cw_ingest_delay_s"),
+    "sqs_tombstones": ("a deleted SQS queue lingers: sends lost, name not reusable", "sqs_tombstone_s"),
+    "ddb_gsi_lag": ("DynamoDB global secondary index reads lag the table", "ddb_gsi_lag_s"),
+    "ddb_unprocessed": ("DynamoDB BatchGetItem leaves keys unprocessed", "ddb_unprocessed"),
+    "iam_conditions": ("IAM conditions judged against AWS's request context", "iam_conditions"),
+    "iam_run_instances": ("RunInstances authorised per resource, with the CreateTags it implies",
+                          "iam_run_instances"),
+    "s3_missing_key": ("S3 missing key 403 without s3:ListBucket", "s3_missing_key"),
+    "unsigned": ("unsigned requests answered as AWS does under IAM enforcement", "unsigned"),
 }
 
 
@@ -57,6 +65,7 @@ def describe(enabled: bool, values: dict[str, object]) -> str:
     parts = []
     for what, key in BEHAVIOURS.values():
         value = values[key]
-        shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g} s"
+        shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" + (" s" if key.endswith("_s")
+                                                                                         else "")
         parts.append(f"{what} ({shown})")
     return "; ".join(parts) + "; injected failures on demand"

@@ -46,6 +46,40 @@ class StrictSettings:
         "IMGREC_STRICT_CW_INGEST_DELAY", 1.0,
         "seconds before a datum put to CloudWatch can be read back",
     )
+    sqs_tombstone_s: float = env_field(
+        "IMGREC_STRICT_SQS_TOMBSTONE", 60.0,
+        "seconds a deleted queue lingers: sends to it succeed and are lost, CreateQueue of its name answers "
+        "QueueDeletedRecently (AWS: 60)",
+    )
+    ddb_gsi_lag_s: float = env_field(
+        "IMGREC_STRICT_DDB_GSI_LAG", 1.0,
+        "seconds before a write to a DynamoDB table shows in queries on its global secondary indexes",
+    )
+    ddb_unprocessed: float = env_field(
+        "IMGREC_STRICT_DDB_UNPROCESSED", 0.0,
+        "fraction (0-1) of each BatchGetItem's keys answered as UnprocessedKeys, as a throttled table does "
+        "(0: only on demand, from a test)",
+    )
+    iam_conditions: str = env_field(
+        "IMGREC_STRICT_IAM_CONDITIONS", "on",
+        "`on`: with IAM enforced, policy conditions are judged against the request context AWS documents "
+        "(cloudwatch:namespace, aws:ResourceTag/*, iam:PassedToService on the PassRole a launch implies)",
+    )
+    iam_run_instances: str = env_field(
+        "IMGREC_STRICT_IAM_RUN_INSTANCES", "off",
+        "`on`: RunInstances is also authorised per resource with ec2:LaunchTemplate, and needs ec2:CreateTags "
+        "(ec2:CreateAction) for its tags; off until the local policies name the stack's real launch template",
+    )
+    s3_missing_key: str = env_field(
+        "IMGREC_STRICT_S3_MISSING_KEY", "on",
+        "`on`: with IAM enforced, GetObject/HeadObject of a missing key answers 403 unless the caller may "
+        "s3:ListBucket the bucket (then 404), as S3 does",
+    )
+    unsigned: str = env_field(
+        "IMGREC_STRICT_UNSIGNED", "on",
+        "`on`: with IAM enforced, an unsigned or malformed-signature request answers AWS's 403 "
+        "MissingAuthenticationToken (or 400 IncompleteSignature) instead of a 500 and a traceback",
+    )
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
