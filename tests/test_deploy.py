@@ -30,7 +30,7 @@ from infra.userdata import (
     web_user_data,
 )
 from tests.deploy_helpers import env_from_script, settled_snapshot, snapshot, tags, write_artifact, written_files
-from tests.helpers import template_user_data, wait_listed
+from tests.helpers import strict_aws, template_user_data, wait_listed
 
 REPO = "https://example.org/imgrec.git"
 
@@ -343,13 +343,24 @@ def test_gpu_app_instances_keep_the_torch_cuda_path_and_need_no_artifact(setting
         destroy(gpu, clients)
 
 
-def test_a_deploy_that_fails_midway_rolls_back_and_leaves_nothing(settings, dsettings, clients, elbv2, artifact):
+def test_a_deploy_that_fails_midway_rolls_back_and_leaves_nothing(settings, dsettings, clients, elbv2, artifact,
+                                                                   capsys):
     """A role of the stack's name exists already (not the stack's): CloudFormation fails on it after making
-    the buckets, queues and table, rolls them back, and deploy reports the resource and AWS's reason."""
+    the buckets, queues and table, rolls them back, and deploy reports the resource and AWS's reason. Deployed
+    again at once, the rolled-back queues' names are not free yet (AWS keeps them 60 s; 4 s here): deploy
+    waits, saying so, and succeeds."""
     iam = clients.iam
     taken = names.role_name(settings.prefix, Role.WEB)
     iam.create_role(RoleName=taken, AssumeRolePolicyDocument="{}")
     before = settled_snapshot(clients, elbv2)
+    with strict_aws(settings, sqs_tombstone_s=4):
+        _fail_then_deploy(settings, dsettings, clients, elbv2, before, taken)
+    assert "a queue of that name was deleted less than 60 s ago" in capsys.readouterr().out
+    assert snapshot(clients, elbv2) == {**before, "roles": sorted(set(before["roles"]) - {taken})}
+
+
+def _fail_then_deploy(settings, dsettings, clients, elbv2, before, taken) -> None:
+    iam = clients.iam
     try:
         with pytest.raises(changes.StackFailed) as failed:
             deploy(settings, dsettings, clients)
@@ -364,7 +375,6 @@ def test_a_deploy_that_fails_midway_rolls_back_and_leaves_nothing(settings, dset
         assert done.plan.create
     finally:
         destroy(settings, clients)
-    assert snapshot(clients, elbv2) == {**before, "roles": sorted(set(before["roles"]) - {taken})}
 
 
 def test_deploy_refuses_without_source_or_with_a_bad_artifact_and_leaves_nothing(settings, dsettings, clients, elbv2):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from botocore.exceptions import ClientError, WaiterError
 
+from infra.queue_wait import create_when_free
 from infra.tags import STACK_TAG
 
 log = logging.getLogger(__name__)
@@ -182,10 +183,34 @@ def execute(cfn, change_plan: Plan, *, wait_s: float = 1800.0, poll_s: float = 1
 
 
 def apply(cfn, name: str, body: str, parameters: Mapping[str, str], *, tags: Mapping[str, str] | None = None,
-          confirm: Callable[[Plan], bool] = lambda p: True, wait_s: float = 1800.0, poll_s: float = 10.0
-          ) -> tuple[Plan, dict | None]:
+          confirm: Callable[[Plan], bool] = lambda p: True, wait_s: float = 1800.0, poll_s: float = 10.0,
+          say: Callable[[str], None] = print) -> tuple[Plan, dict | None]:
     """Plan, ask ``confirm`` (it sees an empty plan too; False or an exception discards the change set),
-    execute; returns the plan and the stack (None if not done). A stack a failed create left is deleted first."""
+    execute; returns the plan and the stack (None if not done). A stack a failed create left is deleted first.
+
+    A queue deleted less than 60 s ago keeps its name (SQS's QueueDeletedRecently): a create CloudFormation
+    rolled back for that reason (a stack just destroyed, or rolled back, and put up again) is planned and
+    executed again once the name is free, saying so; the plan the user confirmed is not asked again."""
+    asked: list[Plan] = []
+
+    def confirm_once(change_plan: Plan) -> bool:
+        if asked and asked[0].create == change_plan.create:
+            return True
+        asked.append(change_plan)
+        return confirm(change_plan)
+
+    return create_when_free(
+        lambda: _apply_once(cfn, name, body, parameters, tags=tags, confirm=confirm_once, wait_s=wait_s,
+                            poll_s=poll_s),
+        f"stack {name}", say=say, errors=(StackFailed,), recent=queue_names_taken)
+
+
+def queue_names_taken(err: StackFailed) -> bool:
+    return any("QueueDeletedRecently" in reason for reason in err.reasons)
+
+
+def _apply_once(cfn, name: str, body: str, parameters: Mapping[str, str], *, tags: Mapping[str, str] | None,
+                confirm: Callable[[Plan], bool], wait_s: float, poll_s: float) -> tuple[Plan, dict | None]:
     stack = describe(cfn, name)
     if stack and stack["StackStatus"] in DEAD_STATES:
         log.warning("stack %s is %s (an earlier operation failed): deleting it first", name, stack["StackStatus"])

@@ -18,7 +18,6 @@ from infra.cfn.template import render, stack_parameters, to_json
 from infra.config import Settings
 from infra.messages import is_reply_queue_name
 from infra.provision import empty_bucket, reply_queue_urls
-from infra.queue_wait import create_when_free
 from infra.report import Report
 from infra.tags import STACK_TAG, owned_by
 
@@ -38,18 +37,9 @@ def put(settings: Settings, clients, *, data_only: bool = False, confirm: Callab
     template = render(settings, data_only=data_only)
     params = {k: v for k, v in stack_parameters(settings, **values).items() if k in template["Parameters"]}
     poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
-    name = stack_name(settings)
-    # A stack deleted less than 60 s ago leaves its queue names taken (QueueDeletedRecently): CloudFormation
-    # rolls the create back naming it, and we wait and put the stack up again, saying so.
-    plan, stack = create_when_free(
-        lambda: changes.apply(clients.cloudformation, name, to_json(template), params,
-                              confirm=confirm or (lambda p: True), wait_s=wait_s, poll_s=poll_s),
-        f"stack {name}", errors=(changes.StackFailed,), recent=_queue_names_taken)
+    plan, stack = changes.apply(clients.cloudformation, stack_name(settings), to_json(template), params,
+                                confirm=confirm or (lambda p: True), wait_s=wait_s, poll_s=poll_s)
     return plan, (changes.outputs(stack) if stack is not None else None)
-
-
-def _queue_names_taken(err: changes.StackFailed) -> bool:
-    return any("QueueDeletedRecently" in reason for reason in err.reasons)
 
 
 def provision(settings: Settings, clients) -> Report:

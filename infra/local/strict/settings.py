@@ -47,7 +47,7 @@ class StrictSettings:
         "seconds before a datum put to CloudWatch can be read back",
     )
     sqs_tombstone_s: float = env_field(
-        "IMGREC_STRICT_SQS_TOMBSTONE", 60.0,
+        "IMGREC_STRICT_SQS_TOMBSTONE", 2.0,
         "seconds a deleted queue lingers: sends to it succeed and are lost, CreateQueue of its name answers "
         "QueueDeletedRecently (AWS: 60)",
     )
