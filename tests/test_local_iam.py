@@ -147,9 +147,11 @@ def test_the_web_role_does_its_work(enforced):
     web.sqs.delete_message_batch(QueueUrl=resp, Entries=[{"Id": "0", "ReceiptHandle": msgs[0]["ReceiptHandle"]}])
     web.sqs.get_queue_attributes(QueueUrl=queue_url(web.sqs, s.dlq), AttributeNames=["All"])  # dashboard depth
     web.ec2.describe_instances()
-    # Tagged as the controller tags its launches: the web role may end only its own stack's instances
-    # (aws:ResourceTag/imgrec:stack, judged by the strict local AWS as on AWS).
-    launched = web.ec2.run_instances(ImageId=s.ami_id, MinCount=1, MaxCount=1, TagSpecifications=[
+    # Launched as the controller launches: through the stack's launch template (the only way the web role may),
+    # tagged with the stack, so the web role may end it (ec2:LaunchTemplate, ec2:CreateAction and
+    # aws:ResourceTag/imgrec:stack, judged by the strict local AWS as on AWS).
+    launched = web.ec2.run_instances(MinCount=1, MaxCount=1, LaunchTemplate={
+        "LaunchTemplateName": s.launch_template, "Version": "$Latest"}, TagSpecifications=[
         {"ResourceType": "instance", "Tags": [{"Key": STACK_TAG, "Value": s.prefix}]}])["Instances"][0]["InstanceId"]
     wait_listed(e.admin.ec2, [launched])  # a new instance is NotFound for a moment, as on AWS
     web.ec2.terminate_instances(InstanceIds=[launched])  # checked against the instance's ARN and tags

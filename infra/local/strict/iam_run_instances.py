@@ -20,9 +20,8 @@ launch template), with ``ec2:LaunchTemplate`` and ``aws:RequestTag/<key>`` in th
 on each resource type it tags, with ``ec2:CreateAction`` = ``RunInstances``. Simplifications, stated: a launch
 with no security group and no subnet is not checked against the VPC's defaults (AWS would).
 
-Off by default for now: the local account's web policy names a placeholder launch template (``lt-local-none``)
-because the template is made after the roles; the CloudFormation stack (issue 21) names the one it makes, and
-this switch can then default to on. Tests turn it on for their own scope.
+On by default: the web role's policy comes from the stack's template, which names the launch template it makes
+(``ec2:LaunchTemplate``), so the controller's launches pass exactly as on AWS and any other launch is denied.
 """
 
 from __future__ import annotations

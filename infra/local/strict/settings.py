@@ -66,9 +66,9 @@ class StrictSettings:
         "(cloudwatch:namespace, aws:ResourceTag/*, iam:PassedToService on the PassRole a launch implies)",
     )
     iam_run_instances: str = env_field(
-        "IMGREC_STRICT_IAM_RUN_INSTANCES", "off",
+        "IMGREC_STRICT_IAM_RUN_INSTANCES", "on",
         "`on`: RunInstances is also authorised per resource with ec2:LaunchTemplate, and needs ec2:CreateTags "
-        "(ec2:CreateAction) for its tags; off until the local policies name the stack's real launch template",
+        "(ec2:CreateAction) for its tags"
     )
     s3_missing_key: str = env_field(
         "IMGREC_STRICT_S3_MISSING_KEY", "on",
