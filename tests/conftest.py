@@ -30,6 +30,19 @@ def moto_server():
         yield server
 
 
+@pytest.fixture(params=["strict", "plain"])
+def strict_or_plain(request, moto_server, plain_moto_server):
+    """(url, is_strict, scope) on the strict server and on plain moto in turn: a check of an emulated behaviour must
+    hold on the first and not on the second. The scope (a fresh name prefix) keeps a test's values to itself."""
+    from infra.local.strict import client
+
+    strict = request.param == "strict"
+    url = (moto_server if strict else plain_moto_server).url
+    scope = f"s{uuid.uuid4().hex[:10]}"
+    yield url, strict, scope
+    client.clear(url, scope)
+
+
 @pytest.fixture(scope="session")
 def plain_moto_server():
     """moto as it is (IMGREC_STRICT_AWS=off): where a test shows that plain moto would not have caught a bug."""

@@ -50,6 +50,25 @@ def strict_aws(settings: Settings, **values) -> Iterator[None]:
         yield
 
 
+def aws_client(url: str, service: str, config=None, **credentials: str):
+    """A boto3 client for the moto server at ``url`` (test keys unless ``credentials`` are given)."""
+    import boto3
+
+    keys = credentials or {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+    return boto3.client(service, endpoint_url=url, region_name="us-east-1", config=config, **keys)
+
+
+def error_code(call) -> str | None:
+    """The AWS error code ``call()`` fails with, or None when it succeeds."""
+    from botocore.exceptions import ClientError
+
+    try:
+        call()
+    except ClientError as err:
+        return err.response["Error"]["Code"]
+    return None
+
+
 def wait_listed(ec2, instance_ids: list[str], timeout: float = 20.0) -> list[str]:
     """Wait until EC2 lists these new instances (AWS, and the strict local AWS, are eventually consistent:
     a fresh instance is NotFound for a moment); botocore's ``instance_exists`` waiter retries NotFound."""

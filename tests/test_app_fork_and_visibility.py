@@ -9,7 +9,7 @@ import time
 
 from app_tier.visibility import HeldMessages
 from infra.observe import queue_depth, queue_url
-from tests.helpers import child_env, enqueue, stays_true, upload
+from tests.helpers import child_env, enqueue, stays_true, upload, wait_until
 from tests.images import jpeg_bytes
 from tests.procs import ROOT
 
@@ -51,7 +51,9 @@ def test_worker_publishes_metrics(stack, clients):
     stack_dim = [{"Name": "Stack", "Value": settings.prefix}]
     both = [*stack_dim, {"Name": "InstanceId", "Value": "i-metrics"}]
     # moto matches dimensions as a subset (CloudWatch matches exactly), so read the per-instance series.
-    assert total("ImagesProcessed", both) == 3 and total("ImageErrors", both) == 1
+    # CloudWatch serves a datum a moment after its put (the strict local AWS's ingest delay): wait for it.
+    wait_until(lambda: total("ImagesProcessed", both) == 3 and total("ImageErrors", both) == 1, timeout=15,
+               what="the worker's counts readable in CloudWatch")
     assert total("EndToEndMs", both) > 0 and total("InferenceMs", both) > 0
     listed = cw.list_metrics(Namespace=settings.metrics_namespace, MetricName="ImagesProcessed")["Metrics"]
     dim_sets = {tuple(sorted(d["Name"] for d in m["Dimensions"])) for m in listed}

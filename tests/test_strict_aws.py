@@ -11,40 +11,20 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.local.strict import client
 from infra.local.strict.cloudwatch_resolution import round_start, stored_at, valid_period
-from tests.helpers import wait_until
+from tests.helpers import aws_client, error_code, wait_until
 
 AMI = "ami-12c6146b"  # ships with moto
 NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 
 
-def aws(url: str, service: str, config: Config | None = None):
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing", config=config)
-
-
-@pytest.fixture(params=["strict", "plain"])
-def server(request, moto_server, plain_moto_server):
-    """(url, is_strict, scope): every check runs on both servers; the scope keeps a test's values to itself."""
-    strict = request.param == "strict"
-    url = (moto_server if strict else plain_moto_server).url
-    scope = f"s{uuid.uuid4().hex[:10]}"
-    yield url, strict, scope
-    client.clear(url, scope)
-
-
-def code_of(call) -> str | None:
-    try:
-        call()
-    except ClientError as err:
-        return err.response["Error"]["Code"]
-    return None
+aws = aws_client
+code_of = error_code
 
 
 def launch(ec2, scope: str, **extra) -> str:
@@ -183,8 +163,8 @@ CHECKS = [sqs_counts_lag, ec2_new_instance_invisible, ec2_new_image_invisible, e
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-def test_behaves_as_aws_only_where_emulated(server, check):
-    url, strict, scope = server
+def test_behaves_as_aws_only_where_emulated(strict_or_plain, check):
+    url, strict, scope = strict_or_plain
     try:
         behaved = check(url, scope)
     except (AssertionError, TimeoutError):

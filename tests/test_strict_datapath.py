@@ -4,38 +4,15 @@ on our moto server and not on plain moto, and the system holds under them."""
 from __future__ import annotations
 
 import time
-import uuid
 
-import boto3
 import pytest
-from botocore.exceptions import ClientError
 
 from infra.local.strict import client
 from infra.local.strict.ddb_unprocessed import held_back
-from tests.helpers import wait_until
+from tests.helpers import aws_client, error_code, wait_until
 
-
-def aws(url: str, service: str):
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing")
-
-
-@pytest.fixture(params=["strict", "plain"])
-def server(request, moto_server, plain_moto_server):
-    """(url, is_strict, scope): every check runs on both servers; the scope keeps a test's values to itself."""
-    strict = request.param == "strict"
-    url = (moto_server if strict else plain_moto_server).url
-    scope = f"d{uuid.uuid4().hex[:10]}"
-    yield url, strict, scope
-    client.clear(url, scope)
-
-
-def code_of(call) -> str | None:
-    try:
-        call()
-    except ClientError as err:
-        return err.response["Error"]["Code"]
-    return None
+aws = aws_client
+code_of = error_code
 
 
 def _table(db, name: str) -> None:
@@ -109,8 +86,8 @@ CHECKS = [sqs_deleted_queue_lingers, ddb_index_lags_its_table, ddb_batch_get_lea
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
-def test_behaves_as_aws_only_where_emulated(server, check):
-    url, strict, scope = server
+def test_behaves_as_aws_only_where_emulated(strict_or_plain, check):
+    url, strict, scope = strict_or_plain
     try:
         behaved = check(url, scope)
     except (AssertionError, TimeoutError):

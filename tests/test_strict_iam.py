@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from infra.local.moto_iam import set_enforcement
 from infra.local.moto_server import MotoServer, free_port
 from infra.local.strict import client
+from tests.helpers import error_code
 
 AMI = "ami-12c6146b"
 ACCOUNT = "123456789012"
@@ -126,12 +127,7 @@ def acct(request, servers) -> Account:
     return servers[request.param]
 
 
-def code_of(call) -> str | None:
-    try:
-        call()
-    except ClientError as err:
-        return err.response["Error"]["Code"]
-    return None
+code_of = error_code
 
 
 DENIED = ("AccessDenied", "UnauthorizedOperation", "AccessDeniedException")
