@@ -59,13 +59,19 @@ def summary(settings: StrictSettings) -> str:
 
 
 def describe(enabled: bool, values: dict[str, object]) -> str:
-    """``summary`` from a server's reported state (``client.state``): what it actually runs."""
+    """``summary`` from a server's reported state (``client.state``): what it actually runs, a line each."""
     if not enabled:
         return "off (IMGREC_STRICT_AWS=off: plain moto)"
-    parts = []
+    lines = ["on (IMGREC_STRICT_AWS=off for plain moto; docs/AWS-SEMANTICS.md)"]
     for what, key in BEHAVIOURS.values():
-        value = values[key]
-        shown = ("on" if value else "off") if isinstance(value, bool) else f"{value:g}" + (" s" if key.endswith("_s")
-                                                                                         else "")
-        parts.append(f"{what} ({shown})")
-    return "; ".join(parts) + "; injected failures on demand"
+        lines.append(f"  {what}: {_shown(key, values[key])}")
+    lines.append("  injected failures: on demand (infra.local.strict.client)")
+    return "\n".join(lines)
+
+
+def _shown(key: str, value: object) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if key.endswith("_s"):
+        return f"{value:g} s"
+    return f"{value:g}" if value else "on demand"
