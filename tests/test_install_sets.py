@@ -26,10 +26,17 @@ NOT_IN_RUN = ("torch", "torchvision", "triton", "nvidia-*", "efficientnet-lite-p
 RUN_SETS = ("requirements/worker.txt", "requirements/web.txt", "requirements/local.txt", "requirements/model.txt")
 
 
+def make_env(**extra: str) -> dict[str, str]:
+    """The environment for a make of our own: without the variables of a make we may run under (`make test`
+    is CI's command), whose MAKEFLAGS/MAKELEVEL would make ours a sub-make that prints its directory."""
+    drop = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
 def make_commands(target: str) -> list[str]:
     """What `make <target>` runs on a fresh clone (``-B``: as if nothing were installed), without running it."""
-    proc = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "PYTEST_ARGS": ""})
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "-B", target], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60, env=make_env(PYTEST_ARGS=""))
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.splitlines()
 
@@ -120,6 +127,7 @@ def test_after_make_test_make_run_installs_nothing():
     venv = ROOT / ".venv"
     if not any(venv.glob(".installed-test-*")):
         pytest.skip(".venv was not made by `make test` here")
-    proc = subprocess.run(["make", "-n", "run"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(["make", "--no-print-directory", "-n", "run"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, env=make_env())
     assert proc.returncode == 0, proc.stderr
     assert [line for line in proc.stdout.splitlines() if line.strip()] == [".venv/bin/python -m infra up"], proc.stdout

@@ -141,13 +141,16 @@ def test_sigkill_mid_batch_then_another_worker_answers_everything(settings, work
     settings = settings.replace(visibility_timeout_s=4)
     clients = Clients(settings)
     provision(settings, clients)
-    requests = [upload(clients, settings, f"k{i:02d}.jpg", jpeg_bytes(100 + i)) for i in range(25)]
+    # enough work that the first worker is still busy when it is killed after its first batch
+    requests = [upload(clients, settings, f"k{i:02d}.jpg", jpeg_bytes(100 + i)) for i in range(60)]
     enqueue(clients, settings, requests)
     first = workers(settings, "w1")
     wait_for(lambda: " size=" in log_text(first), WORKER_START_S, what="first batch of w1")
     stop_process(first, sig=signal.SIGKILL)
-    req = queue_depth(clients.sqs, queue_url(clients.sqs, settings.req_queue))
-    assert req.in_flight > 0  # the killed worker held messages it never finished
+    # The killed worker held messages it never finished: in flight until their 4 s visibility timeout ends.
+    # SQS's counts are approximate (a snapshot up to a second old, as the strict local AWS serves them): poll.
+    url = queue_url(clients.sqs, settings.req_queue)
+    wait_for(lambda: queue_depth(clients.sqs, url).in_flight > 0, 3, what="the killed worker's messages in flight")
     second = workers(settings, "w2")
     results = collect(clients, settings, {r.request_id for r in requests}, WORKER_START_S)
     assert all(res.ok for rs in results.values() for res in rs)
