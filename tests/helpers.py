@@ -58,6 +58,19 @@ def aws_client(url: str, service: str, config=None, **credentials: str):
     return boto3.client(service, endpoint_url=url, region_name="us-east-1", config=config, **keys)
 
 
+def assert_aws_only_where_emulated(check: Callable[..., bool], strict: bool, *args) -> None:
+    """The strict-AWS contract: ``check(*args)`` (True when the server behaved as AWS documents) holds on the strict
+    server and fails on plain moto, so each emulation is shown to be what moto alone would not have caught."""
+    from botocore.exceptions import ClientError
+
+    why = ""
+    try:
+        behaved = check(*args)
+    except (AssertionError, TimeoutError, ClientError) as err:
+        behaved, why = False, f" ({type(err).__name__}: {err})"
+    assert behaved is strict, f"{check.__name__}: {'strict' if strict else 'plain moto'} gave {behaved}{why}"
+
+
 def error_code(call) -> str | None:
     """The AWS error code ``call()`` fails with, or None when it succeeds."""
     from botocore.exceptions import ClientError

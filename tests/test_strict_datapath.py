@@ -9,7 +9,7 @@ import pytest
 
 from infra.local.strict import client
 from infra.local.strict.ddb_unprocessed import held_back
-from tests.helpers import aws_client, error_code, wait_until
+from tests.helpers import assert_aws_only_where_emulated, aws_client, error_code, wait_until
 
 aws = aws_client
 code_of = error_code
@@ -88,11 +88,7 @@ CHECKS = [sqs_deleted_queue_lingers, ddb_index_lags_its_table, ddb_batch_get_lea
 @pytest.mark.parametrize("check", CHECKS, ids=lambda c: c.__name__)
 def test_behaves_as_aws_only_where_emulated(strict_or_plain, check):
     url, strict, scope = strict_or_plain
-    try:
-        behaved = check(url, scope)
-    except (AssertionError, TimeoutError):
-        behaved = False
-    assert behaved is strict, f"{check.__name__}: {'strict' if strict else 'plain moto'} gave {behaved}"
+    assert_aws_only_where_emulated(check, strict, url, scope)
 
 
 @pytest.mark.parametrize(("n", "fraction", "held"), [(10, 0, 0), (10, 0.01, 0), (10, 0.5, 5), (10, 1, 10),
