@@ -19,6 +19,7 @@ share this machine: the order rotates so that load and position hit every settin
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
@@ -105,8 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     med = {name: {key: statistics.median(r[key] for r in rs) for key in ("drain_s", "images_per_s", "cpu_ms",
                                                                         "launched")}
            for name, rs in runs.items()}
+    load = os.getloadavg()[2]  # 15-minute average: how busy the machine was around the runs, other sessions included
     print(f"\n==== {args.burst}-image burst, median of {args.runs} rotating runs (this machine, "
-          f"{psutil.cpu_count()} cores, shared with other sessions) ====")
+          f"{psutil.cpu_count()} cores, load average {load:.1f} over the last 15 min) ====")
     print(f"{'setting':<16}{'drain s':>9}{'images/s':>10}{'CPU ms/image':>14}{'launched':>10}")
     for name, m in med.items():
         print(f"{name:<16}{m['drain_s']:9.1f}{m['images_per_s']:10.1f}{m['cpu_ms']:14.0f}{m['launched']:10.0f}")
