@@ -15,7 +15,6 @@ datum becomes visible to GetMetricData and GetMetricStatistics ``cw_ingest_delay
 
 from __future__ import annotations
 
-import threading
 import time
 
 from infra.local.strict import cloudwatch_reads
@@ -25,16 +24,7 @@ KEY = "cw_ingest_delay_s"
 
 
 def apply(state: StrictState) -> None:
-    from moto.cloudwatch.models import CloudWatchBackend
-
-    put_metric_data = CloudWatchBackend.put_metric_data
-    lock = threading.Lock()
-
-    def put_with_delay(self, namespace, metric_data):
-        with lock:
-            before = len(self.metric_data)
-            put_metric_data(self, namespace, metric_data)
-            new = self.metric_data[before:]
+    def put_with_delay(namespace, metric_data, new):
         now = time.monotonic()
         for datum in new:
             delay = float(state.value(KEY, [namespace, *(d.value for d in datum.dimensions)]))
@@ -44,6 +34,6 @@ def apply(state: StrictState) -> None:
         now = time.monotonic()
         return [d for d in data if getattr(d, "strict_readable_at", 0.0) <= now]
 
-    CloudWatchBackend.put_metric_data = put_with_delay
     cloudwatch_reads.install()
+    cloudwatch_reads.PUTS.append(put_with_delay)
     cloudwatch_reads.VIEWS.append(view)

@@ -1,4 +1,9 @@
-"""Plumbing shared by the CloudWatch behaviours: what a GetMetricData/GetMetricStatistics call may see.
+"""Plumbing shared by the CloudWatch behaviours: what a PutMetricData stores, what a GetMetricData or
+GetMetricStatistics call may see.
+
+moto's ``put_metric_data`` is wrapped once, here: each of the *puts* the behaviours registered is then called
+with ``(namespace, metric_data, new)``, ``new`` being the moto data that put added, and may mark them (when a
+datum becomes readable, the resolution it was put with).
 
 moto answers both reads from ``CloudWatchBackend.get_all_metrics()``. While one of them runs, this module
 hands that list through the *views* the behaviours registered (ingest delay, storage resolution), each a
@@ -15,6 +20,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 _local = threading.local()
+PUTS: list[Callable] = []
 VIEWS: list[Callable] = []
 CHECKS: list[Callable] = []
 _installed = False
@@ -42,9 +48,20 @@ def install() -> None:
         return
     from moto.cloudwatch.models import CloudWatchBackend
 
+    put_metric_data = CloudWatchBackend.put_metric_data
     get_all_metrics = CloudWatchBackend.get_all_metrics
     get_metric_data = CloudWatchBackend.get_metric_data
     get_metric_statistics = CloudWatchBackend.get_metric_statistics
+
+    put_lock = threading.Lock()
+
+    def put(self, namespace, metric_data):
+        with put_lock:  # moto appends: what this put added is the tail, if no other put runs beside it
+            before = len(self.metric_data)
+            put_metric_data(self, namespace, metric_data)
+            new = self.metric_data[before:]
+        for hook in PUTS:
+            hook(namespace, metric_data, new)
 
     def checked(read: Read) -> Read:
         for check in CHECKS:
@@ -81,6 +98,7 @@ def install() -> None:
         finally:
             _local.read = None
 
+    CloudWatchBackend.put_metric_data = put
     CloudWatchBackend.get_all_metrics = all_metrics_seen
     CloudWatchBackend.get_metric_data = metric_data
     CloudWatchBackend.get_metric_statistics = metric_statistics

@@ -28,7 +28,6 @@ than 3 hours is not returned at periods under a minute.
 from __future__ import annotations
 
 import copy
-import threading
 from datetime import UTC, datetime, timedelta
 
 from infra.local.strict import cloudwatch_reads
@@ -82,16 +81,8 @@ def _member_sizes(metric_data: list[dict]) -> list[int]:
 
 def apply(state: StrictState) -> None:
     from moto.cloudwatch.exceptions import InvalidParameterValue
-    from moto.cloudwatch.models import CloudWatchBackend
 
-    put_metric_data = CloudWatchBackend.put_metric_data
-    lock = threading.Lock()
-
-    def put_keeping_resolution(self, namespace, metric_data):
-        with lock:
-            before = len(self.metric_data)
-            put_metric_data(self, namespace, metric_data)
-            new = self.metric_data[before:]
+    def put_keeping_resolution(namespace, metric_data, new):
         at = 0
         for member, size in zip(metric_data, _member_sizes(metric_data), strict=True):
             resolution = int(member.get("StorageResolution") or STANDARD)
@@ -125,7 +116,7 @@ def apply(state: StrictState) -> None:
             out.append(seen)
         return out
 
-    CloudWatchBackend.put_metric_data = put_keeping_resolution
     cloudwatch_reads.install()
+    cloudwatch_reads.PUTS.append(put_keeping_resolution)
     cloudwatch_reads.CHECKS.append(check)
     cloudwatch_reads.VIEWS.append(view)
