@@ -24,15 +24,9 @@ def apply(state: StrictState) -> None:
     from moto import settings as moto_settings
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.iam.access_control import S3IAMRequest
-    from moto.s3.exceptions import MissingKey, MissingVersion, S3ClientError
+    from moto.s3.exceptions import MissingKey, MissingVersion, S3AccessDeniedError
     from moto.s3.responses import S3Response
     from moto.utilities.utils import get_partition
-
-    class MissingAndNotListable(S3ClientError):
-        code = 403
-
-        def __init__(self) -> None:
-            super().__init__("AccessDenied", "Access Denied")
 
     def may_list(self, bucket: str) -> bool:
         """Whether the caller's policies allow s3:ListBucket on ``bucket`` (moto's evaluation, our corrections)."""
@@ -63,7 +57,7 @@ def apply(state: StrictState) -> None:
             return get_key(self, *args, **kwargs)
         except (MissingKey, MissingVersion):
             if hidden(self, self.bucket_name, self.parse_key_name()):
-                raise MissingAndNotListable() from None
+                raise S3AccessDeniedError() from None
             raise
 
     def head_object_hidden(self, bucket_name, query, key_name, headers):

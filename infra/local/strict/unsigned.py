@@ -49,7 +49,7 @@ def apply(state: StrictState) -> None:
     from moto.core.exceptions import JsonRESTError
     from moto.core.exceptions import _RESTError as RESTError
     from moto.iam.access_control import S3IAMRequest
-    from moto.s3.exceptions import S3ClientError
+    from moto.s3.exceptions import S3AccessDeniedError, S3ClientError
 
     class MissingToken(RESTError):
         code = 403
@@ -75,15 +75,7 @@ def apply(state: StrictState) -> None:
         def __init__(self) -> None:
             super().__init__("IncompleteSignature", "The request signature does not conform to AWS standards.")
 
-    class S3Anonymous(S3ClientError):
-        code = 403
-
-        def __init__(self) -> None:
-            super().__init__("AccessDenied", "Access Denied")
-
     class S3Malformed(S3ClientError):
-        code = 400
-
         def __init__(self) -> None:
             super().__init__("AuthorizationHeaderMalformed", "The authorization header you provided is invalid.")
 
@@ -99,7 +91,7 @@ def apply(state: StrictState) -> None:
                 log.info("%s signature on %s %s: answered as AWS does", problem, self.method,
                          urlparse(getattr(self, "uri", "") or "").path or "/")
                 if problem == "missing":
-                    raise S3Anonymous() if s3 else JsonMissingToken() if as_json else MissingToken()
+                    raise S3AccessDeniedError() if s3 else JsonMissingToken() if as_json else MissingToken()
                 raise S3Malformed() if s3 else JsonIncomplete() if as_json else Incomplete()
         return original(self, iam_request_cls, resource)
 
