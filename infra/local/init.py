@@ -293,7 +293,11 @@ class Init(SystemctlVerbs):
         self.say(f"Stopping {unit.name}: {signal.Signals(unit.kill_signal).name} to "
                  f"{'pid ' + str(svc.pid) if unit.kill_mode in ('mixed', 'process') else 'its process group'}, "
                  f"SIGKILL after {unit.timeout_stop_s:g} s")
-        self._kill(svc, unit.kill_signal, whole_group=unit.kill_mode not in ("mixed", "process"))
+        self._signal_stop(svc)
+
+    def _signal_stop(self, svc: Service) -> None:
+        """The unit's KillSignal, to its main process (KillMode=mixed or process) or its whole process group."""
+        self._kill(svc, svc.unit.kill_signal, whole_group=svc.unit.kill_mode not in ("mixed", "process"))
 
     @staticmethod
     def _kill(svc: Service, sig: int, *, whole_group: bool) -> None:
@@ -391,11 +395,8 @@ class Init(SystemctlVerbs):
                 self._after_ready(svc)
             elif svc.state == State.ACTIVATING and not svc.start_timed_out and now >= svc.start_deadline:
                 self._start_timed_out(svc, now)
-            elif svc.start_timed_out and not svc.killed and now >= svc.stop_deadline:
-                self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
-                svc.killed = True
-                self._kill(svc, signal.SIGKILL, whole_group=True)
-            elif svc.state == State.DEACTIVATING and not svc.killed and now >= svc.stop_deadline:
+            elif ((svc.start_timed_out or svc.state == State.DEACTIVATING) and not svc.killed
+                  and now >= svc.stop_deadline):  # a stop, or a timed-out start, past TimeoutStopSec
                 self.say(f"{svc.unit.name}: State 'stop-sigterm' timed out. Killing.")
                 svc.killed = True
                 self._kill(svc, signal.SIGKILL, whole_group=True)
@@ -410,7 +411,7 @@ class Init(SystemctlVerbs):
         svc.start_timed_out, svc.stop_deadline = True, now + unit.timeout_stop_s
         self.say(f"{unit.name}: start operation timed out after {unit.timeout_start_s:g} s (TimeoutStartSec). "
                  f"Terminating.")
-        self._kill(svc, unit.kill_signal, whole_group=unit.kill_mode not in ("mixed", "process"))
+        self._signal_stop(svc)
 
     def _after_ready(self, svc: Service) -> None:
         """A unit waiting on After= starts once those jobs ended, or fails if one it Requires= did not start."""
