@@ -64,14 +64,19 @@ def test_timespans(text, seconds):
     assert parse_timespan(text) == seconds
 
 
-@pytest.mark.parametrize(("policy", "code", "sig", "restart"), [
-    ("on-failure", 1, None, True), ("on-failure", 0, None, False), ("on-failure", None, signal.SIGKILL, True),
-    ("on-failure", None, signal.SIGTERM, False), ("on-failure", None, signal.SIGSEGV, True),
-    ("no", 1, None, False), ("always", 0, None, True), ("on-success", 0, None, True),
-    ("on-abnormal", 1, None, False), ("on-abnormal", None, signal.SIGKILL, True),
+@pytest.mark.parametrize(("policy", "code", "sig", "timed_out", "restart"), [
+    ("on-failure", 1, None, False, True), ("on-failure", 0, None, False, False),
+    ("on-failure", None, signal.SIGKILL, False, True), ("on-failure", None, signal.SIGTERM, False, False),
+    ("on-failure", None, signal.SIGSEGV, False, True), ("no", 1, None, False, False), ("always", 0, None, False, True),
+    ("on-success", 0, None, False, True), ("on-abnormal", 1, None, False, False),
+    ("on-abnormal", None, signal.SIGKILL, False, True),
+    # a start that timed out, then ended by KillSignal (a clean signal) or SIGKILL: systemd's Timeout row
+    ("always", None, signal.SIGTERM, True, True), ("on-failure", None, signal.SIGTERM, True, True),
+    ("on-abnormal", None, signal.SIGTERM, True, True), ("on-success", None, signal.SIGTERM, True, False),
+    ("on-abort", None, signal.SIGKILL, True, False), ("no", None, signal.SIGKILL, True, False),
 ])
-def test_restart_policy(policy, code, sig, restart):
-    assert should_restart(policy, code, sig) is restart
+def test_restart_policy(policy, code, sig, timed_out, restart):
+    assert should_restart(policy, code, sig, timed_out=timed_out) is restart
 
 
 @pytest.mark.parametrize(("starts", "allowed"), [

@@ -344,7 +344,7 @@ class Init(SystemctlVerbs):
             self.say(f"{unit.name}: Main process exited, {words}")
             self.say(f"{unit.name}: Failed with result 'timeout'.")
             self.say(f"Failed to start {unit.name}.")
-            if unit.restart in ("on-failure", "on-abnormal", "always") and not self.shutting_down:
+            if should_restart(unit.restart, code, sig, timed_out=True) and not self.shutting_down:
                 svc.state, svc.restart_at, svc.result = State.AUTO_RESTART, self.clock() + unit.restart_s, "timeout"
             else:
                 svc.state, svc.result = State.FAILED, "timeout"

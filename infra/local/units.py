@@ -250,11 +250,16 @@ def parse_env_file(text: str) -> dict[str, str]:
     return out
 
 
-def should_restart(policy: str, exit_code: int | None, killed_by: int | None) -> bool:
+def should_restart(policy: str, exit_code: int | None, killed_by: int | None, *, timed_out: bool = False) -> bool:
     """Whether systemd restarts a service that ended by itself (not by ``systemctl stop``).
 
-    ``exit_code`` is set for a normal exit, ``killed_by`` for death by a signal.
+    ``exit_code`` is set for a normal exit, ``killed_by`` for death by a signal; ``timed_out`` when systemd
+    stopped it for a timeout (TimeoutStartSec), whatever its exit then: systemd.service(5)'s table of exit
+    causes restarts a timeout under always, on-failure and on-abnormal only.
+    https://www.freedesktop.org/software/systemd/man/latest/systemd.service.html#Restart=
     """
+    if timed_out:
+        return policy in ("always", "on-failure", "on-abnormal")
     clean = exit_code == 0 or (killed_by is not None and killed_by in CLEAN_SIGNALS)
     if policy == "always":
         return True
