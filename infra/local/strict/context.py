@@ -38,6 +38,12 @@ def current() -> Call | None:
     return getattr(_local, "call", None)
 
 
+def enabled(state: control.StrictState, key: str) -> bool:
+    """Whether setting ``key`` is on for the client call this thread serves (its scope's value, else the default)."""
+    call = current()
+    return bool(state.value(key, call.names if call else ()))
+
+
 def _strings(value) -> Iterator[str]:
     if isinstance(value, str):
         yield value

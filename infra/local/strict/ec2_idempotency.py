@@ -46,8 +46,7 @@ def apply(state: StrictState) -> None:
 
     def run_instances(self):
         token = self._get_param("ClientToken")
-        call = context.current()
-        if not token or not state.value(KEY, call.names if call else ()):
+        if not token or not context.enabled(state, KEY):
             return original(self)
         key = (self.current_account, self.region, token)
         args = _fingerprint(self.querystring)

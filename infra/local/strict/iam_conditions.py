@@ -198,11 +198,6 @@ def current_response():
     return getattr(_local, "response", None)
 
 
-def enabled(state: StrictState, key: str) -> bool:
-    call = context.current()
-    return bool(state.value(key, call.names if call else ()))
-
-
 def apply(state: StrictState) -> None:
     from moto.core.authorization import ActionAuthenticatorMixin
     from moto.iam import access_control as ac
@@ -221,7 +216,7 @@ def apply(state: StrictState) -> None:
     def is_action_permitted(self, action, resource="*", principal=None, incoming_condition_values=None):
         response = current_response()
         block = self._statement.get("Condition")
-        if response is None or not block or incoming_condition_values is not None or not enabled(state, KEY):
+        if response is None or not block or incoming_condition_values is not None or not context.enabled(state, KEY):
             return statement_permitted(self, action, resource, principal, incoming_condition_values)
         keys = frozenset(getattr(_local, "keys", None) or ())
         if not condition_holds(block, request_context(response, action, resource), keys):
@@ -234,7 +229,7 @@ def apply(state: StrictState) -> None:
     def check_action_permitted(self, resource: str) -> None:
         check(self, resource)
         response = current_response()
-        if self._action == "ec2:RunInstances" and response is not None and enabled(state, KEY):
+        if self._action == "ec2:RunInstances" and response is not None and context.enabled(state, KEY):
             for role_arn in passed_roles(response):
                 check_as(self, "iam:PassRole", role_arn, {"iam:PassedToService": [EC2_SERVICE]})
 

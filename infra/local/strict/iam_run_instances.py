@@ -72,9 +72,8 @@ def apply(state: StrictState) -> None:
 
     def check_action_permitted(self, resource: str) -> None:
         response = iam_conditions.current_response()
-        call = context.current()
         on = (self._action == "ec2:RunInstances" and response is not None
-              and state.value(KEY, call.names if call else ()) and iam_conditions.enabled(state, iam_conditions.KEY))
+              and context.enabled(state, KEY) and context.enabled(state, iam_conditions.KEY))
         if on:
             region, account = response.region, response.current_account
             partition = get_partition(region)
