@@ -1,8 +1,8 @@
 """Which API call this moto thread is serving, and injected failures for it.
 
 moto serves each HTTP request in its own thread and routes it through ``BaseResponse.call_action``; we wrap
-that once to record ``<service>:<Action>`` and the strings the request carries (names, URLs, ARNs, tag
-values: what scopes match), so behaviours can tell a client's ``DescribeInstances`` from moto's own internal
+that once to record ``<service>:<Action>`` and (parsed only when a behaviour or a pending fault asks) the
+strings the request carries (names, URLs, ARNs, tag values: what scopes match), so behaviours can tell a client's ``DescribeInstances`` from moto's own internal
 lookups (a CloudFormation stack creating an instance, say), and so a test can make a call fail on demand
 (``client.inject_fault``) whatever the service. Faults are answered after IAM has authorised the call, as
 AWS would, in the service's own error format.
@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from infra.local.strict import control
 
@@ -26,11 +27,16 @@ _local = threading.local()
 class Call:
     service: str  # moto's service name: "ec2", "sqs", "dynamodb", "cloudwatch", ...
     action: str  # the API action, e.g. "DescribeInstances"
-    names: tuple[str, ...] = field(default=())
+    request: object = field(default=None, repr=False, compare=False)  # moto's BaseResponse serving it
 
     @property
     def operation(self) -> str:
         return f"{self.service}:{self.action}"
+
+    @cached_property
+    def names(self) -> tuple[str, ...]:
+        """The strings the request carries (what scopes match), parsed on first use: most calls never ask."""
+        return request_names(self.request) if self.request is not None else ()
 
 
 def current() -> Call | None:
@@ -81,8 +87,8 @@ def install() -> None:
             action = self._get_action()
         except Exception:  # noqa: BLE001 - no action (moto's own routes): serve it untouched
             return original(self)
-        call = Call(str(getattr(self, "service_name", "") or ""), str(action), request_names(self))
-        fault = control.state().take_fault(call.operation, call.names) if control.state().enabled else None
+        call = Call(str(getattr(self, "service_name", "") or ""), str(action), self)
+        fault = control.state().take_fault(call)  # installed only with the emulation on
         if fault is not None:
             log.info("injected %s for %s (scope %s)", fault.code, call.operation, fault.scope)
             status, headers, body = self.serialized(ActionResult(InjectedFault(fault.code, fault.message)))

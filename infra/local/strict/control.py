@@ -20,8 +20,12 @@ import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from infra.local.strict.settings import StrictSettings, coerce
+
+if TYPE_CHECKING:
+    from infra.local.strict.context import Call
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +76,11 @@ class StrictState:
                     best, best_len = values[key], len(scope)
         return self.defaults[key] if best_len < 0 else best
 
-    def take_fault(self, operation: str, names: Iterable[str]) -> Fault | None:
+    def take_fault(self, call: Call) -> Fault | None:
         """The fault to answer this call with, if one is pending for it (a counted one is used up)."""
-        names = list(names)
+        if not self._faults:  # none injected (every request of a run without tests): the request is not parsed
+            return None
+        operation, names = call.operation, call.names
         with self._lock:
             for fault in self._faults:
                 if fault.operation.lower() == operation.lower() and any(matches(fault.scope, n) for n in names):
