@@ -122,6 +122,7 @@ ON_LOAD = {"cloudformation": ("moto_speedups:cloudformation", "moto_cfn_buckets"
                               "moto_cfn_rollback", "moto_cfn_retain", "moto_cfn_outputs", "moto_cfn_changesets",
                               "moto_cfn_load_balancers", "moto_cfn_deletions", "moto_cfn_queues")}
 _load_lock = threading.Lock()
+_loaded: set[str] = set()  # the ON_LOAD services whose corrections are in
 
 
 def _apply(names: tuple[str, ...]) -> None:
@@ -130,22 +131,20 @@ def _apply(names: tuple[str, ...]) -> None:
         getattr(importlib.import_module(f"infra.local.{module}"), function or "apply")()
 
 
-def apply_corrections(*, lazily: bool = False) -> None:
-    """Every correction now, or (``lazily``) each service's as moto loads that service's backend."""
+def apply_corrections() -> None:
+    """The corrections always on now; each ON_LOAD service's once, when moto first loads its backend."""
     from moto import backends
 
     _apply(ALWAYS_ON)
-    if not lazily:
-        for names in ON_LOAD.values():
-            _apply(names)
-        return
     original = backends._import_backend
 
     def _import_backend(module_name: str, backends_name: str):
-        found = original(module_name, backends_name)
-        if module_name in ON_LOAD:
+        found = original(module_name, backends_name)  # moto calls this on every get_backend
+        if module_name in ON_LOAD and module_name not in _loaded:
             with _load_lock:  # a request that races the warm-up waits until the corrections are in
-                _apply(ON_LOAD[module_name])
+                if module_name not in _loaded:
+                    _apply(ON_LOAD[module_name])
+                    _loaded.add(module_name)
         return found
 
     backends._import_backend = _import_backend
@@ -174,7 +173,7 @@ if __name__ == "__main__":  # the child MotoServer starts: moto's own server, wi
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("infra").setLevel(logging.INFO)
     moto_speedups.apply()
-    apply_corrections(lazily=True)
+    apply_corrections()
     warm_up()
     moto_iam.apply()  # only matters once IAM is enforced (moto_iam.set_enforcement)
     strict.apply()  # AWS's harder semantics (IMGREC_STRICT_AWS), and our control route on this server
