@@ -342,10 +342,11 @@ def test_a_unit_that_cannot_start_fails_as_systemd_says(instances, mode):
     assert "noenv refused" in inst.console()
 
 
-def _fetch_then_work(fetch_exit: int) -> str:
-    """A oneshot 'fetch' (1 s, then exit ``fetch_exit``) and a 'work' unit that Requires= and is After= it."""
-    fetch = ("[Service]\nType=oneshot\nRemainAfterExit=yes\n"
-             f"ExecStart=/bin/sh -c 'sleep 1; echo fetched > /var/log/fetch; exit {fetch_exit}'\n")
+def _fetch_then_work(fetch_exit: int = 0, fetch: str = "") -> str:
+    """A oneshot 'fetch' (1 s, then exit ``fetch_exit``; or the unit text ``fetch``) and a 'work' unit that
+    Requires= and is After= it."""
+    fetch = fetch or ("[Service]\nType=oneshot\nRemainAfterExit=yes\n"
+                      f"ExecStart=/bin/sh -c 'sleep 1; echo fetched > /var/log/fetch; exit {fetch_exit}'\n")
     work = ("[Unit]\nRequires=fetch.service\nAfter=fetch.service network-online.target\n[Service]\n"
             "ExecStart=/bin/sh -c 'cat /var/log/fetch > /var/log/work.out; exec sleep 60'\n")
     return f"""#!/bin/bash
@@ -380,17 +381,8 @@ def test_a_oneshot_past_its_timeout_start_sec_fails_and_so_does_what_requires_it
     """A hung model fetch must not hang the boot for ever: TimeoutStartSec stops it and fails the unit."""
     fetch = ("[Service]\nType=oneshot\nRemainAfterExit=yes\nTimeoutStartSec=1\nTimeoutStopSec=1\n"
              "ExecStart=/bin/sh -c 'echo fetching; exec sleep 600'\n")
-    work = ("[Unit]\nRequires=fetch.service\nAfter=fetch.service\n[Service]\n"
-            "ExecStart=/bin/sh -c 'touch /var/log/work.out; exec sleep 60'\n")
     started = time.monotonic()
-    inst = instances(f"""#!/bin/bash
-cat > /etc/systemd/system/fetch.service <<'EOF'
-{fetch}EOF
-cat > /etc/systemd/system/work.service <<'EOF'
-{work}EOF
-systemctl daemon-reload
-systemctl start work.service && echo "start returned 0" || echo "start returned $?"
-""", mode=mode)
+    inst = instances(_fetch_then_work(fetch=fetch), mode=mode)
     assert inst.booted(timeout=30)["boot"] == "ok", inst.console()
     elapsed = time.monotonic() - started
     console = inst.console()
