@@ -12,7 +12,6 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
@@ -20,16 +19,12 @@ from botocore.exceptions import ClientError
 from infra.local.moto_iam import set_enforcement
 from infra.local.moto_server import MotoServer, free_port
 from infra.local.strict import client
-from tests.helpers import assert_aws_only_where_emulated, error_code
+from tests.helpers import assert_aws_only_where_emulated, aws_client, error_code, wait_listed
 
 AMI = "ami-12c6146b"
 ACCOUNT = "123456789012"
 NO_RETRIES = Config(retries={"total_max_attempts": 1, "mode": "standard"})
 BOOT = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
-
-
-def aws(url: str, service: str, creds: dict):
-    return boto3.client(service, endpoint_url=url, region_name="us-east-1", config=NO_RETRIES, **creds)
 
 
 def arn(kind: str) -> str:
@@ -66,7 +61,7 @@ class Account:
     log: Path | None = None
 
     def of(self, service: str, who: str):
-        return aws(self.url, service, self.keys[who])
+        return aws_client(self.url, service, NO_RETRIES, **self.keys[who])
 
 
 def _user(iam, name: str, statements: list[dict]) -> dict:
@@ -80,7 +75,7 @@ def _user(iam, name: str, statements: list[dict]) -> dict:
 def _account(url: str, strict: bool, log: Path) -> Account:
     scope = f"i{uuid.uuid4().hex[:8]}"
     acct = Account(url, strict, scope, log=log)
-    iam, ec2 = aws(url, "iam", BOOT), aws(url, "ec2", BOOT)
+    iam, ec2 = aws_client(url, "iam", NO_RETRIES, **BOOT), aws_client(url, "ec2", NO_RETRIES, **BOOT)
     role = iam.create_role(RoleName=f"{scope}-app", AssumeRolePolicyDocument=json.dumps({
         "Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"Service": "ec2.amazonaws.com"},
                                                 "Action": "sts:AssumeRole"}]}))["Role"]
@@ -144,7 +139,7 @@ def namespace_condition(a: Account) -> bool:
 
 
 def resource_tag_condition(a: Account) -> bool:
-    admin = aws(a.url, "ec2", a.keys["admin"])
+    admin = aws_client(a.url, "ec2", NO_RETRIES, **a.keys["admin"])
 
     def launch(stack):
         return admin.run_instances(ImageId=AMI, MinCount=1, MaxCount=1, TagSpecifications=[
@@ -152,8 +147,7 @@ def resource_tag_condition(a: Account) -> bool:
 
     mine, theirs = launch("mine"), launch("theirs")
     ec2 = a.of("ec2", "ec2")
-    import time
-    time.sleep(1.2)  # the strict EC2 visibility lag (1 s): an instance is NotFound before it
+    wait_listed(admin, [mine, theirs])  # the strict EC2 visibility lag: an instance is NotFound before it
     return (code_of(lambda: ec2.terminate_instances(InstanceIds=[theirs])) in DENIED
             and code_of(lambda: ec2.terminate_instances(InstanceIds=[mine])) is None)
 
@@ -185,7 +179,7 @@ def run_instances_per_resource(a: Account) -> bool:
 
 
 def missing_key_403_without_list(a: Account) -> bool:
-    admin = aws(a.url, "s3", a.keys["admin"])
+    admin = aws_client(a.url, "s3", NO_RETRIES, **a.keys["admin"])
     bucket = f"{a.scope}-in"
     admin.create_bucket(Bucket=bucket)
     admin.put_object(Bucket=bucket, Key="there.jpg", Body=b"x")
