@@ -30,15 +30,21 @@ def stack_name(settings: Settings) -> str:
     return names.stack_name(settings.prefix)
 
 
+def poll_interval(settings: Settings, poll_s: float | None = None) -> float:
+    """How often to ask CloudFormation and EC2 how an operation goes: ``poll_s`` when given, else every 0.1 s on
+    the local stack and 10 s on AWS."""
+    return poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
+
+
 def put(settings: Settings, clients, *, data_only: bool = False, confirm: Callable[[changes.Plan], bool] | None = None,
         wait_s: float = 1800.0, poll_s: float | None = None, **values) -> tuple[changes.Plan, dict[str, str] | None]:
     """Create or update the stack through a change set; returns the plan and the stack's outputs (None when
     ``confirm`` said no). ``values``: parameters that are not settings (``stack_parameters``)."""
     template = render(settings, data_only=data_only)
     params = {k: v for k, v in stack_parameters(settings, **values).items() if k in template["Parameters"]}
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
     plan, stack = changes.apply(clients.cloudformation, stack_name(settings), to_json(template), params,
-                                confirm=confirm or (lambda p: True), wait_s=wait_s, poll_s=poll_s)
+                                confirm=confirm or (lambda p: True), wait_s=wait_s,
+                                poll_s=poll_interval(settings, poll_s))
     return plan, (changes.outputs(stack) if stack is not None else None)
 
 
@@ -121,8 +127,7 @@ def teardown(settings: Settings, clients, *, keep_data: bool = False, wait_s: fl
     for bucket in ([] if keep_data else data) + ([out["ModelBucketName"]] if "ModelBucketName" in out else []):
         if _bucket_is_ours(clients.s3, bucket, settings.prefix):
             report.add(f"bucket {bucket}", f"emptied ({empty_bucket(clients.s3, bucket)} object versions)")
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
-    changes.delete(cfn, stack["StackId"], wait_s=wait_s, poll_s=poll_s)
+    changes.delete(cfn, stack["StackId"], wait_s=wait_s, poll_s=poll_interval(settings, poll_s))
     report.add(f"stack {stack_name(settings)}", "deleted")
     for bucket in data:
         if keep_data:

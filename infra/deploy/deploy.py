@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from infra.cfn import artifact, changes, names
-from infra.cfn.stack import stack_name, stop_web_group, teardown
+from infra.cfn.stack import poll_interval, stack_name, stop_web_group, teardown
 from infra.cfn.template import TemplateError, idle_timeout_s, render, stack_parameters, to_json
 from infra.clients import make_client
 from infra.config import Settings
@@ -151,7 +151,7 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
            poll_s: float | None = None) -> Deployment | None:
     """Create or update the stack; ``approve`` sees the plan (its text, and the change set) and says whether to
     go on (None: it did not; an empty change set has nothing to approve)."""
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
+    poll_s = poll_interval(settings, poll_s)
     body, params, image = prepare(settings, dsettings, clients)
     plan, stack = changes.apply(clients.cloudformation, stack_name(settings), body, params,
                                 confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
@@ -192,7 +192,7 @@ def terminate(ec2, ids: list[str], wait_s: float, poll_s: float) -> None:
 
 def destroy(settings: Settings, clients, *, keep_data: bool = False, keep_images: bool = False,
             wait_s: float = 1800.0, poll_s: float | None = None) -> Report:
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
+    poll_s = poll_interval(settings, poll_s)
     stack = changes.describe(clients.cloudformation, stack_name(settings))
     if stack is None:
         report = legacy.remove(settings, clients, keep_data=keep_data, wait_s=wait_s, poll_s=poll_s)
