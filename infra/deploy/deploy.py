@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from infra.cfn import artifact, changes, names
-from infra.cfn.stack import poll_interval, stack_name, stop_web_group, teardown
-from infra.cfn.template import TemplateError, idle_timeout_s, render, stack_parameters, to_json
+from infra.cfn.stack import poll_interval, put, stack_name, stop_web_group, teardown
+from infra.cfn.template import TemplateError, idle_timeout_s
 from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy import legacy
@@ -70,8 +70,9 @@ def check_buckets(s3, settings: Settings) -> None:
                           "IMGREC_PREFIX to a name of your own (your user or course id) and deploy again")
 
 
-def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[str, dict[str, str], Image]:
-    """(template body, parameters, image), after every check that can fail before anything is changed."""
+def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[dict[str, object], Image]:
+    """(the stack's parameters that are not settings, image), after every check that can fail before anything
+    is changed but the template's own (``put`` renders it before it changes anything)."""
     image = resolve_image(clients.ec2, make_client("ssm", settings), settings, dsettings)
     if not image.baked and not dsettings.repo_url:
         raise DeployError(f"AMI {image.ami_id} is not a baked imgrec image, so instances must install the project: "
@@ -91,16 +92,15 @@ def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[str
         check_buckets(clients.s3, settings)
     try:
         vpc, subnets = changes.default_network(clients.ec2)
-        body = to_json(render(settings))
-    except (LookupError, TemplateError) as err:
+    except LookupError as err:
         raise DeployError(str(err)) from None
-    params = stack_parameters(
-        settings, ImageId=image.ami_id if image.chosen else "", BaseImageId=dsettings.ami_parameter,
+    values = dict(
+        ImageId=image.ami_id if image.chosen else "", BaseImageId=dsettings.ami_parameter,
         RootDeviceName=image.root_device, RootVolumeGb=dsettings.root_volume_gb, ModelArtifactSha256=sha,
         RepoUrl=dsettings.repo_url, RepoRef=dsettings.repo_ref, WebInstanceType=dsettings.web_instance_type,
         WebInstances=dsettings.web_instances, AllowedCidr=dsettings.allowed_cidr, SshCidr=dsettings.ssh_cidr,
         KeyName=dsettings.key_name, VpcId=vpc, SubnetIds=subnets)
-    return body, params, image
+    return values, image
 
 
 def plan_text(settings: Settings, dsettings: DeploySettings, image: Image, plan: changes.Plan) -> str:
@@ -151,16 +151,16 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
            poll_s: float | None = None) -> Deployment | None:
     """Create or update the stack; ``approve`` sees the plan (its text, and the change set) and says whether to
     go on (None: it did not; an empty change set has nothing to approve)."""
-    poll_s = poll_interval(settings, poll_s)
-    body, params, image = prepare(settings, dsettings, clients)
-    plan, stack = changes.apply(clients.cloudformation, stack_name(settings), body, params,
-                                confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
-                                wait_s=wait_s, poll_s=poll_s)
-    if stack is None:
+    values, image = prepare(settings, dsettings, clients)
+    try:
+        plan, outputs = put(settings, clients, confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
+                            wait_s=wait_s, poll_s=poll_s, **values)
+    except TemplateError as err:  # raised before put changes anything
+        raise DeployError(str(err)) from None
+    if outputs is None:
         return None
-    outputs = changes.outputs(stack)
     report = Report()
-    if params["ModelArtifactSha256"]:  # after the stack exists; app instances wait for it at boot
+    if values["ModelArtifactSha256"]:  # after the stack exists; app instances wait for it at boot
         artifact.upload(clients.s3, outputs["ModelBucketName"], artifact.local_artifact(settings), report)
     return Deployment(plan, outputs, report, web_url(clients, settings, outputs))
 
