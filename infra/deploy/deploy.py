@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from infra.cfn import artifact, changes, names
-from infra.cfn.stack import poll_interval, put, stack_name, stop_web_group, teardown
+from infra.cfn.stack import poll_interval, put, stack_name, stop_web_group, teardown, web_group_instances
 from infra.cfn.template import TemplateError, idle_timeout_s
 from infra.clients import make_client
 from infra.config import Settings
@@ -134,9 +134,7 @@ def web_url(clients, settings: Settings, outputs: dict[str, str]) -> str:
     """The load balancer's URL, or the one web instance's address (``<pending>`` until EC2 gives it one)."""
     if "WebUrl" in outputs:
         return outputs["WebUrl"]
-    group = clients.autoscaling.describe_auto_scaling_groups(
-        AutoScalingGroupNames=[outputs.get("WebGroupName", names.web_group_name(settings.prefix))])["AutoScalingGroups"]
-    ids = [i["InstanceId"] for g in group for i in g.get("Instances", [])]
+    ids = web_group_instances(clients, settings) or []
     host = "<pending>"
     if ids:  # EC2 lists a new instance a little after Auto Scaling has it
         clients.ec2.get_waiter("instance_exists").wait(InstanceIds=ids[:1], WaiterConfig={
