@@ -70,17 +70,19 @@ def check_buckets(s3, settings: Settings) -> None:
                           "IMGREC_PREFIX to a name of your own (your user or course id) and deploy again")
 
 
-def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[dict[str, object], Image]:
-    """(the stack's parameters that are not settings, image), after every check that can fail before anything
-    is changed but the template's own (``put`` renders it before it changes anything)."""
+def prepare(settings: Settings, dsettings: DeploySettings,
+            clients) -> tuple[dict[str, object], Image, artifact.LocalArtifact | None]:
+    """(the stack's parameters that are not settings, image, the model artifact to upload), after every check
+    that can fail before anything is changed but the template's own (``put`` renders it before it changes
+    anything)."""
     image = resolve_image(clients.ec2, make_client("ssm", settings), settings, dsettings)
     if not image.baked and not dsettings.repo_url:
         raise DeployError(f"AMI {image.ami_id} is not a baked imgrec image, so instances must install the project: "
                           "set IMGREC_REPO_URL (and IMGREC_REPO_REF), or run `python -m infra bake` first")
-    sha = ""
+    model = None
     if worker_runtime(settings) == ONNX_RUNTIME:
         try:
-            sha = artifact.local_artifact(settings).sha256
+            model = artifact.local_artifact(settings)
         except artifact.ArtifactMissing as err:
             raise DeployError(str(err)) from None
     if changes.describe(clients.cloudformation, stack_name(settings)) is None:
@@ -96,11 +98,12 @@ def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[dic
         raise DeployError(str(err)) from None
     values = dict(
         ImageId=image.ami_id if image.chosen else "", BaseImageId=dsettings.ami_parameter,
-        RootDeviceName=image.root_device, RootVolumeGb=dsettings.root_volume_gb, ModelArtifactSha256=sha,
+        RootDeviceName=image.root_device, RootVolumeGb=dsettings.root_volume_gb,
+        ModelArtifactSha256=model.sha256 if model else "",
         RepoUrl=dsettings.repo_url, RepoRef=dsettings.repo_ref, WebInstanceType=dsettings.web_instance_type,
         WebInstances=dsettings.web_instances, AllowedCidr=dsettings.allowed_cidr, SshCidr=dsettings.ssh_cidr,
         KeyName=dsettings.key_name, VpcId=vpc, SubnetIds=subnets)
-    return values, image
+    return values, image, model
 
 
 def plan_text(settings: Settings, dsettings: DeploySettings, image: Image, plan: changes.Plan) -> str:
@@ -149,7 +152,7 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
            poll_s: float | None = None) -> Deployment | None:
     """Create or update the stack; ``approve`` sees the plan (its text, and the change set) and says whether to
     go on (None: it did not; an empty change set has nothing to approve)."""
-    values, image = prepare(settings, dsettings, clients)
+    values, image, model = prepare(settings, dsettings, clients)
     try:
         plan, outputs = put(settings, clients, confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
                             wait_s=wait_s, poll_s=poll_s, **values)
@@ -158,8 +161,8 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
     if outputs is None:
         return None
     report = Report()
-    if values["ModelArtifactSha256"]:  # after the stack exists; app instances wait for it at boot
-        artifact.upload(clients.s3, outputs["ModelBucketName"], artifact.local_artifact(settings), report)
+    if model:  # after the stack exists; app instances wait for it at boot
+        artifact.upload(clients.s3, outputs["ModelBucketName"], model, report)
     return Deployment(plan, outputs, report, web_url(clients, settings, outputs))
 
 
