@@ -16,10 +16,9 @@ from botocore.exceptions import ClientError
 from infra.cfn import changes, names
 from infra.cfn.template import render, stack_parameters, to_json
 from infra.config import Settings
-from infra.messages import is_reply_queue_name
 from infra.provision import empty_bucket, reply_queue_urls
 from infra.report import Report
-from infra.tags import STACK_TAG, owned_by
+from infra.tags import owned_by
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +90,11 @@ def stop_web_group(clients, settings: Settings, *, wait_s: float = 0.0, poll_s: 
 
 
 def delete_reply_queues(sqs, settings: Settings, report: Report) -> None:
-    """The web processes' own reply queues (``<prefix>-reply-*``): made at run time, so not the stack's."""
+    """The web processes' own reply queues (``<prefix>-reply-*``, by name as ``reply_queue_urls`` finds them;
+    those tagged with another stack are kept): made at run time, so not the stack's."""
     for url in reply_queue_urls(sqs, settings):
         name = url.rpartition("/")[2]
-        if not is_reply_queue_name(name, settings.prefix) or \
-                sqs.list_queue_tags(QueueUrl=url).get("Tags", {}).get(STACK_TAG) != settings.prefix:
+        if not owned_by(sqs.list_queue_tags(QueueUrl=url).get("Tags"), settings.prefix):
             report.add(f"queue {name}", "kept (not ours)")
             continue
         sqs.delete_queue(QueueUrl=url)
