@@ -293,20 +293,17 @@ def test_the_plan_says_what_is_replaced_before_anything_changes(settings, dsetti
     """A new dead-letter queue name replaces the queue (its name is create-only in AWS's schema); a new
     instance type only updates the launch template in place; the plan says so, and discarding it changes
     nothing."""
-    from infra.cfn.stack import stack_name
-    from infra.deploy.deploy import prepare
-
     try:
         deploy(settings, dsettings, clients)
         changed = settings.replace(dlq=f"{settings.prefix}-other-dlq", instance_type="c5.large")
-        body, params, _ = prepare(changed, dsettings, clients)
-        plan = changes.plan(clients.cloudformation, stack_name(settings), body, params, tags={}, poll_s=0.1)
+        seen = []
+        deploy(changed, dsettings, clients, approve=lambda text, p: seen.append(p) and False)  # declined: discarded
+        (plan,) = seen
         by_id = {c.logical_id: c for c in plan.changes}
         assert by_id["DeadLetterQueue"].replacement == "True"
         assert by_id["AppLaunchTemplate"].replacement == "False"
         assert by_id["RequestQueue"].action == "Modify"  # its redrive names the new queue's ARN
         assert "REPLACED" in plan.text() and f"{len(plan.replacements)} replaced" in plan.text()
-        changes.discard(clients.cloudformation, plan)
         assert deploy(settings, dsettings, clients).plan.empty
         # executed: the template gets a new version (CloudFormation leaves the default at 1, as AWS does), and
         # the controller, which launches $Latest, launches the new type from it

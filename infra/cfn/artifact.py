@@ -96,11 +96,12 @@ def _uploaded_sha(s3, bucket: str, key: str) -> str | None:
 
 
 def upload(s3, bucket: str, artifact: LocalArtifact, report: Report) -> None:
-    """Put the artifact in the stack's model bucket; a file already there (same sha256) is not sent again."""
+    """Put the artifact in the stack's model bucket; a file already there (same sha256) is not sent again.
+    The model file's sha256 is the one ``local_artifact`` verified; only the manifest is hashed here."""
     for name, key in zip((ARTIFACT_MODEL_FILE, ARTIFACT_MANIFEST_FILE), keys(artifact.model, artifact.sha256),
                          strict=True):
         path = artifact.path(name)
-        sha = file_sha256(path)
+        sha = artifact.sha256 if name == ARTIFACT_MODEL_FILE else file_sha256(path)
         if _uploaded_sha(s3, bucket, key) == sha:
             report.add(f"s3://{bucket}/{key}", "unchanged")
             continue

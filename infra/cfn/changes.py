@@ -24,7 +24,7 @@ NO_CHANGES = "didn't contain changes"  # AWS's StatusReason for an empty change 
 # A stack in one of these states cannot be updated, only deleted (a create that rolled back, a change set
 # never executed, a delete that stopped halfway).
 DEAD_STATES = ("ROLLBACK_COMPLETE", "ROLLBACK_FAILED", "REVIEW_IN_PROGRESS", "DELETE_FAILED")
-VISIBLE_S = 120.0  # how long a new instance may stay unlisted (EC2's eventual consistency)
+VISIBLE_S = 120.0  # how long a new instance or image may stay unlisted (EC2's eventual consistency)
 
 
 class StackFailed(RuntimeError):
@@ -77,7 +77,8 @@ class Plan:
         return "\n".join([head, *(f"  {c}" for c in self.changes)])
 
 
-def _wait(waiter, what: str, wait_s: float, poll_s: float, **kwargs) -> None:
+def wait_for(waiter, wait_s: float, poll_s: float, **kwargs) -> None:
+    """A botocore waiter asking every ``poll_s`` for up to ``wait_s`` (at least once)."""
     waiter.wait(WaiterConfig={"Delay": poll_s, "MaxAttempts": max(1, math.ceil(wait_s / poll_s))}, **kwargs)
 
 
@@ -128,7 +129,7 @@ def plan(cfn, name: str, body: str, parameters: Mapping[str, str], *, tags: Mapp
         log.error("create_change_set for stack %s failed", name)
         raise
     try:
-        _wait(cfn.get_waiter("change_set_create_complete"), "the change set", wait_s, poll_s, ChangeSetName=made["Id"])
+        wait_for(cfn.get_waiter("change_set_create_complete"), wait_s, poll_s, ChangeSetName=made["Id"])
     except WaiterError:
         found = cfn.describe_change_set(ChangeSetName=made["Id"])
         if NO_CHANGES in (found.get("StatusReason") or ""):
@@ -174,7 +175,7 @@ def execute(cfn, change_plan: Plan, *, wait_s: float = 1800.0, poll_s: float = 1
         raise
     waiter = "stack_create_complete" if change_plan.create else "stack_update_complete"
     try:
-        _wait(cfn.get_waiter(waiter), f"stack {name}", wait_s, poll_s, StackName=name)
+        wait_for(cfn.get_waiter(waiter), wait_s, poll_s, StackName=name)
     except WaiterError:
         stack = describe(cfn, name) or {"StackStatus": "DELETE_COMPLETE"}
         raise StackFailed(f"{'creating' if change_plan.create else 'updating'} stack {name}", stack["StackStatus"],
@@ -235,7 +236,7 @@ def delete(cfn, name: str, *, wait_s: float = 1800.0, poll_s: float = 10.0) -> b
         return False
     try:
         cfn.delete_stack(StackName=stack["StackId"])
-        _wait(cfn.get_waiter("stack_delete_complete"), f"stack {name}", wait_s, poll_s, StackName=stack["StackId"])
+        wait_for(cfn.get_waiter("stack_delete_complete"), wait_s, poll_s, StackName=stack["StackId"])
     except WaiterError:
         raise StackFailed(f"deleting stack {name}", (describe(cfn, name) or {}).get("StackStatus", "DELETE_FAILED"),
                           failures(cfn, stack["StackId"])) from None
@@ -245,8 +246,8 @@ def delete(cfn, name: str, *, wait_s: float = 1800.0, poll_s: float = 10.0) -> b
 def wait_terminated(ec2, ids: list[str], wait_s: float, poll_s: float) -> None:
     """botocore's instance_terminated waiter, after its instance_exists one: EC2 is eventually consistent, and
     the terminated waiter fails on an id not listed yet (InvalidInstanceID.NotFound)."""
-    _wait(ec2.get_waiter("instance_exists"), "instances", min(wait_s, VISIBLE_S), poll_s, InstanceIds=ids)
-    _wait(ec2.get_waiter("instance_terminated"), "instances", wait_s, poll_s, InstanceIds=ids)
+    wait_for(ec2.get_waiter("instance_exists"), min(wait_s, VISIBLE_S), poll_s, InstanceIds=ids)
+    wait_for(ec2.get_waiter("instance_terminated"), wait_s, poll_s, InstanceIds=ids)
 
 
 def default_network(ec2) -> tuple[str, list[str]]:

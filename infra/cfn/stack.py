@@ -16,10 +16,9 @@ from botocore.exceptions import ClientError
 from infra.cfn import changes, names
 from infra.cfn.template import render, stack_parameters, to_json
 from infra.config import Settings
-from infra.messages import is_reply_queue_name
 from infra.provision import empty_bucket, reply_queue_urls
 from infra.report import Report
-from infra.tags import STACK_TAG, owned_by
+from infra.tags import owned_by
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +29,21 @@ def stack_name(settings: Settings) -> str:
     return names.stack_name(settings.prefix)
 
 
+def poll_interval(settings: Settings, poll_s: float | None = None) -> float:
+    """How often to ask CloudFormation and EC2 how an operation goes: ``poll_s`` when given, else every 0.1 s on
+    the local stack and 10 s on AWS."""
+    return poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
+
+
 def put(settings: Settings, clients, *, data_only: bool = False, confirm: Callable[[changes.Plan], bool] | None = None,
         wait_s: float = 1800.0, poll_s: float | None = None, **values) -> tuple[changes.Plan, dict[str, str] | None]:
     """Create or update the stack through a change set; returns the plan and the stack's outputs (None when
     ``confirm`` said no). ``values``: parameters that are not settings (``stack_parameters``)."""
     template = render(settings, data_only=data_only)
     params = {k: v for k, v in stack_parameters(settings, **values).items() if k in template["Parameters"]}
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
     plan, stack = changes.apply(clients.cloudformation, stack_name(settings), to_json(template), params,
-                                confirm=confirm or (lambda p: True), wait_s=wait_s, poll_s=poll_s)
+                                confirm=confirm or (lambda p: True), wait_s=wait_s,
+                                poll_s=poll_interval(settings, poll_s))
     return plan, (changes.outputs(stack) if stack is not None else None)
 
 
@@ -85,11 +90,11 @@ def stop_web_group(clients, settings: Settings, *, wait_s: float = 0.0, poll_s: 
 
 
 def delete_reply_queues(sqs, settings: Settings, report: Report) -> None:
-    """The web processes' own reply queues (``<prefix>-reply-*``): made at run time, so not the stack's."""
+    """The web processes' own reply queues (``<prefix>-reply-*``, by name as ``reply_queue_urls`` finds them;
+    those tagged with another stack are kept): made at run time, so not the stack's."""
     for url in reply_queue_urls(sqs, settings):
         name = url.rpartition("/")[2]
-        if not is_reply_queue_name(name, settings.prefix) or \
-                sqs.list_queue_tags(QueueUrl=url).get("Tags", {}).get(STACK_TAG) != settings.prefix:
+        if not owned_by(sqs.list_queue_tags(QueueUrl=url).get("Tags"), settings.prefix):
             report.add(f"queue {name}", "kept (not ours)")
             continue
         sqs.delete_queue(QueueUrl=url)
@@ -121,8 +126,7 @@ def teardown(settings: Settings, clients, *, keep_data: bool = False, wait_s: fl
     for bucket in ([] if keep_data else data) + ([out["ModelBucketName"]] if "ModelBucketName" in out else []):
         if _bucket_is_ours(clients.s3, bucket, settings.prefix):
             report.add(f"bucket {bucket}", f"emptied ({empty_bucket(clients.s3, bucket)} object versions)")
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
-    changes.delete(cfn, stack["StackId"], wait_s=wait_s, poll_s=poll_s)
+    changes.delete(cfn, stack["StackId"], wait_s=wait_s, poll_s=poll_interval(settings, poll_s))
     report.add(f"stack {stack_name(settings)}", "deleted")
     for bucket in data:
         if keep_data:

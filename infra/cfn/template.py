@@ -27,7 +27,7 @@ from infra.cfn.policies import EC2_TRUST_POLICY, app_policy, web_policy
 from infra.config import ARTIFACT_MANIFEST_FILE, ARTIFACT_MODEL_FILE, PREFIX_RE, Settings
 from infra.jobstore import table_spec
 from infra.provision import ENCRYPTION, dlq_attributes, request_queue_attributes, response_queue_attributes
-from infra.tags import NAME_TAG, ROLE_TAG, STACK_TAG, Role
+from infra.tags import NAME_TAG, Role, stack_tags
 from infra.userdata import (
     ONNX_RUNTIME,
     PRELOAD_TORCH,
@@ -152,10 +152,6 @@ def idle_timeout_s(settings: Settings) -> int:
 
 # ---------------------------------------------------------------- resources
 
-def tags(prefix: str, role: Role, **extra: str) -> list[dict]:
-    return [{"Key": k, "Value": v} for k, v in {STACK_TAG: prefix, ROLE_TAG: str(role), **extra}.items()]
-
-
 def _resource(kind: str, properties: dict, *, deletion: str = "Delete", condition: str | None = None, **extra) -> dict:
     """Every resource states its DeletionPolicy (and UpdateReplacePolicy where data lives)."""
     out = {"Type": kind, "DeletionPolicy": deletion, "UpdateReplacePolicy": "Delete" if deletion == "Delete" else "Retain",
@@ -166,7 +162,7 @@ def _resource(kind: str, properties: dict, *, deletion: str = "Delete", conditio
 
 
 def _queue(name: str, attributes: dict[str, str], prefix: str) -> dict:
-    props = {"QueueName": name, "Tags": tags(prefix, Role.DATA)}
+    props = {"QueueName": name, "Tags": stack_tags(prefix, Role.DATA)}
     for key, value in attributes.items():
         if key == "RedrivePolicy":
             redrive = json.loads(value)
@@ -185,7 +181,7 @@ def _bucket(name: str | None, prefix: str, *, versioned: bool, keep: bool) -> di
              "BucketEncryption": {"ServerSideEncryptionConfiguration": [
                  {"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}, "BucketKeyEnabled": True}]},
              "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
-             "Tags": tags(prefix, Role.DATA)}
+             "Tags": stack_tags(prefix, Role.DATA)}
     if name:
         props["BucketName"] = name
     if versioned:
@@ -198,7 +194,7 @@ def data_resources(s: Settings) -> dict:
     """Buckets, queues and the job table: what every tier reads and writes (`python -m infra provision`
     and the test suite's fixtures create this part alone)."""
     table = table_spec(s.jobs_table, {})
-    table["Tags"] = tags(s.prefix, Role.DATA)
+    table["Tags"] = stack_tags(s.prefix, Role.DATA)
     table["PointInTimeRecoverySpecification"] = {"PointInTimeRecoveryEnabled": False}
     return {
         "InputBucket": _bucket(s.in_bucket, s.prefix, versioned=True, keep=True),
@@ -215,7 +211,7 @@ def _role(s: Settings, role: Role, policy: dict) -> dict[str, dict]:
     return {
         f"{title}Role": _resource("AWS::IAM::Role", {
             "RoleName": names.role_name(s.prefix, role), "AssumeRolePolicyDocument": EC2_TRUST_POLICY,
-            "Description": f"imgrec {role} instances of stack {s.prefix}", "Tags": tags(s.prefix, role)}),
+            "Description": f"imgrec {role} instances of stack {s.prefix}", "Tags": stack_tags(s.prefix, role)}),
         # A policy resource of its own: CloudFormation updates it in place when the document changes.
         f"{title}RolePolicy": _resource("AWS::IAM::Policy", {
             "PolicyName": names.policy_name(s.prefix, role), "PolicyDocument": policy,
@@ -227,7 +223,7 @@ def _role(s: Settings, role: Role, policy: dict) -> dict[str, dict]:
 
 def _group(s: Settings, role: Role, description: str, ingress: list) -> dict:
     props = {"GroupName": names.security_group_name(s.prefix, role), "GroupDescription": description,
-             "VpcId": {"Ref": "VpcId"}, "Tags": tags(s.prefix, role, **{NAME_TAG: names.security_group_name(
+             "VpcId": {"Ref": "VpcId"}, "Tags": stack_tags(s.prefix, role, **{NAME_TAG: names.security_group_name(
                  s.prefix, role)})}
     if ingress:
         props["SecurityGroupIngress"] = ingress
@@ -258,10 +254,10 @@ def _launch_template(s: Settings, role: Role, user_data, instance_type: dict, **
                 "VolumeSize": {"Ref": "RootVolumeGb"}, "VolumeType": "gp3", "Encrypted": True,
                 "DeleteOnTermination": True}}],
             "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled"},
-            "TagSpecifications": [{"ResourceType": kind, "Tags": tags(s.prefix, role)}
+            "TagSpecifications": [{"ResourceType": kind, "Tags": stack_tags(s.prefix, role)}
                                   for kind in ("instance", "volume")],
             **extra},
-        "TagSpecifications": [{"ResourceType": "launch-template", "Tags": tags(s.prefix, role)}]})
+        "TagSpecifications": [{"ResourceType": "launch-template", "Tags": stack_tags(s.prefix, role)}]})
 
 
 def _runtime_choice(onnx: str, torch: str) -> dict:
@@ -361,17 +357,17 @@ def control_resources(s: Settings) -> dict:
             "HealthCheckType": {"Fn::If": ["LoadBalanced", "ELB", "EC2"]},
             "HealthCheckGracePeriod": WEB_BOOT_GRACE_S,
             "Tags": [{**t, "PropagateAtLaunch": True}
-                     for t in tags(s.prefix, Role.WEB, **{NAME_TAG: s.web_instance_name})]},
+                     for t in stack_tags(s.prefix, Role.WEB, **{NAME_TAG: s.web_instance_name})]},
             DependsOn=["WebRolePolicy"],
             UpdatePolicy={"AutoScalingRollingUpdate": {"MaxBatchSize": 1, "MinInstancesInService": 0}}),
         "LoadBalancer": _resource("AWS::ElasticLoadBalancingV2::LoadBalancer", {
             "Type": "application", "Scheme": "internet-facing", "IpAddressType": "ipv4",
             "Subnets": {"Ref": "SubnetIds"}, "SecurityGroups": ["{{LoadBalancerSecurityGroup.GroupId}}"],
             "LoadBalancerAttributes": [{"Key": "idle_timeout.timeout_seconds", "Value": str(idle_timeout_s(s))}],
-            "Tags": tags(s.prefix, Role.LOAD_BALANCER)}, condition="LoadBalanced"),
+            "Tags": stack_tags(s.prefix, Role.LOAD_BALANCER)}, condition="LoadBalanced"),
         "TargetGroup": _resource("AWS::ElasticLoadBalancingV2::TargetGroup", {
             "Protocol": "HTTP", "Port": port, "VpcId": {"Ref": "VpcId"}, "TargetType": "instance", **health,
-            "Tags": tags(s.prefix, Role.LOAD_BALANCER)}, condition="LoadBalanced"),
+            "Tags": stack_tags(s.prefix, Role.LOAD_BALANCER)}, condition="LoadBalanced"),
         "Listener": _resource("AWS::ElasticLoadBalancingV2::Listener", {
             "LoadBalancerArn": {"Ref": "LoadBalancer"}, "Protocol": "HTTP", "Port": port,
             "DefaultActions": [{"Type": "forward", "TargetGroupArn": {"Ref": "TargetGroup"}}]},

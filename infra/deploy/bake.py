@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 from botocore.exceptions import WaiterError
 from botocore.waiter import WaiterModel, create_waiter_with_client
 
-from infra.cfn.changes import default_network
+from infra.cfn.changes import VISIBLE_S, default_network, wait_for
 from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy.ec2 import delete_group, resolve_image
@@ -37,7 +36,6 @@ log = logging.getLogger(__name__)
 
 BUILD_TIMEOUT_S = 45 * 60.0
 IMAGE_TIMEOUT_S = 30 * 60.0
-VISIBLE_TIMEOUT_S = 120.0  # how long a just-made instance or image may stay invisible to Describe* calls
 INSTANCE_NOT_FOUND = "InvalidInstanceID.NotFound"
 IMAGE_NOT_FOUND = "InvalidAMIID.NotFound"
 IMDS_V2 = {"HttpTokens": "required", "HttpEndpoint": "enabled"}
@@ -63,14 +61,12 @@ _WAITERS = WaiterModel({"version": 2, "waiters": {
 
 
 def wait(ec2, waiter: str, what: str, timeout_s: float, poll_s: float, **kwargs) -> None:
-    """A waiter (botocore's or ours), first waiting up to ``VISIBLE_TIMEOUT_S`` for the resource to be visible;
+    """A waiter (botocore's or ours), first waiting up to ``VISIBLE_S`` for the resource to be visible;
     its failure or timeout becomes a DeployError that says what was awaited."""
-    config = {"Delay": poll_s, "MaxAttempts": max(1, math.ceil(timeout_s / poll_s))}
     visible = "instance_exists" if "InstanceIds" in kwargs else "image_exists"
     try:
-        ec2.get_waiter(visible).wait(WaiterConfig={"Delay": poll_s, "MaxAttempts": max(
-            1, math.ceil(VISIBLE_TIMEOUT_S / poll_s))}, **kwargs)
-        create_waiter_with_client(waiter, _WAITERS, ec2).wait(WaiterConfig=config, **kwargs)
+        wait_for(ec2.get_waiter(visible), VISIBLE_S, poll_s, **kwargs)
+        wait_for(create_waiter_with_client(waiter, _WAITERS, ec2), timeout_s, poll_s, **kwargs)
     except WaiterError as err:
         raise DeployError(f"gave up waiting for {what}: {err}") from err
 
@@ -139,8 +135,7 @@ def bake(settings: Settings, dsettings: DeploySettings, clients, *, build_timeou
     finally:
         if builder:  # TerminateInstances answers NotFound for a builder EC2 does not list yet: wait for it
             with contextlib.suppress(WaiterError):
-                ec2.get_waiter("instance_exists").wait(InstanceIds=[builder], WaiterConfig={
-                    "Delay": poll_s, "MaxAttempts": max(1, math.ceil(VISIBLE_TIMEOUT_S / poll_s))})
+                wait_for(ec2.get_waiter("instance_exists"), VISIBLE_S, poll_s, InstanceIds=[builder])
             ec2.terminate_instances(InstanceIds=[builder])
             wait(ec2, "BuilderTerminated", f"builder {builder} to terminate", IMAGE_TIMEOUT_S, poll_s,
                  InstanceIds=[builder])

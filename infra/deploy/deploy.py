@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from botocore.exceptions import ClientError
 
 from infra.cfn import artifact, changes, names
-from infra.cfn.stack import stack_name, stop_web_group, teardown
-from infra.cfn.template import TemplateError, idle_timeout_s, render, stack_parameters, to_json
+from infra.cfn.stack import poll_interval, put, stack_name, stop_web_group, teardown, web_group_instances
+from infra.cfn.template import TemplateError, idle_timeout_s
 from infra.clients import make_client
 from infra.config import Settings
 from infra.deploy import legacy
@@ -70,16 +70,19 @@ def check_buckets(s3, settings: Settings) -> None:
                           "IMGREC_PREFIX to a name of your own (your user or course id) and deploy again")
 
 
-def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[str, dict[str, str], Image]:
-    """(template body, parameters, image), after every check that can fail before anything is changed."""
+def prepare(settings: Settings, dsettings: DeploySettings,
+            clients) -> tuple[dict[str, object], Image, artifact.LocalArtifact | None]:
+    """(the stack's parameters that are not settings, image, the model artifact to upload), after every check
+    that can fail before anything is changed but the template's own (``put`` renders it before it changes
+    anything)."""
     image = resolve_image(clients.ec2, make_client("ssm", settings), settings, dsettings)
     if not image.baked and not dsettings.repo_url:
         raise DeployError(f"AMI {image.ami_id} is not a baked imgrec image, so instances must install the project: "
                           "set IMGREC_REPO_URL (and IMGREC_REPO_REF), or run `python -m infra bake` first")
-    sha = ""
+    model = None
     if worker_runtime(settings) == ONNX_RUNTIME:
         try:
-            sha = artifact.local_artifact(settings).sha256
+            model = artifact.local_artifact(settings)
         except artifact.ArtifactMissing as err:
             raise DeployError(str(err)) from None
     if changes.describe(clients.cloudformation, stack_name(settings)) is None:
@@ -91,16 +94,16 @@ def prepare(settings: Settings, dsettings: DeploySettings, clients) -> tuple[str
         check_buckets(clients.s3, settings)
     try:
         vpc, subnets = changes.default_network(clients.ec2)
-        body = to_json(render(settings))
-    except (LookupError, TemplateError) as err:
+    except LookupError as err:
         raise DeployError(str(err)) from None
-    params = stack_parameters(
-        settings, ImageId=image.ami_id if image.chosen else "", BaseImageId=dsettings.ami_parameter,
-        RootDeviceName=image.root_device, RootVolumeGb=dsettings.root_volume_gb, ModelArtifactSha256=sha,
+    values = dict(
+        ImageId=image.ami_id if image.chosen else "", BaseImageId=dsettings.ami_parameter,
+        RootDeviceName=image.root_device, RootVolumeGb=dsettings.root_volume_gb,
+        ModelArtifactSha256=model.sha256 if model else "",
         RepoUrl=dsettings.repo_url, RepoRef=dsettings.repo_ref, WebInstanceType=dsettings.web_instance_type,
         WebInstances=dsettings.web_instances, AllowedCidr=dsettings.allowed_cidr, SshCidr=dsettings.ssh_cidr,
         KeyName=dsettings.key_name, VpcId=vpc, SubnetIds=subnets)
-    return body, params, image
+    return values, image, model
 
 
 def plan_text(settings: Settings, dsettings: DeploySettings, image: Image, plan: changes.Plan) -> str:
@@ -134,9 +137,7 @@ def web_url(clients, settings: Settings, outputs: dict[str, str]) -> str:
     """The load balancer's URL, or the one web instance's address (``<pending>`` until EC2 gives it one)."""
     if "WebUrl" in outputs:
         return outputs["WebUrl"]
-    group = clients.autoscaling.describe_auto_scaling_groups(
-        AutoScalingGroupNames=[outputs.get("WebGroupName", names.web_group_name(settings.prefix))])["AutoScalingGroups"]
-    ids = [i["InstanceId"] for g in group for i in g.get("Instances", [])]
+    ids = web_group_instances(clients, settings) or []
     host = "<pending>"
     if ids:  # EC2 lists a new instance a little after Auto Scaling has it
         clients.ec2.get_waiter("instance_exists").wait(InstanceIds=ids[:1], WaiterConfig={
@@ -151,17 +152,17 @@ def deploy(settings: Settings, dsettings: DeploySettings, clients,
            poll_s: float | None = None) -> Deployment | None:
     """Create or update the stack; ``approve`` sees the plan (its text, and the change set) and says whether to
     go on (None: it did not; an empty change set has nothing to approve)."""
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
-    body, params, image = prepare(settings, dsettings, clients)
-    plan, stack = changes.apply(clients.cloudformation, stack_name(settings), body, params,
-                                confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
-                                wait_s=wait_s, poll_s=poll_s)
-    if stack is None:
+    values, image, model = prepare(settings, dsettings, clients)
+    try:
+        plan, outputs = put(settings, clients, confirm=lambda p: approve(plan_text(settings, dsettings, image, p), p),
+                            wait_s=wait_s, poll_s=poll_s, **values)
+    except TemplateError as err:  # raised before put changes anything
+        raise DeployError(str(err)) from None
+    if outputs is None:
         return None
-    outputs = changes.outputs(stack)
     report = Report()
-    if params["ModelArtifactSha256"]:  # after the stack exists; app instances wait for it at boot
-        artifact.upload(clients.s3, outputs["ModelBucketName"], artifact.local_artifact(settings), report)
+    if model:  # after the stack exists; app instances wait for it at boot
+        artifact.upload(clients.s3, outputs["ModelBucketName"], model, report)
     return Deployment(plan, outputs, report, web_url(clients, settings, outputs))
 
 
@@ -192,7 +193,7 @@ def terminate(ec2, ids: list[str], wait_s: float, poll_s: float) -> None:
 
 def destroy(settings: Settings, clients, *, keep_data: bool = False, keep_images: bool = False,
             wait_s: float = 1800.0, poll_s: float | None = None) -> Report:
-    poll_s = poll_s if poll_s is not None else (0.1 if settings.is_local else 10.0)
+    poll_s = poll_interval(settings, poll_s)
     stack = changes.describe(clients.cloudformation, stack_name(settings))
     if stack is None:
         report = legacy.remove(settings, clients, keep_data=keep_data, wait_s=wait_s, poll_s=poll_s)

@@ -21,7 +21,7 @@ from infra.deploy.ec2 import delete_group
 from infra.observe import LIVE_STATES
 from infra.provision import empty_bucket
 from infra.report import Report
-from infra.tags import ROLE_TAG, STACK_TAG, Role, owned_by, tag_dict
+from infra.tags import ROLE_TAG, STACK_TAG, Role, owned_by
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +54,21 @@ def _groups(ec2, settings: Settings) -> list[dict]:
         settings.prefix, Role.WEB))
 
 
-def _ours(tags, settings: Settings) -> bool:
-    return owned_by(tags if isinstance(tags, dict) else tag_dict(tags), settings.prefix)
-
-
 def _roles(iam, settings: Settings) -> list[str]:
     return [n for n in (names.role_name(settings.prefix, r) for r in ROLES)
-            if _ours(_answer(iam.list_role_tags, RoleName=n).get("Tags"), settings)]
+            if owned_by(_answer(iam.list_role_tags, RoleName=n).get("Tags"), settings.prefix)]
 
 
 def _buckets(s3, settings: Settings, *, data: bool = True) -> list[str]:
     candidates = [f"{settings.prefix}-model-bucket", *([settings.in_bucket, settings.out_bucket] if data else [])]
-    return [b for b in candidates if _ours(_answer(s3.get_bucket_tagging, Bucket=b).get("TagSet"), settings)]
+    return [b for b in candidates
+            if owned_by(_answer(s3.get_bucket_tagging, Bucket=b).get("TagSet"), settings.prefix)]
 
 
 def _queues(sqs, settings: Settings) -> dict[str, str]:
     urls = {q: _answer(sqs.get_queue_url, QueueName=q).get("QueueUrl") for q in settings.queue_names}
-    return {q: u for q, u in urls.items() if u and _ours(sqs.list_queue_tags(QueueUrl=u).get("Tags", {}), settings)}
+    return {q: u for q, u in urls.items()
+            if u and owned_by(sqs.list_queue_tags(QueueUrl=u).get("Tags"), settings.prefix)}
 
 
 def find(settings: Settings, clients) -> list[str]:
@@ -101,7 +99,7 @@ def remove(settings: Settings, clients, *, keep_data: bool = False, wait_s: floa
         arns = [x[f"{key[:-1]}Arn"] for x in listing()[key]]
         for described in (elb.describe_tags(ResourceArns=arns[i:i + 20])["TagDescriptions"]
                           for i in range(0, len(arns), 20)):
-            for arn in (d["ResourceArn"] for d in described if _ours(d.get("Tags"), settings)):
+            for arn in (d["ResourceArn"] for d in described if owned_by(d.get("Tags"), settings.prefix)):
                 if kind == "load balancer":
                     elb.delete_load_balancer(LoadBalancerArn=arn)
                     elb.get_waiter("load_balancers_deleted").wait(LoadBalancerArns=[arn])
@@ -110,7 +108,7 @@ def remove(settings: Settings, clients, *, keep_data: bool = False, wait_s: floa
                 report.add(f"{kind} {arn.rsplit('/', 2)[-2]}", "deleted")
     template = names.launch_template_name(settings)
     found = _answer(ec2.describe_launch_templates, LaunchTemplateNames=[template]).get("LaunchTemplates", [])
-    if found and _ours(found[0].get("Tags"), settings):
+    if found and owned_by(found[0].get("Tags"), settings.prefix):
         ec2.delete_launch_template(LaunchTemplateName=template)
         report.add(f"launch template {template}", "deleted")
     for name in _roles(iam, settings):
@@ -137,7 +135,8 @@ def remove(settings: Settings, clients, *, keep_data: bool = False, wait_s: floa
         sqs.delete_queue(QueueUrl=url)
         report.add(f"queue {queue}", "deleted")
     if table := _answer(clients.dynamodb.describe_table, TableName=settings.jobs_table).get("Table"):
-        if _ours(clients.dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"]).get("Tags"), settings):
+        tags = clients.dynamodb.list_tags_of_resource(ResourceArn=table["TableArn"]).get("Tags")
+        if owned_by(tags, settings.prefix):
             clients.dynamodb.delete_table(TableName=settings.jobs_table)
             report.add(f"table {settings.jobs_table}", "deleted")
     return report

@@ -21,6 +21,9 @@ import functools
 import json
 import logging
 import re
+from collections.abc import Callable
+
+from infra.local.moto_cfn_events import condition_false
 
 log = logging.getLogger(__name__)
 _applied = False
@@ -67,11 +70,6 @@ def create_only(resource_type: str, region: str) -> frozenset[str]:
     return frozenset(p.split("/")[2] for p in schema.get("createOnlyProperties", []))
 
 
-def _live(resources_map, resource_json: dict) -> bool:
-    condition = resource_json.get("Condition")
-    return not condition or bool(resources_map.lazy_condition_map[condition])
-
-
 def _detail(name: str, recreate: bool, source: str, causing: str | None = None) -> dict:
     target = {"Attribute": "Properties", "Name": name, "RequiresRecreation": "Always" if recreate else "Never"}
     # A template edit or a parameter's new value is known now (Static); a resource's attribute only once that
@@ -88,7 +86,7 @@ def plan(old_map, old_json: dict, new_map, new_json: dict, region: str) -> list[
     properties changed in the template, properties reading a changed parameter, and (in turn) properties
     reading a resource that changes, each judged replaced or not by the type's create-only properties."""
     old_live = {lid for lid in old_json if getattr(old_map._parsed_resources.get(lid), "logical_resource_id", None)}
-    new_live = {lid for lid, rj in new_json.items() if _live(new_map, rj)}
+    new_live = {lid for lid, rj in new_json.items() if not condition_false(lid, rj, new_map)}
     changed = {k for k in set(old_map.resolved_parameters) | set(new_map.resolved_parameters)
                if old_map.resolved_parameters.get(k) != new_map.resolved_parameters.get(k)}
     kept = [lid for lid in new_json if lid in old_live & new_live]
@@ -142,6 +140,24 @@ KEPT_POLICIES = ("Retain", "RetainExceptOnCreate")  # a resource removed from th
 PASSES = 5  # resources others still depend on go (or come) in a later pass
 
 
+def in_passes(ids: list[str], step: Callable[[str], None], passes: int = PASSES) -> tuple[list[str], Exception | None]:
+    """``step`` each id; those it raised on (another resource still depends on it, or is not there yet) again
+    in a later pass. Returns the ids still left after ``passes`` passes, and the last error."""
+    last = None
+    for _ in range(passes):
+        left = []
+        for lid in ids:
+            try:
+                step(lid)
+            except Exception as err:  # noqa: BLE001 - a dependency not done yet: next pass
+                left.append(lid)
+                last = err
+        ids = left
+        if not ids:
+            break
+    return ids, last
+
+
 def update(self, template: dict, parameters: dict | None = None) -> None:
     """Execute the plan ``plan`` works out: remove, then add, then modify, as CloudFormation does."""
     from moto.cloudformation.parsing import parse_and_update_resource
@@ -149,22 +165,20 @@ def update(self, template: dict, parameters: dict | None = None) -> None:
     parameters = parameters if parameters is not None else self.input_parameters
     actions = plan(self, self._resource_json_map, _resolved(self, template, parameters), template["Resources"],
                    self._region_name)
-    pending = [lid for action, lid, _ in reversed(actions) if action == "Remove"]
-    for _ in range(PASSES):
-        left, last = [], None
-        for lid in pending:
-            if self._resource_json_map[lid].get("DeletionPolicy") not in KEPT_POLICIES:
-                try:
-                    self._delete_resource(self._parsed_resources[lid], self._resource_json_map[lid])
-                except Exception as err:  # noqa: BLE001 - another resource still depends on it: next pass
-                    left.append(lid)
-                    last = err
-                    continue
-            self._parsed_resources.pop(lid, None)
-        pending = left
-        if not pending:
-            break
-    if pending:
+
+    def remove(lid: str) -> None:
+        if self._resource_json_map[lid].get("DeletionPolicy") not in KEPT_POLICIES:
+            self._delete_resource(self._parsed_resources[lid], self._resource_json_map[lid])
+        self._parsed_resources.pop(lid, None)
+
+    def modify(lid: str) -> None:
+        changed = parse_and_update_resource(lid, self._resource_json_map[lid], self, account_id=self._account_id,
+                                            region_name=self._region_name)
+        if changed is not None:
+            self._parsed_resources[lid] = changed
+
+    left, last = in_passes([lid for action, lid, _ in reversed(actions) if action == "Remove"], remove)
+    if left:
         raise last
     self._template, self.input_parameters = template, parameters
     self.load_mapping()
@@ -174,23 +188,9 @@ def update(self, template: dict, parameters: dict | None = None) -> None:
     for action, lid, _ in actions:
         if action == "Add":
             _ = self[lid]  # the lazy map makes it (and whatever it reads first)
-    pending = [lid for action, lid, _ in actions if action == "Modify"]
-    for _ in range(PASSES):
-        left = []
-        for lid in pending:
-            try:
-                changed = parse_and_update_resource(lid, self._resource_json_map[lid], self,
-                                                    account_id=self._account_id, region_name=self._region_name)
-            except Exception as err:  # noqa: BLE001 - a dependency not updated yet: next pass
-                left.append(lid)
-                last = err
-                continue
-            if changed is not None:
-                self._parsed_resources[lid] = changed
-        pending = left
-        if not pending:
-            return
-    raise last
+    left, last = in_passes([lid for action, lid, _ in actions if action == "Modify"], modify)
+    if left:
+        raise last
 
 
 def diff(self) -> list:

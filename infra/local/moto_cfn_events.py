@@ -70,7 +70,7 @@ def _around(action: str, original, *, logical_of, json_of, map_of, skip=lambda *
     return wrapper
 
 
-def _condition_false(logical_id, resource_json, resources_map, *args, **kwargs) -> bool:
+def condition_false(logical_id, resource_json, resources_map, *args, **kwargs) -> bool:
     condition = resource_json.get("Condition")
     return bool(condition) and not resources_map.lazy_condition_map[condition]
 
@@ -83,7 +83,7 @@ def apply() -> None:
 
     parsing.parse_and_create_resource = _around(
         "CREATE", parsing.parse_and_create_resource, logical_of=lambda lid, *a, **k: lid,
-        json_of=lambda lid, rj, *a, **k: rj, map_of=lambda lid, rj, rm, *a, **k: rm, skip=_condition_false)
+        json_of=lambda lid, rj, *a, **k: rj, map_of=lambda lid, rj, rm, *a, **k: rm, skip=condition_false)
     parsing.parse_and_update_resource = _around(
         "UPDATE", parsing.parse_and_update_resource, logical_of=lambda lid, *a, **k: lid,
         json_of=lambda lid, rj, *a, **k: rj, map_of=lambda lid, rj, rm, *a, **k: rm)

@@ -18,9 +18,10 @@ from __future__ import annotations
 import copy
 import logging
 
+from infra.local.moto_cfn_changesets import in_passes
+
 log = logging.getLogger(__name__)
 _applied = False
-DELETE_PASSES = 5  # resources that others still depend on go in a later pass
 
 
 def _failed_resources(stack) -> list[str]:
@@ -32,21 +33,18 @@ def _delete_created(resources_map) -> None:
     """Delete every resource the map made, newest first, retrying those others still depend on."""
     created = [lid for lid, value in resources_map._parsed_resources.items()
                if getattr(value, "logical_resource_id", None) == lid and lid in resources_map._resource_json_map]
-    pending = list(reversed(created))
-    for _ in range(DELETE_PASSES):
-        left = []
-        for lid in pending:
-            try:
-                resources_map._delete_resource(resources_map._parsed_resources[lid], resources_map._resource_json_map[lid])
-            except Exception as err:  # noqa: BLE001 - a dependency still holds it: try again next pass
-                log.info("rollback: %s not deleted yet (%s)", lid, err)
-                left.append(lid)
-            else:
-                resources_map._parsed_resources.pop(lid, None)
-        pending = left
-        if not pending:
-            return
-    log.warning("rollback could not delete %s", pending)
+
+    def delete(lid: str) -> None:
+        try:
+            resources_map._delete_resource(resources_map._parsed_resources[lid], resources_map._resource_json_map[lid])
+        except Exception as err:
+            log.info("rollback: %s not deleted yet (%s)", lid, err)  # a dependency still holds it: next pass
+            raise
+        resources_map._parsed_resources.pop(lid, None)
+
+    left, _ = in_passes(list(reversed(created)), delete)
+    if left:
+        log.warning("rollback could not delete %s", left)
 
 
 def roll_back_create(stack, err: Exception) -> None:
