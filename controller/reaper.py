@@ -27,7 +27,7 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.jobstore import JobStore, StoreConflict
+from infra.jobstore import STORE_ERRORS, JobStore
 from infra.messages import BadMessage, ImageRequest, ImageResult, UnknownVersion, recorded_by_worker
 from infra.observe import QueueDepth, owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_urls
@@ -159,7 +159,7 @@ class Reaper:
         result = ImageResult(ids["request_id"], ids.get("name") or "", error=why, batch_id=ids.get("batch_id"))
         try:
             changed = self.store.complete(result, only_if_queued=True)
-        except (ClientError, BotoCoreError, StoreConflict) as err:
+        except STORE_ERRORS as err:
             log.error("cannot mark job %s failed (dead-lettered message %s): %s; next pass", result.request_id, mid,
                       err)
             return False
@@ -190,7 +190,7 @@ class Reaper:
                 except BadMessage as err:
                     log.warning("dropping garbled message %s on %s: %s", msg.get("MessageId"),
                                 url.rpartition("/")[2], err)
-                except (ClientError, BotoCoreError, StoreConflict) as err:
+                except STORE_ERRORS as err:
                     log.error("cannot record result in message %s: %s; it stays", msg.get("MessageId"), err)
                     continue
                 done.append(msg)

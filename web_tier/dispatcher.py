@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.jobstore import JobStore, StoreConflict
+from infra.jobstore import STORE_ERRORS, JobStore
 from infra.messages import BadMessage, ImageResult, recorded_by_worker
 from web_tier.replies import ReplyQueue
 
@@ -268,7 +268,7 @@ class Dispatcher(threading.Thread):
         try:
             self.store.complete(result, received_at)
             return True
-        except (ClientError, BotoCoreError, StoreConflict) as err:
+        except STORE_ERRORS as err:
             self.stats.persist_errors += 1
             log.error("cannot record result %s (%s): %s; its message stays on %s", result.request_id,
                       result.name, err, self.reply.name)

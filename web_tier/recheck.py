@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from infra.jobstore import JobStore, StoreBusy
+from infra.jobstore import STORE_ERRORS, JobStore
 from web_tier.dispatcher import Router
 
 log = logging.getLogger(__name__)
@@ -44,7 +42,7 @@ class StoreRecheck(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 self.check_once()
-            except (ClientError, BotoCoreError, StoreBusy) as err:
+            except STORE_ERRORS as err:
                 log.warning("re-reading %d waited-for jobs from the store failed: %s; again in %.0f s",
                             len(self.router.recheck_ids()), err, self.interval_s)
             except Exception:  # the thread must not die: waiting requests would lose their second path
