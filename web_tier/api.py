@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
@@ -98,15 +99,23 @@ def get_jobs():
     return jsonify(jobs=[jobs[i].to_dict() for i in ids if i in jobs], unknown=[i for i in ids if i not in jobs])
 
 
-def read_store(st, ids: list[str]) -> dict[str, Job]:
+@contextmanager
+def store_answers(what: str):
+    """A failed job store read as the request's answer: 503 (with Retry-After when the store is busy),
+    never "unknown" for a job that exists. ``what`` says what was read, for the log."""
     try:
-        return st.store.get_many(ids)
-    except StoreBusy as err:  # never "unknown job" for a job that exists
-        log.warning("job store read of %d ids: %s", len(ids), err)
+        yield
+    except StoreBusy as err:
+        log.warning("%s: %s", what, err)
         raise Rejected(503, "job store busy, try again", retry_after=1) from None
     except (ClientError, BotoCoreError) as err:
-        log.error("job store read of %d ids failed: %s", len(ids), err)
+        log.error("%s failed: %s", what, err)
         raise Rejected(503, "job store unavailable, try again") from None
+
+
+def read_store(st, ids: list[str]) -> dict[str, Job]:
+    with store_answers(f"job store read of {len(ids)} ids"):
+        return st.store.get_many(ids)
 
 
 def _read(st, ids: list[str], wait_s: float) -> dict[str, Job]:
