@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
 
 from infra.jobstore import Job, JobStatus, StoreBusy
-from infra.messages import new_request_id
+from infra.messages import ID_RE, new_request_id
 from web_tier.intake import Rejected, check_upload, read_bounded, record_refused, submit
 from web_tier.upload import refuse_large_body, state
 
@@ -29,7 +29,6 @@ bp = Blueprint("api", __name__)
 MAX_WAIT_S = 25.0
 MAX_IDS_PER_POLL = 100
 STORE_RECHECK_S = 1.0
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -79,7 +78,7 @@ def create_jobs():
 
 @bp.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    if not JOB_ID_RE.match(job_id):
+    if not ID_RE.match(job_id):
         raise Rejected(404, "unknown job id")
     jobs = _read(state(), [job_id], _wait_s())
     if job_id not in jobs:
@@ -93,7 +92,7 @@ def get_jobs():
     ids = [i for i in request.args.get("ids", "").split(",") if i]
     if not ids:
         raise Rejected(400, "ids is required: a comma-separated list of job ids")
-    if len(ids) > MAX_IDS_PER_POLL or not all(JOB_ID_RE.match(i) for i in ids):
+    if len(ids) > MAX_IDS_PER_POLL or not all(ID_RE.match(i) for i in ids):
         raise Rejected(400, f"ids must be at most {MAX_IDS_PER_POLL} job ids")
     jobs = _read(state(), ids, _wait_s())
     return jsonify(jobs=[jobs[i].to_dict() for i in ids if i in jobs], unknown=[i for i in ids if i not in jobs])
