@@ -113,7 +113,7 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
         raise Rejected(503, "image store unavailable, try again") from None
     request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to,
                                batch_id=batch_id)
-    state.router.expect(request.request_id, settings.request_timeout_s)
+    state.router.expect(request.request_id)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
