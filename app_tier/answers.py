@@ -95,13 +95,10 @@ class Answers:
         log.warning("message %s (request %s): %s; left for the dead-letter queue after %d receives "
                     "(`python -m infra redrive` once the workers read it; instance %s)", message_id, rid or "-", err,
                     receive_count, self.instance_id)
-        if rid is None:
+        result = err.failed_result(worker=self.instance_id, done_at=time.time())
+        if result is None:
             return
-        reason = (f"the request is message schema version {err.version}, which the workers do not read yet: "
-                  f"dead-lettered; it is retried after the upgrade (python -m infra redrive)")
         try:
-            self.store.complete(ImageResult(rid, err.ids.get("name", ""), error=reason, worker=self.instance_id,
-                                            done_at=time.time(), batch_id=err.ids.get("batch_id")),
-                                only_if_queued=True)
+            self.store.complete(result, only_if_queued=True)
         except STORE_ERRORS as exc:
             log.error("could not mark job %s failed (message %s dead-lettered): %s", rid, message_id, exc)

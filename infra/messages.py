@@ -50,6 +50,16 @@ class UnknownVersion(BadMessage):
         self.version = version
         self.ids = ids
 
+    def failed_result(self, **fields) -> ImageResult | None:
+        """The result its job is marked failed with once it is dead-lettered (by the worker that saw its
+        last receive, else by the reaper); None when its request id could not be read."""
+        if not self.ids.get("request_id"):
+            return None
+        why = (f"its request is message schema version {self.version}, which the workers do not read yet: "
+               f"dead-lettered; python -m infra redrive retries it after the upgrade")
+        return ImageResult(self.ids["request_id"], self.ids.get("name") or "", error=why,
+                           batch_id=self.ids.get("batch_id"), **fields)
+
 
 class BadName(ValueError):
     """A file name that cannot be made into a safe object key."""
