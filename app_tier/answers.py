@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.jobstore import JobStore, StoreConflict
+from infra.jobstore import STORE_ERRORS, JobStore
 from infra.messages import ImageResult, UnknownVersion, recorded_attributes
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ class Answers:
             try:
                 self.store.complete(result, time.time(), only_if_queued=mid in only_if_queued)
                 return mid
-            except (ClientError, BotoCoreError, StoreConflict) as err:
+            except STORE_ERRORS as err:
                 log.warning("recording result %s (%s) in the job store failed: %s; the web tier records it",
                             result.request_id, result.name, err)
                 return None
@@ -95,13 +95,10 @@ class Answers:
         log.warning("message %s (request %s): %s; left for the dead-letter queue after %d receives "
                     "(`python -m infra redrive` once the workers read it; instance %s)", message_id, rid or "-", err,
                     receive_count, self.instance_id)
-        if rid is None:
+        result = err.failed_result(worker=self.instance_id, done_at=time.time())
+        if result is None:
             return
-        reason = (f"the request is message schema version {err.version}, which the workers do not read yet: "
-                  f"dead-lettered; it is retried after the upgrade (python -m infra redrive)")
         try:
-            self.store.complete(ImageResult(rid, err.ids.get("name", ""), error=reason, worker=self.instance_id,
-                                            done_at=time.time(), batch_id=err.ids.get("batch_id")),
-                                only_if_queued=True)
-        except (ClientError, BotoCoreError, StoreConflict) as exc:
+            self.store.complete(result, only_if_queued=True)
+        except STORE_ERRORS as exc:
             log.error("could not mark job %s failed (message %s dead-lettered): %s", rid, message_id, exc)

@@ -171,13 +171,10 @@ def install(source: str | Path, dest: str | Path, model: str, *, s3=None, sha256
     corrupt download never leaves a half-written artifact where a worker looks.
     ``s3`` is a boto3 S3 client (from ``infra.clients``), needed for s3:// sources.
     ``sha256``: the checksum the deployer named; the manifest must agree (a consistent pair swapped in
-    S3 is refused too), and an artifact with it already at ``dest`` is kept without a download.
+    S3 is refused too). Whether it is already at ``dest`` is the caller's question (``installed``).
     ``wait_s``: how long to wait for objects not uploaded yet.
     """
     dest = Path(dest)
-    if sha256 and (have := installed(dest, model, sha256)) is not None:
-        log.info("model artifact %s already at %s: nothing to download", sha256, dest)
-        return have
     dest.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))
     try:

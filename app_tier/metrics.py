@@ -70,8 +70,6 @@ def metric_data(snap: Snapshot, stack: str, instance_id: str, now: datetime) -> 
     for dim in dims:
         for name in (*COUNTS, *(n for n in snap.counts if n not in COUNTS)):
             per_second = snap.counts.get(name, {})
-            if name not in COUNTS and not per_second:
-                continue
             # A zero for each worker count in every second that had any count: "nothing failed" is data too.
             for second in seconds or [int(now.timestamp())]:
                 out.append({"MetricName": str(name), "Dimensions": dim,

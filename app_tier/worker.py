@@ -97,6 +97,9 @@ class ItemState(StrEnum):
     NEWER = "newer"  # a schema version we do not read: leave it (an upgraded worker may), then the DLQ
 
 
+LEFT_FOR_REDELIVERY = frozenset({ItemState.RETRY, ItemState.GIVE_UP, ItemState.NEWER})  # not deleted: they come back
+
+
 @dataclass
 class Item:
     message_id: str
@@ -478,7 +481,7 @@ class Worker:
     def _let_go(self, batch: Batch) -> None:
         """Stop holding the batch; retryable failures come back after their backoff, not the whole timeout."""
         retry = {i.receipt: retry_visibility_s(i.receive_count, self.settings.visibility_timeout_s)
-                 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP, ItemState.NEWER)}
+                 for i in batch.items if i.state in LEFT_FOR_REDELIVERY}
         self.held.discard(i.receipt for i in batch.items if i.receipt not in retry)
         if retry:
             log.info("batch %s: %d messages retry later (%s s; instance %s)", batch.short_ids, len(retry),
@@ -554,7 +557,7 @@ class Worker:
             self.metrics.timing(Metric.INFERENCE_MS, batch.infer_ms / n_done)
         self._answered += ok + errors
         self._last_at = time.monotonic()
-        retry = sum(1 for i in batch.items if i.state in (ItemState.RETRY, ItemState.GIVE_UP, ItemState.NEWER))
+        retry = sum(1 for i in batch.items if i.state in LEFT_FOR_REDELIVERY)
         log.info("batch %s size=%d ok=%d errors=%d retry=%d fetch=%.0fms infer=%.0fms (cpu %.0fms) write=%.0fms instance=%s",
                  batch.short_ids, len(batch.items), ok, errors, retry, batch.fetch_ms, batch.infer_ms, batch.infer_cpu_ms,
                  batch.write_ms, self.instance_id)

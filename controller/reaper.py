@@ -27,7 +27,7 @@ from enum import StrEnum
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.jobstore import JobStore, StoreConflict
+from infra.jobstore import STORE_ERRORS, JobStore
 from infra.messages import BadMessage, ImageRequest, ImageResult, UnknownVersion, recorded_by_worker
 from infra.observe import QueueDepth, owner_alive, queue_depth, queue_url
 from infra.provision import reply_queue_urls
@@ -142,30 +142,29 @@ class Reaper:
         mid = msg["MessageId"]
         try:
             req = ImageRequest.from_json(msg.get("Body", ""))
-            ids, why = {"request_id": req.request_id, "name": req.name, "batch_id": req.batch_id}, (
+            result = ImageResult(req.request_id, req.name, batch_id=req.batch_id, error=(
                 f"its request reached the dead-letter queue: the workers failed on it "
                 f"{self.settings.max_receive_count} times (an image that crashes them, or a lasting fault); "
-                f"python -m infra redrive retries it")
+                f"python -m infra redrive retries it"))
         except UnknownVersion as err:
-            ids, why = err.ids, (f"its request is message schema version {err.version}, which the workers do not "
-                                 f"read yet: dead-lettered; python -m infra redrive retries it after the upgrade")
+            result = err.failed_result()
         except BadMessage as err:
             log.warning("dead-lettered message %s is not a request (%s); left for inspection", mid, err)
             self._remember(mid)
             return False
-        if not ids.get("request_id"):
+        if result is None or not result.request_id:
             self._remember(mid)
             return False
-        result = ImageResult(ids["request_id"], ids.get("name") or "", error=why, batch_id=ids.get("batch_id"))
         try:
             changed = self.store.complete(result, only_if_queued=True)
-        except (ClientError, BotoCoreError, StoreConflict) as err:
+        except STORE_ERRORS as err:
             log.error("cannot mark job %s failed (dead-lettered message %s): %s; next pass", result.request_id, mid,
                       err)
             return False
         self._remember(mid)
         if changed:
-            log.warning("job %s (%s) marked failed: %s (message %s)", result.request_id, result.name, why, mid)
+            log.warning("job %s (%s) marked failed: %s (message %s)", result.request_id, result.name, result.error,
+                        mid)
         return changed
 
     def _remember(self, mid: str) -> None:
@@ -190,7 +189,7 @@ class Reaper:
                 except BadMessage as err:
                     log.warning("dropping garbled message %s on %s: %s", msg.get("MessageId"),
                                 url.rpartition("/")[2], err)
-                except (ClientError, BotoCoreError, StoreConflict) as err:
+                except STORE_ERRORS as err:
                     log.error("cannot record result in message %s: %s; it stays", msg.get("MessageId"), err)
                     continue
                 done.append(msg)

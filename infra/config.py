@@ -256,7 +256,7 @@ class Settings:
             raise ConfigError(f"IMGREC_SCALING={self.scaling!r}: must be one of {', '.join(SCALING_PROFILES)}")
         for name, value in PROFILE_DEFAULTS[self.scaling].items():
             if getattr(self, name) is None:
-                object.__setattr__(self, name, type(value)(value))
+                object.__setattr__(self, name, value)
         self._validate()
 
     def _validate(self) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from enum import StrEnum
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.messages import RESULT_FIELDS, ImageResult
 
@@ -180,13 +180,21 @@ def counter_update(deltas: dict[str, int], table: str, batch_id: str, now: float
 
 # ---------------------------------------------------------------- the store
 
-class StoreBusy(RuntimeError):
+class StoreError(RuntimeError):
+    """A job store call that failed for a reason of the store's own (beside botocore's errors)."""
+
+
+class StoreBusy(StoreError):
     """DynamoDB kept part of a read unprocessed (throughput) through every retry: try again later (503),
     never "unknown" for a job that exists."""
 
 
-class StoreConflict(RuntimeError):
+class StoreConflict(StoreError):
     """A job's record kept changing under a conditional write; the caller treats it as a failed write."""
+
+
+# What any job store call may raise when it fails: reads raise StoreBusy, writes StoreConflict.
+STORE_ERRORS = (ClientError, BotoCoreError, StoreError)
 
 
 BATCH_GET_BACKOFF_S = 0.05  # first wait before re-asking for unprocessed keys; doubles each round

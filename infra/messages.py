@@ -30,7 +30,7 @@ _HOSTILE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
 _KEY_PUNCTUATION = frozenset("._ -")
 REPLY_INFIX = "reply"
 REPLY_TOKEN_RE = re.compile(r"^[0-9a-f]{12}$")
-ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # job and batch ids (the web tier's JOB_ID_RE and BATCH_ID_RE)
+ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # job ids, and batch ids read back (new batch ids: web BATCH_ID_RE)
 
 
 class BadMessage(ValueError):
@@ -49,6 +49,16 @@ class UnknownVersion(BadMessage):
         super().__init__(f"unknown message schema version {version!r} (this code reads {SCHEMA_VERSION})")
         self.version = version
         self.ids = ids
+
+    def failed_result(self, **fields) -> ImageResult | None:
+        """The result its job is marked failed with once it is dead-lettered (by the worker that saw its
+        last receive, else by the reaper); None when its request id could not be read."""
+        if not self.ids.get("request_id"):
+            return None
+        why = (f"its request is message schema version {self.version}, which the workers do not read yet: "
+               f"dead-lettered; python -m infra redrive retries it after the upgrade")
+        return ImageResult(self.ids["request_id"], self.ids.get("name") or "", error=why,
+                           batch_id=self.ids.get("batch_id"), **fields)
 
 
 class BadName(ValueError):
@@ -244,9 +254,9 @@ def _load(body: str) -> dict:
 def readable_ids(data: dict) -> dict[str, str]:
     """What a message of another version still says about its job, when those fields look sane (pure)."""
     out = {}
-    for key, pattern in (("request_id", ID_RE), ("batch_id", ID_RE)):
+    for key in ("request_id", "batch_id"):
         value = data.get(key)
-        if isinstance(value, str) and pattern.match(value):
+        if isinstance(value, str) and ID_RE.match(value):
             out[key] = value
     name = data.get("name")
     if isinstance(name, str) and 0 < len(name) <= MAX_NAME_CHARS:

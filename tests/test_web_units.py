@@ -85,9 +85,9 @@ def test_expected_ids_expire_with_their_requests_timeout():
     """1000 requests whose results land elsewhere (or never): the set of ids a clean stop waits for empties
     once their timeout has passed, and what the router holds for it stays bounded."""
     now = [0.0]
-    router = Router(clock=lambda: now[0])
+    router = Router(ttl_s=30.0, clock=lambda: now[0])
     for i in range(1000):
-        router.expect(f"lost{i}", ttl_s=30.0)
+        router.expect(f"lost{i}")
         now[0] += 0.01
     assert router.outstanding == 1000
     router.deliver(ImageResult("lost5", "5.jpg", label="x"))  # one answered here
@@ -95,6 +95,6 @@ def test_expected_ids_expire_with_their_requests_timeout():
     now[0] += 30.0
     assert router.outstanding == 0 and router.tracked == 0
     for i in range(5000):  # a long run of answered requests leaves nothing behind either
-        router.expect(f"ok{i}", ttl_s=30.0)
+        router.expect(f"ok{i}")
         router.deliver(ImageResult(f"ok{i}", "a.jpg", label="x"))
     assert router.outstanding == 0 and router.tracked < 200

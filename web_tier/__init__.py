@@ -32,7 +32,7 @@ def create_app(settings: Settings | None = None, *, clients: Clients | None = No
     # One pooled connection per serving thread: 200 requests each storing an image at once.
     clients = clients or Clients(settings, pool=max(settings.max_pool_connections, settings.web_threads))
     store = JobStore(clients.dynamodb, settings.jobs_table)
-    router = Router()
+    router = Router(settings.request_timeout_s)
     reply = ReplyQueue(settings, clients.sqs, clients.dynamodb)
     state = WebState(settings, clients, store, router, reply, Dispatcher(settings, clients.sqs, store, router, reply))
 

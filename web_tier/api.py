@@ -12,12 +12,13 @@ from __future__ import annotations
 import logging
 import re
 import time
+from contextlib import contextmanager
 
 from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, jsonify, request
 
 from infra.jobstore import Job, JobStatus, StoreBusy
-from infra.messages import new_request_id
+from infra.messages import ID_RE, new_request_id
 from web_tier.intake import Rejected, check_upload, read_bounded, record_refused, submit
 from web_tier.upload import refuse_large_body, state
 
@@ -28,7 +29,6 @@ bp = Blueprint("api", __name__)
 MAX_WAIT_S = 25.0
 MAX_IDS_PER_POLL = 100
 STORE_RECHECK_S = 1.0
-JOB_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 
@@ -78,7 +78,7 @@ def create_jobs():
 
 @bp.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    if not JOB_ID_RE.match(job_id):
+    if not ID_RE.match(job_id):
         raise Rejected(404, "unknown job id")
     jobs = _read(state(), [job_id], _wait_s())
     if job_id not in jobs:
@@ -92,21 +92,29 @@ def get_jobs():
     ids = [i for i in request.args.get("ids", "").split(",") if i]
     if not ids:
         raise Rejected(400, "ids is required: a comma-separated list of job ids")
-    if len(ids) > MAX_IDS_PER_POLL or not all(JOB_ID_RE.match(i) for i in ids):
+    if len(ids) > MAX_IDS_PER_POLL or not all(ID_RE.match(i) for i in ids):
         raise Rejected(400, f"ids must be at most {MAX_IDS_PER_POLL} job ids")
     jobs = _read(state(), ids, _wait_s())
     return jsonify(jobs=[jobs[i].to_dict() for i in ids if i in jobs], unknown=[i for i in ids if i not in jobs])
 
 
-def read_store(st, ids: list[str]) -> dict[str, Job]:
+@contextmanager
+def store_answers(what: str):
+    """A failed job store read as the request's answer: 503 (with Retry-After when the store is busy),
+    never "unknown" for a job that exists. ``what`` says what was read, for the log."""
     try:
-        return st.store.get_many(ids)
-    except StoreBusy as err:  # never "unknown job" for a job that exists
-        log.warning("job store read of %d ids: %s", len(ids), err)
+        yield
+    except StoreBusy as err:
+        log.warning("%s: %s", what, err)
         raise Rejected(503, "job store busy, try again", retry_after=1) from None
     except (ClientError, BotoCoreError) as err:
-        log.error("job store read of %d ids failed: %s", len(ids), err)
+        log.error("%s failed: %s", what, err)
         raise Rejected(503, "job store unavailable, try again") from None
+
+
+def read_store(st, ids: list[str]) -> dict[str, Job]:
+    with store_answers(f"job store read of {len(ids)} ids"):
+        return st.store.get_many(ids)
 
 
 def _read(st, ids: list[str], wait_s: float) -> dict[str, Job]:

@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import csv
 import io
-import logging
 import time
 from dataclasses import dataclass
 
-from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Response, jsonify
 
-from infra.jobstore import BatchCounts, Job, JobStatus, StoreBusy
-from web_tier.api import BATCH_ID_RE, batch_links
+from infra.jobstore import BatchCounts, Job, JobStatus
+from web_tier.api import BATCH_ID_RE, batch_links, store_answers
 from web_tier.intake import Rejected
 from web_tier.upload import state
-
-log = logging.getLogger(__name__)
 
 bp = Blueprint("batches", __name__)
 
@@ -86,7 +82,7 @@ def _batch(batch_id: str) -> BatchView:
     if not BATCH_ID_RE.match(batch_id):
         raise Rejected(404, "unknown batch id")
     store = state().store
-    try:
+    with store_answers(f"reading batch {batch_id}"):
         counters = store.batch_counts(batch_id)
         listed = store.batch(batch_id)
         deadline, pause = time.monotonic() + INDEX_WAIT_S, 0.1
@@ -95,12 +91,6 @@ def _batch(batch_id: str) -> BatchView:
             pause = min(pause * 2, 1.0)
             listed = store.batch(batch_id)
         jobs = store.refresh(listed)
-    except StoreBusy as err:
-        log.warning("reading batch %s: %s", batch_id, err)
-        raise Rejected(503, "job store busy, try again", retry_after=1) from None
-    except (ClientError, BotoCoreError) as err:
-        log.error("reading batch %s failed: %s", batch_id, err)
-        raise Rejected(503, "job store unavailable, try again") from None
     if counters is None and not jobs:
         raise Rejected(404, "unknown batch id")
     return view(counters, jobs)

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from infra.config import Settings
-from infra.jobstore import JobStore, StoreConflict
+from infra.config import DEFAULT_REQUEST_TIMEOUT_S, Settings
+from infra.jobstore import STORE_ERRORS, JobStore
 from infra.messages import BadMessage, ImageResult, recorded_by_worker
 from web_tier.replies import ReplyQueue
 
@@ -45,33 +45,29 @@ class Watch:
 class Router:
     """Request id -> waiting requests. Several requests may watch the same id.
 
-    It also remembers the ids this process sent and has seen no result for (``outstanding``), until
-    their request's timeout: a clean stop with none out deletes its reply queue at once. An id whose
-    result lands elsewhere (another process, the reaper) or never comes expires, so the set stays
-    bounded by the requests of one timeout."""
+    It also remembers the ids this process sent and has seen no result for (``outstanding``), for
+    ``ttl_s`` (a request's timeout): a clean stop with none out deletes its reply queue at once. An id
+    whose result lands elsewhere (another process, the reaper) or never comes expires, so the set stays
+    bounded by the requests of one timeout. One ``ttl_s`` for all makes the order they were sent the
+    order they expire in."""
 
-    def __init__(self, clock=time.monotonic):
+    def __init__(self, ttl_s: float = DEFAULT_REQUEST_TIMEOUT_S, clock=time.monotonic):
         self._lock = threading.Lock()
         self._clock = clock
+        self._ttl_s = ttl_s
         self._watches: dict[str, list[Watch]] = {}
-        self._expected: dict[str, float] = {}  # request id -> when we stop expecting its result
-        self._expiry: collections.deque[tuple[float, str]] = collections.deque()  # the same, oldest first
+        self._expected: collections.OrderedDict[str, float] = collections.OrderedDict()  # id -> until, oldest first
 
-    def expect(self, request_id: str, ttl_s: float) -> None:
+    def expect(self, request_id: str) -> None:
         with self._lock:
-            until = self._clock() + ttl_s
-            self._expected[request_id] = until
-            self._expiry.append((until, request_id))
+            self._expected[request_id] = self._clock() + self._ttl_s
+            self._expected.move_to_end(request_id)
             self._prune()
 
     def _prune(self) -> None:
         now = self._clock()
-        while self._expiry and self._expiry[0][0] <= now:
-            until, request_id = self._expiry.popleft()
-            if self._expected.get(request_id) == until:
-                del self._expected[request_id]
-        if len(self._expiry) > 2 * len(self._expected) + 64:  # answered ids leave stale entries behind
-            self._expiry = collections.deque((u, i) for u, i in self._expiry if self._expected.get(i) == u)
+        while self._expected and next(iter(self._expected.values())) <= now:
+            self._expected.popitem(last=False)
 
     @property
     def outstanding(self) -> int:
@@ -83,7 +79,7 @@ class Router:
     def tracked(self) -> int:
         """Entries held for ``outstanding`` (for the bounded-memory test)."""
         with self._lock:
-            return len(self._expected) + len(self._expiry)
+            return len(self._expected)
 
     def recheck_ids(self) -> list[str]:
         """Ids that waiting synchronous requests want looked up in the job store."""
@@ -268,7 +264,7 @@ class Dispatcher(threading.Thread):
         try:
             self.store.complete(result, received_at)
             return True
-        except (ClientError, BotoCoreError, StoreConflict) as err:
+        except STORE_ERRORS as err:
             self.stats.persist_errors += 1
             log.error("cannot record result %s (%s): %s; its message stays on %s", result.request_id,
                       result.name, err, self.reply.name)

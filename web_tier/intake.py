@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from botocore.exceptions import BotoCoreError, ClientError
 from PIL import Image, UnidentifiedImageError
 
-from infra.jobstore import Job, JobStatus, StoreConflict
+from infra.jobstore import STORE_ERRORS, Job, JobStatus
 from infra.messages import BadName, ImageRequest, ImageResult, new_request_id, safe_name
 from web_tier.state import NotReady
 
@@ -113,7 +113,7 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
         raise Rejected(503, "image store unavailable, try again") from None
     request = ImageRequest.new(upload.key, put.get("VersionId"), upload.name, request_id=job_id, reply_to=reply_to,
                                batch_id=batch_id)
-    state.router.expect(request.request_id, settings.request_timeout_s)
+    state.router.expect(request.request_id)
     try:
         sqs.send_message(QueueUrl=state.request_queue_url(), MessageBody=request.to_json())
     except (ClientError, BotoCoreError) as err:
@@ -125,7 +125,7 @@ def submit(state, upload: Upload, job_id: str | None = None, received_at: float 
               batch_id=batch_id, created_at=created, enqueued_at=request.sent_at)
     try:
         state.store.add(job)
-    except (ClientError, BotoCoreError, StoreConflict) as err:
+    except STORE_ERRORS as err:
         log.error("recording job %s (%s) failed: %s; its result will record it", job.id, upload.key, err)
     log.info("job %s enqueued: key=%s version=%s batch=%s reply=%s", job.id, upload.key, request.version, batch_id,
              state.reply.name or "-")
@@ -140,7 +140,7 @@ def record_refused(state, filename: str | None, reason: str, batch_id: str, rece
               result=ImageResult(job_id, name, error=reason))
     try:
         state.store.add(job)
-    except (ClientError, BotoCoreError, StoreConflict) as err:
+    except STORE_ERRORS as err:
         log.error("recording refused file %r of batch %s failed: %s", name, batch_id, err)
         return None
     return job_id

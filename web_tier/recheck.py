@@ -14,9 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from infra.jobstore import JobStore, StoreBusy
+from infra.jobstore import STORE_ERRORS, JobStore
 from web_tier.dispatcher import Router
 
 log = logging.getLogger(__name__)
@@ -32,7 +30,6 @@ class StoreRecheck(threading.Thread):
         self.store = store
         self.router = router
         self.interval_s = interval_s
-        self.found = 0  # results found in the store before (or instead of) the reply queue
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
@@ -44,21 +41,16 @@ class StoreRecheck(threading.Thread):
         while not self._stop_event.wait(self.interval_s):
             try:
                 self.check_once()
-            except (ClientError, BotoCoreError, StoreBusy) as err:
+            except STORE_ERRORS as err:
                 log.warning("re-reading %d waited-for jobs from the store failed: %s; again in %.0f s",
                             len(self.router.recheck_ids()), err, self.interval_s)
             except Exception:  # the thread must not die: waiting requests would lose their second path
                 log.exception("store recheck failed; again in %.0f s", self.interval_s)
 
-    def check_once(self) -> int:
-        """One pass; returns how many waiting ids it answered."""
+    def check_once(self) -> None:
         ids = self.router.recheck_ids()
         if not ids:
-            return 0
-        answered = 0
+            return
         for job in self.store.get_many(ids).values():
             if job.finished and job.result is not None and self.router.deliver(job.result):
-                answered += 1
                 log.info("job %s (%s): result found in the job store for its waiting request", job.id, job.name)
-        self.found += answered
-        return answered

@@ -186,7 +186,7 @@ class ReplyQueue:
                 log.info("reply queue %s deleted (web process %s stopped)", self.name, self.owner)
                 return
             self.sqs.untag_queue(QueueUrl=self.url, TagKeys=[OWNER_TAG, HEARTBEAT_TAG])
-            if self.shared and not self.claim_lost:
+            if self.shared:
                 self.claim.release()
             log.info("reply queue %s handed to the controller's reaper (web process %s stopped, %d requests out)",
                      self.name, self.owner, outstanding)

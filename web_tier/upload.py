@@ -13,11 +13,10 @@ from __future__ import annotations
 import logging
 import time
 
-from botocore.exceptions import BotoCoreError, ClientError
 from flask import Blueprint, Flask, Response, current_app, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from infra.jobstore import JobStatus, StoreBusy
+from infra.jobstore import STORE_ERRORS, JobStatus
 from infra.messages import new_request_id
 from web_tier.intake import COURSE_FIELDS, Rejected, check_upload, read_bounded, submit
 from web_tier.state import EXTENSION, WebState
@@ -76,7 +75,7 @@ def classify():
     if result is None:
         try:  # recorded in the store in the last second, after the re-reader's last look?
             job = st.store.get(job_id)
-        except (ClientError, BotoCoreError, StoreBusy) as err:
+        except STORE_ERRORS as err:
             log.warning("job %s: store read after the wait failed: %s", job_id, err)
             job = None
         if job is None or job.status is JobStatus.QUEUED:
