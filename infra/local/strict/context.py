@@ -2,10 +2,10 @@
 
 moto serves each HTTP request in its own thread and routes it through ``BaseResponse.call_action``; we wrap
 that once to record ``<service>:<Action>`` and (parsed only when a behaviour or a pending fault asks) the
-strings the request carries (names, URLs, ARNs, tag values: what scopes match), so behaviours can tell a client's ``DescribeInstances`` from moto's own internal
-lookups (a CloudFormation stack creating an instance, say), and so a test can make a call fail on demand
-(``client.inject_fault``) whatever the service. Faults are answered after IAM has authorised the call, as
-AWS would, in the service's own error format.
+strings the request carries (names, URLs, ARNs, tag values: what scopes match), so behaviours can tell a
+client's ``DescribeInstances`` from moto's own internal lookups (a CloudFormation stack creating an instance,
+say), and so a test can make a call fail on demand (``client.inject_fault``) whatever the service. Faults are
+answered after IAM has authorised the call, as AWS would, in the service's own error format.
 """
 
 from __future__ import annotations
