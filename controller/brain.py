@@ -15,7 +15,15 @@ from dataclasses import dataclass, field
 
 from controller.facts import Learner
 from controller.policy import Decision, Observation, PolicySettings, PolicyState, decide
-from infra.observe import LEAVING_STATES, LIVE_STATES, Instance, InstanceState, QueueDepth
+from infra.observe import (
+    ACTIVE_STATES,
+    LEAVING_STATES,
+    LIVE_STATES,
+    Instance,
+    InstanceState,
+    QueueDepth,
+    count_by_state,
+)
 
 UNSEEN_LAUNCH_GRACE_S = 30.0  # a launch EC2 has not listed after this long is presumed gone
 
@@ -61,9 +69,7 @@ class Brain:
 
     # ------------------------------------------------------------ observe + decide
     def observe(self, now: float, wall: float, depth: QueueDepth, fleet: list[Instance]) -> Observation:
-        counts = {s: 0 for s in InstanceState}
-        for inst in fleet:
-            counts[inst.state] += 1
+        counts = count_by_state(fleet)
         learner = self.learner
         running = [(i.id, i.launch_time) for i in fleet if i.state == InstanceState.RUNNING]
         learner.record_tick(wall, depth.visible, depth.backlog, running)
@@ -99,8 +105,7 @@ def choose_removals(instances: Iterable[Instance], count: int, activity: dict[st
     idle (no ``ImagesProcessed`` lately), then the newest; never one in ``protect``."""
     activity = activity or {}
     protect = set(protect)
-    candidates = [i for i in instances if i.state in (InstanceState.PENDING, InstanceState.RUNNING)
-                  and i.id not in protect]
+    candidates = [i for i in instances if i.state in ACTIVE_STATES and i.id not in protect]
 
     def rank(inst: Instance):
         busy = activity.get(inst.id, 0.0) > 0
