@@ -145,7 +145,7 @@ class Controller:
 
     def _learn(self, now: float, wall: float, backlog: int, fleet: list[Instance]) -> None:
         learner = self.brain.learner
-        booting = any(not learner.measured_ready(i.id) for i in fleet if wall - i.launch_time < signals.START_LOOKBACK_S)
+        booting = signals.young(fleet, learner, wall)
         if backlog > 0 or booting or self.brain.unseen or learner.recent > 0:
             self._learn_until = now + LEARN_AFTER_WORK_S
         if now >= self._next_read and now < self._learn_until:
