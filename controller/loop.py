@@ -186,7 +186,7 @@ class Controller:
         delta = decision.desired - obs.active
         activity = None
         try:
-            if delta < 0:
+            if -delta > len(self.brain.unseen):  # removals beyond our unlisted launches pick listed ones, idle first
                 activity = self.actuator.activity(fleet)
             plan = plan_actuation(decision, obs, fleet, self.brain, activity, wall)
             if plan.launch:
