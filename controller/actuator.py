@@ -49,7 +49,7 @@ def refusal(err: Exception) -> Refusal | None:
     """Whether an EC2 error is a capacity refusal or throttling (both worth a back-off), else None."""
     if not isinstance(err, ClientError):
         return None
-    code = err.response.get("Error", {}).get("Code", "")
+    code = error_code(err)
     if code in CAPACITY_CODES:
         return Refusal.CAPACITY
     if code in THROTTLE_CODES:
@@ -73,12 +73,6 @@ def free_names(used: Iterable[str], settings: Settings, count: int) -> list[str]
             out.append(name)
         k += 1
     return out
-
-
-def free_indices(instances: Iterable[Instance], settings: Settings, count: int) -> list[int]:
-    """The ``count`` lowest n whose ``Name=<app prefix>-<n>`` no live instance holds."""
-    used = {i.name for i in instances if i.state in LIVE_STATES}
-    return [int(name.rsplit("-", 1)[1]) for name in free_names(used, settings, count)]
 
 
 def user_data(settings: Settings) -> str:

@@ -127,10 +127,6 @@ class Controller:
         self._last_logged: tuple | None = None
         self._last_logged_at = float("-inf")
 
-    @property
-    def state(self):
-        return self.brain.state
-
     # ------------------------------------------------------------ observe
     def observe(self, now: float, wall: float) -> tuple[Observation, list[Instance]]:
         if self._queue_url is None:

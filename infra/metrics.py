@@ -23,7 +23,6 @@ from enum import StrEnum
 STACK_DIMENSION = "Stack"
 INSTANCE_DIMENSION = "InstanceId"
 HIGH_RESOLUTION = 1  # StorageResolution of every datum we publish
-STANDARD_RESOLUTION = 60
 HIGH_RESOLUTION_PERIODS = (1, 5, 10, 20, 30)
 HIGH_RESOLUTION_RETENTION_S = 3 * 3600  # "Data points with a period of less than 60 seconds are available for 3 hours"
 
@@ -51,7 +50,6 @@ WORKER_TIMINGS = (Metric.INFERENCE_MS, Metric.END_TO_END_MS)
 WORKER_METRICS = WORKER_COUNTS + WORKER_TIMINGS
 CONTROLLER_METRICS = (Metric.BACKLOG, Metric.BACKLOG_PER_INSTANCE, Metric.DESIRED_INSTANCES,
                       Metric.RUNNING_INSTANCES)
-LAUNCH_ERROR_METRICS = (Metric.CAPACITY_ERRORS, Metric.THROTTLED_CALLS)
 
 
 def stack_dimensions(prefix: str) -> list[dict[str, str]]:
