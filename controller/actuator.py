@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -63,12 +63,13 @@ def error_code(err: Exception) -> str:
     return type(err).__name__
 
 
-def free_names(used: Iterable[str], settings: Settings, count: int) -> list[str]:
-    """The ``count`` lowest ``<app prefix>-<n>`` names (n from 1) that ``used`` does not hold."""
+def free_names(used: Iterable[str], name_for: Callable[[int], str], count: int) -> list[str]:
+    """The ``count`` lowest names ``name_for(n)`` (n from 1; ``Settings.app_instance_name`` for the
+    controller) that ``used`` does not hold, lowest first."""
     used = set(used)
     out, k = [], 1
     while len(out) < count:
-        name = settings.app_instance_name(k)
+        name = name_for(k)
         if name not in used:
             out.append(name)
         k += 1
@@ -191,7 +192,7 @@ class Ec2Actuator:
         if self.warm_pool:
             ids += self.start_stopped([i.id for i in fleet if i.state == InstanceState.STOPPED][:n])
         used = {i.name for i in fleet if i.state in LIVE_STATES}
-        for name in free_names(used, self.settings, n - len(ids)):
+        for name in free_names(used, self.settings.app_instance_name, n - len(ids)):
             ids.append(self.run_one(name, new_token()))
         return ids
 

@@ -209,7 +209,7 @@ class Controller:
             del self._tokens[name]
         used = self.brain.names_in_use(fleet) | set(self._tokens)
         retry = list(self._tokens)
-        names = (retry + free_names(used, self.settings, n))[: n - len(out.changed)]
+        names = (retry + free_names(used, self.settings.app_instance_name, n))[: n - len(out.changed)]
         for name in names:
             if not self.lease.confirm():
                 out.action = Action.LOST_LEASE if not out.changed else Action.LAUNCH
