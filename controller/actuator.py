@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.brain import choose_removals
 from infra.config import Settings
-from infra.metrics import Metric, instance_dimensions, read_period
+from infra.metrics import Metric, metric_query, read_period
 from infra.observe import LIVE_STATES, FleetReader, Instance, InstanceState
 from infra.tags import NAME_TAG, Role, stack_tags
 from infra.userdata import app_user_data
@@ -99,14 +99,8 @@ def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],
         return {}
     end = now or datetime.now(UTC)
     period = read_period(lookback_s)
-    queries = [{
-        "Id": f"m{i}",
-        "MetricStat": {
-            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(Metric.IMAGES_PROCESSED),
-                       "Dimensions": instance_dimensions(settings.prefix, iid)},
-            "Period": period, "Stat": "Sum"},
-        "ReturnData": True,
-    } for i, iid in enumerate(instance_ids[:500])]
+    queries = [metric_query(f"m{i}", settings.metrics_namespace, settings.prefix, Metric.IMAGES_PROCESSED, "Sum",
+                            period, iid) for i, iid in enumerate(instance_ids[:500])]
     try:
         resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=period),
                                           EndTime=end + timedelta(seconds=period))

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.facts import Learner
 from infra.config import Settings
-from infra.metrics import HIGH_RESOLUTION_RETENTION_S, Metric, instance_dimensions, stack_dimensions
+from infra.metrics import HIGH_RESOLUTION_RETENTION_S, Metric, metric_query
 from infra.observe import Instance
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,9 @@ class Reading:
 
 
 def queries(settings: Settings, young: list[Instance]) -> list[dict]:
-    def stat(qid: str, metric: Metric, dims: list[dict]) -> dict:
-        return {"Id": qid, "ReturnData": True, "MetricStat": {
-            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(metric), "Dimensions": dims},
-            "Period": 1, "Stat": "Sum"}}
-
-    out = [stat("images", Metric.IMAGES_PROCESSED, stack_dimensions(settings.prefix))]
-    out += [stat(f"s{n}", Metric.WORKER_STARTS, instance_dimensions(settings.prefix, i.id))
+    ns, prefix = settings.metrics_namespace, settings.prefix
+    out = [metric_query("images", ns, prefix, Metric.IMAGES_PROCESSED, "Sum", 1)]
+    out += [metric_query(f"s{n}", ns, prefix, Metric.WORKER_STARTS, "Sum", 1, i.id)
             for n, i in enumerate(young[: MAX_QUERIES - 1])]
     return out
 

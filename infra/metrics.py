@@ -60,6 +60,15 @@ def instance_dimensions(prefix: str, instance_id: str) -> list[dict[str, str]]:
     return [*stack_dimensions(prefix), {"Name": INSTANCE_DIMENSION, "Value": instance_id}]
 
 
+def metric_query(qid: str, namespace: str, prefix: str, metric: str, stat: str, period: int,
+                 instance_id: str | None = None) -> dict:
+    """One GetMetricData query: ``stat`` of ``metric`` over ``period`` s for the stack, or for one of its instances."""
+    dims = stack_dimensions(prefix) if instance_id is None else instance_dimensions(prefix, instance_id)
+    return {"Id": qid, "ReturnData": True, "MetricStat": {
+        "Metric": {"Namespace": namespace, "MetricName": str(metric), "Dimensions": dims},
+        "Period": period, "Stat": stat}}
+
+
 def read_period(seconds: float) -> int:
     """The shortest period AWS accepts for high-resolution data that is at least ``seconds`` long (pure)."""
     want = max(1, math.ceil(seconds))
@@ -76,10 +85,8 @@ def launch_refusals(cloudwatch, namespace: str, prefix: str, seconds: int = 60) 
 
     end = datetime.now(UTC)
     period = max(60, math.ceil(seconds / 60) * 60)
-    queries = [{"Id": qid, "ReturnData": True, "MetricStat": {
-        "Metric": {"Namespace": namespace, "MetricName": str(metric), "Dimensions": stack_dimensions(prefix)},
-        "Period": period, "Stat": "Sum"}} for qid, metric in (("capacity", Metric.CAPACITY_ERRORS),
-                                                             ("throttled", Metric.THROTTLED_CALLS))]
+    queries = [metric_query(qid, namespace, prefix, metric, "Sum", period)
+               for qid, metric in (("capacity", Metric.CAPACITY_ERRORS), ("throttled", Metric.THROTTLED_CALLS))]
     resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=seconds),
                                       EndTime=end + timedelta(seconds=1))
     out = {r["Id"]: int(sum(r.get("Values", []))) for r in resp.get("MetricDataResults", [])}
