@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
@@ -25,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.brain import choose_removals
 from infra.config import Settings
-from infra.metrics import Metric, instance_dimensions, read_period
+from infra.metrics import Metric, metric_query, read_period
 from infra.observe import LIVE_STATES, FleetReader, Instance, InstanceState
 from infra.tags import NAME_TAG, Role, stack_tags
 from infra.userdata import app_user_data
@@ -49,7 +49,7 @@ def refusal(err: Exception) -> Refusal | None:
     """Whether an EC2 error is a capacity refusal or throttling (both worth a back-off), else None."""
     if not isinstance(err, ClientError):
         return None
-    code = err.response.get("Error", {}).get("Code", "")
+    code = error_code(err)
     if code in CAPACITY_CODES:
         return Refusal.CAPACITY
     if code in THROTTLE_CODES:
@@ -63,22 +63,17 @@ def error_code(err: Exception) -> str:
     return type(err).__name__
 
 
-def free_names(used: Iterable[str], settings: Settings, count: int) -> list[str]:
-    """The ``count`` lowest ``<app prefix>-<n>`` names (n from 1) that ``used`` does not hold."""
+def free_names(used: Iterable[str], name_for: Callable[[int], str], count: int) -> list[str]:
+    """The ``count`` lowest names ``name_for(n)`` (n from 1; ``Settings.app_instance_name`` for the
+    controller) that ``used`` does not hold, lowest first."""
     used = set(used)
     out, k = [], 1
     while len(out) < count:
-        name = settings.app_instance_name(k)
+        name = name_for(k)
         if name not in used:
             out.append(name)
         k += 1
     return out
-
-
-def free_indices(instances: Iterable[Instance], settings: Settings, count: int) -> list[int]:
-    """The ``count`` lowest n whose ``Name=<app prefix>-<n>`` no live instance holds."""
-    used = {i.name for i in instances if i.state in LIVE_STATES}
-    return [int(name.rsplit("-", 1)[1]) for name in free_names(used, settings, count)]
 
 
 def user_data(settings: Settings) -> str:
@@ -104,14 +99,8 @@ def recent_activity(cloudwatch, settings: Settings, instance_ids: list[str],
         return {}
     end = now or datetime.now(UTC)
     period = read_period(lookback_s)
-    queries = [{
-        "Id": f"m{i}",
-        "MetricStat": {
-            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(Metric.IMAGES_PROCESSED),
-                       "Dimensions": instance_dimensions(settings.prefix, iid)},
-            "Period": period, "Stat": "Sum"},
-        "ReturnData": True,
-    } for i, iid in enumerate(instance_ids[:500])]
+    queries = [metric_query(f"m{i}", settings.metrics_namespace, settings.prefix, Metric.IMAGES_PROCESSED, "Sum",
+                            period, iid) for i, iid in enumerate(instance_ids[:500])]
     try:
         resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=period),
                                           EndTime=end + timedelta(seconds=period))
@@ -197,7 +186,7 @@ class Ec2Actuator:
         if self.warm_pool:
             ids += self.start_stopped([i.id for i in fleet if i.state == InstanceState.STOPPED][:n])
         used = {i.name for i in fleet if i.state in LIVE_STATES}
-        for name in free_names(used, self.settings, n - len(ids)):
+        for name in free_names(used, self.settings.app_instance_name, n - len(ids)):
             ids.append(self.run_one(name, new_token()))
         return ids
 

@@ -14,8 +14,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from controller.facts import Learner
-from controller.policy import Decision, Observation, PolicySettings, PolicyState, decide
-from infra.observe import LEAVING_STATES, LIVE_STATES, Instance, InstanceState, QueueDepth
+from controller.policy import Decision, Observation, PolicySettings, PolicyState, Profile, decide
+from infra.observe import (
+    ACTIVE_STATES,
+    LEAVING_STATES,
+    LIVE_STATES,
+    Instance,
+    InstanceState,
+    QueueDepth,
+    count_by_state,
+)
 
 UNSEEN_LAUNCH_GRACE_S = 30.0  # a launch EC2 has not listed after this long is presumed gone
 
@@ -61,24 +69,21 @@ class Brain:
 
     # ------------------------------------------------------------ observe + decide
     def observe(self, now: float, wall: float, depth: QueueDepth, fleet: list[Instance]) -> Observation:
-        counts = {s: 0 for s in InstanceState}
-        for inst in fleet:
-            counts[inst.state] += 1
+        counts = count_by_state(fleet)
         learner = self.learner
         running = [(i.id, i.launch_time) for i in fleet if i.state == InstanceState.RUNNING]
-        learner.record_tick(wall, depth.visible, depth.backlog, running)
-        serving = sum(1 for iid, launched in running if learner.ready_at(iid, launched) <= wall)
+        serving = learner.serving(learner.record_tick(wall, depth.visible, depth.backlog, running))
         booting = [wall - launched for iid, launched in running if learner.ready_at(iid, launched) > wall]
         booting += [wall - i.launch_time for i in fleet if i.state == InstanceState.PENDING]
         booting += [wall - lx.at for lx in self.unseen.values()]
-        prepaid = sum(1 for _, launched in running if wall - launched < self.cfg.billing_minimum_s)
         return Observation(
             visible=depth.visible, in_flight=depth.in_flight,
             pending=counts[InstanceState.PENDING] + len(self.unseen),
             running=counts[InstanceState.RUNNING],
             stopping=sum(counts[s] for s in LEAVING_STATES),
             stopped=counts[InstanceState.STOPPED],
-            now=now, serving=serving, booting_ages=tuple(sorted(booting)), prepaid=prepaid,
+            now=now, serving=serving, booting_ages=tuple(sorted(booting)),
+            prepaid=len(self.prepaid_ids(fleet, wall)),
             backlog_estimate=learner.backlog_estimate(wall), facts=learner.facts(wall),
         )
 
@@ -99,8 +104,7 @@ def choose_removals(instances: Iterable[Instance], count: int, activity: dict[st
     idle (no ``ImagesProcessed`` lately), then the newest; never one in ``protect``."""
     activity = activity or {}
     protect = set(protect)
-    candidates = [i for i in instances if i.state in (InstanceState.PENDING, InstanceState.RUNNING)
-                  and i.id not in protect]
+    candidates = [i for i in instances if i.state in ACTIVE_STATES and i.id not in protect]
 
     def rank(inst: Instance):
         busy = activity.get(inst.id, 0.0) > 0
@@ -131,6 +135,6 @@ def plan_actuation(decision: Decision, obs: Observation, fleet: list[Instance], 
     if delta == 0:
         return Actuation()
     unseen = [lx.id for lx in sorted(brain.unseen.values(), key=lambda lx: (-lx.at, lx.id))][: -delta]
-    protect = brain.prepaid_ids(fleet, wall) if brain.cfg.profile == "work" else set()
+    protect = brain.prepaid_ids(fleet, wall) if brain.cfg.profile is Profile.WORK else set()
     remove = choose_removals(fleet, -delta - len(unseen), activity, protect)
     return Actuation(drop_unseen=tuple(unseen), remove=tuple(remove))

@@ -144,16 +144,18 @@ class Learner:
     evaluated_to: int | None = None  # windows ending at or before this second are done
 
     # ------------------------------------------------------------ inputs
-    def record_tick(self, t: float, visible: int, backlog: int, running: Iterable[tuple[str, float]]) -> None:
+    def record_tick(self, t: float, visible: int, backlog: int, running: Iterable[tuple[str, float]]) -> TickRecord:
         visible, backlog = max(0, visible), max(0, backlog)
         prev = self.ticks[-1] if self.ticks else None
         since = prev.since if prev is not None and (prev.visible, prev.backlog) == (visible, backlog) else t
         running = tuple(sorted(running))
         if prev is not None and running == prev.running:
             running = prev.running  # one tuple shared while the fleet holds
-        self.ticks.append(TickRecord(t, visible, backlog, running, since))
+        tick = TickRecord(t, visible, backlog, running, since)
+        self.ticks.append(tick)
         while self.ticks and self.ticks[0].t < t - HISTORY_S:
             self.ticks.popleft()
+        return tick
 
     def record_images(self, start: int, end: int, per_second: Mapping[int, float]) -> None:
         """The stack's ImagesProcessed for every second in [start, end) (seconds absent: none done)."""
@@ -197,9 +199,9 @@ class Learner:
             return self.ready[instance_id]
         return launch_t + max(READY_FALLBACK_MIN_S, READY_FALLBACK_FACTOR * self.boot_s)
 
-    def serving(self, tick: TickRecord, at: float | None = None) -> int:
-        at = tick.t if at is None else at
-        return sum(1 for iid, launched in tick.running if self.ready_at(iid, launched) <= at)
+    def serving(self, tick: TickRecord) -> int:
+        """Instances running at ``tick`` whose worker had started by then."""
+        return sum(1 for iid, launched in tick.running if self.ready_at(iid, launched) <= tick.t)
 
     def measured_ready(self, instance_id: str) -> bool:
         return instance_id in self.ready

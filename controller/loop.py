@@ -127,10 +127,6 @@ class Controller:
         self._last_logged: tuple | None = None
         self._last_logged_at = float("-inf")
 
-    @property
-    def state(self):
-        return self.brain.state
-
     # ------------------------------------------------------------ observe
     def observe(self, now: float, wall: float) -> tuple[Observation, list[Instance]]:
         if self._queue_url is None:
@@ -145,7 +141,7 @@ class Controller:
 
     def _learn(self, now: float, wall: float, backlog: int, fleet: list[Instance]) -> None:
         learner = self.brain.learner
-        booting = any(not learner.measured_ready(i.id) for i in fleet if wall - i.launch_time < signals.START_LOOKBACK_S)
+        booting = signals.young(fleet, learner, wall)
         if backlog > 0 or booting or self.brain.unseen or learner.recent > 0:
             self._learn_until = now + LEARN_AFTER_WORK_S
         if now >= self._next_read and now < self._learn_until:
@@ -186,7 +182,7 @@ class Controller:
         delta = decision.desired - obs.active
         activity = None
         try:
-            if delta < 0:
+            if -delta > len(self.brain.unseen):  # removals beyond our unlisted launches pick listed ones, idle first
                 activity = self.actuator.activity(fleet)
             plan = plan_actuation(decision, obs, fleet, self.brain, activity, wall)
             if plan.launch:
@@ -213,7 +209,7 @@ class Controller:
             del self._tokens[name]
         used = self.brain.names_in_use(fleet) | set(self._tokens)
         retry = list(self._tokens)
-        names = (retry + free_names(used, self.settings, n))[: n - len(out.changed)]
+        names = (retry + free_names(used, self.settings.app_instance_name, n))[: n - len(out.changed)]
         for name in names:
             if not self.lease.confirm():
                 out.action = Action.LOST_LEASE if not out.changed else Action.LAUNCH

@@ -73,6 +73,16 @@ class Observation:
         """Instances that are, or are about to be, serving: what ``desired`` is compared with."""
         return max(0, self.pending) + max(0, self.running)
 
+    @property
+    def work_backlog(self) -> float:
+        """The backlog the work profile drains: the estimate where there is one, else the count."""
+        return self.backlog if self.backlog_estimate is None else self.backlog_estimate
+
+    @property
+    def serving_now(self) -> int:
+        """Active instances whose worker is ready (every running one when ``serving`` is unknown)."""
+        return min(self.active, self.running if self.serving is None else self.serving)
+
 
 @dataclass(frozen=True)
 class PolicySettings:
@@ -195,14 +205,11 @@ class Plan:
     busy: float  # the least busy new instance's share of its billed time (1.0: needed for the stream)
 
 
-def plans(obs: Observation, facts: Facts, cfg: PolicySettings) -> list[Plan]:
-    """Drain time for 0..room more instances (pure; the table the decision reads)."""
-    backlog = obs.backlog if obs.backlog_estimate is None else obs.backlog_estimate
-    active = obs.active
-    serving = min(active, obs.running if obs.serving is None else obs.serving)
+def plans(obs: Observation, facts: Facts, cfg: PolicySettings, steady: int) -> list[Plan]:
+    """Drain time for 0..room more instances (pure; the table the decision reads); ``steady``: ``steady_need``."""
+    backlog, active, serving = obs.work_backlog, obs.active, obs.serving_now
     boot_left = [facts.boot_s - age for age in obs.booting_ages][: max(0, active - serving)]
     boot_left += [facts.boot_s] * (active - serving - len(boot_left))  # booting ones we hold no age for
-    steady = steady_need(facts, cfg)
     out = []
     for add in range(0, max(0, cfg.max_instances - active) + 1):
         drain = drain_time(backlog, serving, boot_left + [facts.boot_s] * add, facts.capacity, facts.arrival)
@@ -216,13 +223,12 @@ def plans(obs: Observation, facts: Facts, cfg: PolicySettings) -> list[Plan]:
     return out
 
 
-def choose_launch(table: list[Plan], obs: Observation, facts: Facts, cfg: PolicySettings) -> Plan:
+def choose_launch(table: list[Plan], obs: Observation, cfg: PolicySettings, steady: int) -> Plan:
     """The fewest launches that drain within the target and pay their way; failing that, the fastest
     drain whose launches all pay their way, if it is clearly faster than launching nothing."""
-    now, steady = table[0], steady_need(facts, cfg)
+    now = table[0]
     must = max(0, steady - obs.active)
-    backlog = obs.backlog if obs.backlog_estimate is None else obs.backlog_estimate
-    if obs.active == 0 and backlog > 0:
+    if obs.active == 0 and obs.work_backlog > 0:
         must = max(must, 1)  # from zero, a backlog needs one instance whatever the sums say
     if now.drain_s <= cfg.latency_target_s and must == 0:
         return now
@@ -239,17 +245,16 @@ def choose_launch(table: list[Plan], obs: Observation, facts: Facts, cfg: Policy
     return next(p for p in paying if p.drain_s <= best * (1 + NEAR_BEST) and p.add >= min(must, paying[-1].add))
 
 
-def keep_for(obs: Observation, facts: Facts, cfg: PolicySettings, drain_now: float) -> int:
+def keep_for(obs: Observation, facts: Facts, cfg: PolicySettings, drain_now: float, steady: int) -> int:
     """The fewest instances worth keeping: those still booting only if they will be ready before the
     backlog is gone, and no more than still add ``KEEP_SHARE`` of an instance's rate each (instances on
     EC2 all do; instances sharing a laptop's cores do not); never fewer than lately did work or a stream
     of arrivals needs. Removing an instance that adds its share mid-drain would save no instance-time
     (the same work is done by fewer, for longer) and only delay the last image: so it goes when it idles."""
-    floor = max(steady_need(facts, cfg), busy_need(facts, cfg))
+    floor = max(steady, busy_need(facts, cfg))
     if drain_now <= max(1.0, cfg.scale_in_window_s):
         return min(obs.active, floor)  # the backlog is about gone: what works lately, or a stream, needs
-    serving = min(obs.active, obs.running if obs.serving is None else obs.serving)
-    useful = serving + sum(1 for age in obs.booting_ages if facts.boot_s - age < drain_now)
+    useful = obs.serving_now + sum(1 for age in obs.booting_ages if facts.boot_s - age < drain_now)
     adds = next((k for k in range(1, cfg.max_instances + 1)
                  if facts.capacity(k + 1) - facts.capacity(k) < KEEP_SHARE * facts.rate), cfg.max_instances)
     return min(obs.active, max(floor, min(useful, adds)))
@@ -263,9 +268,10 @@ def busy_need(facts: Facts, cfg: PolicySettings) -> int:
 def work_need(obs: Observation, cfg: PolicySettings) -> tuple[int, str]:
     """The work profile's need now, and why."""
     facts = obs.facts or cfg.prior()
-    table = plans(obs, facts, cfg)
-    plan = choose_launch(table, obs, facts, cfg)
-    backlog = round(obs.backlog if obs.backlog_estimate is None else obs.backlog_estimate)
+    steady = steady_need(facts, cfg)
+    table = plans(obs, facts, cfg, steady)
+    plan = choose_launch(table, obs, cfg, steady)
+    backlog = round(obs.work_backlog)
     now = table[0]
     drain = "never" if math.isinf(now.drain_s) else f"{now.drain_s:.0f} s"
     if plan.add:
@@ -273,7 +279,7 @@ def work_need(obs: Observation, cfg: PolicySettings) -> tuple[int, str]:
         why = (f"backlog {backlog} drains in {drain} with {obs.active}; with {obs.active + plan.add}: {after} "
                f"(target {cfg.latency_target_s:g} s; {facts.describe()})")
         return cfg.clamp(obs.active + plan.add), why
-    keep = keep_for(obs, facts, cfg, now.drain_s)
+    keep = keep_for(obs, facts, cfg, now.drain_s, steady)
     why = f"backlog {backlog} drains in {drain} with {obs.active}, {keep} would do ({facts.describe()})"
     return cfg.clamp(keep), why
 

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from controller.facts import Learner
 from infra.config import Settings
-from infra.metrics import HIGH_RESOLUTION_RETENTION_S, Metric, instance_dimensions, stack_dimensions
+from infra.metrics import HIGH_RESOLUTION_RETENTION_S, Metric, metric_query
 from infra.observe import Instance
 
 log = logging.getLogger(__name__)
@@ -40,13 +40,9 @@ class Reading:
 
 
 def queries(settings: Settings, young: list[Instance]) -> list[dict]:
-    def stat(qid: str, metric: Metric, dims: list[dict]) -> dict:
-        return {"Id": qid, "ReturnData": True, "MetricStat": {
-            "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(metric), "Dimensions": dims},
-            "Period": 1, "Stat": "Sum"}}
-
-    out = [stat("images", Metric.IMAGES_PROCESSED, stack_dimensions(settings.prefix))]
-    out += [stat(f"s{n}", Metric.WORKER_STARTS, instance_dimensions(settings.prefix, i.id))
+    ns, prefix = settings.metrics_namespace, settings.prefix
+    out = [metric_query("images", ns, prefix, Metric.IMAGES_PROCESSED, "Sum", 1)]
+    out += [metric_query(f"s{n}", ns, prefix, Metric.WORKER_STARTS, "Sum", 1, i.id)
             for n, i in enumerate(young[: MAX_QUERIES - 1])]
     return out
 
@@ -67,24 +63,29 @@ def parse(resp: dict, young: list[Instance], start: int, end: int) -> Reading:
     return Reading(start, end, images, started)
 
 
+def young(fleet: list[Instance], learner: Learner, wall: float) -> list[Instance]:
+    """Instances launched lately whose worker start is not read yet: their ``WorkerStarts`` is worth a read."""
+    return [i for i in fleet if not learner.measured_ready(i.id)
+            and wall - i.launch_time < min(START_LOOKBACK_S, HIGH_RESOLUTION_RETENTION_S)]
+
+
 def read(cloudwatch, settings: Settings, fleet: list[Instance], learner: Learner, wall: float) -> Reading | None:
     """Read and feed the learner; None (logged) when CloudWatch does not answer: the facts just age."""
-    young = [i for i in fleet if not learner.measured_ready(i.id)
-             and wall - i.launch_time < min(START_LOOKBACK_S, HIGH_RESOLUTION_RETENTION_S)]
+    fresh = young(fleet, learner, wall)
     end = math.floor(wall) + 1
     start = end - LOOKBACK_S
-    oldest = min([start, *(math.floor(i.launch_time) for i in young)])
+    oldest = min([start, *(math.floor(i.launch_time) for i in fresh)])
     try:
-        resp = cloudwatch.get_metric_data(MetricDataQueries=queries(settings, young),
+        resp = cloudwatch.get_metric_data(MetricDataQueries=queries(settings, fresh),
                                           StartTime=datetime.fromtimestamp(oldest, UTC),
                                           EndTime=datetime.fromtimestamp(end, UTC) + timedelta(seconds=1))
     except (ClientError, BotoCoreError) as err:
         log.warning("cannot read %s metrics of %s for the work policy: %s", settings.metrics_namespace,
                     settings.prefix, err)
         return None
-    reading = parse(resp, young, start, end)
+    reading = parse(resp, fresh, start, end)
     learner.record_images(start, end, {s: v for s, v in reading.images.items() if start <= s < end})
-    launched = {i.id: i.launch_time for i in young}
+    launched = {i.id: i.launch_time for i in fresh}
     for iid, at in reading.started.items():
         learner.record_ready(iid, launched[iid], at)
     learner.update(wall)

@@ -21,14 +21,14 @@ from bisect import bisect_right
 from collections import deque
 from dataclasses import dataclass, field, replace
 
+from controller.actuator import IDLE_LOOKBACK_S, free_names
 from controller.brain import Brain, Launch, plan_actuation
 from controller.policy import PolicySettings
+from controller.signals import LOOKBACK_S as READ_LOOKBACK_S
 from infra.observe import Instance, InstanceState, QueueDepth
 from infra.prices import billed_seconds, usd
 
 AT_REST_LAUNCHED = -3600.0  # instances of the at-rest fleet were launched long before t = 0
-IDLE_LOOKBACK_S = 20.0  # the actuator's idle check (controller/actuator.py)
-READ_LOOKBACK_S = 60  # the controller's metrics read covers this much (controller/signals.py)
 
 
 @dataclass(frozen=True)
@@ -404,13 +404,7 @@ class Simulation:
         act = plan_actuation(decision, obs, fleet, brain, self._activity(), now)
         if act.launch or act.removals or not self.trace or self.trace[-1][3] != decision.desired:
             self.trace.append((round(now, 1), obs.backlog, obs.active, decision.desired, decision.reason))
-        used = brain.names_in_use(fleet)
-        for _ in range(act.launch):
-            k = 1
-            while f"sim-app-{k}" in used:
-                k += 1
-            name = f"sim-app-{k}"
-            used.add(name)
+        for name in free_names(brain.names_in_use(fleet), "sim-app-{}".format, act.launch):
             iid = self._launch(name)
             brain.launched(Launch(iid, name, now))
         for iid in act.removals:

@@ -23,7 +23,6 @@ from enum import StrEnum
 STACK_DIMENSION = "Stack"
 INSTANCE_DIMENSION = "InstanceId"
 HIGH_RESOLUTION = 1  # StorageResolution of every datum we publish
-STANDARD_RESOLUTION = 60
 HIGH_RESOLUTION_PERIODS = (1, 5, 10, 20, 30)
 HIGH_RESOLUTION_RETENTION_S = 3 * 3600  # "Data points with a period of less than 60 seconds are available for 3 hours"
 
@@ -51,7 +50,6 @@ WORKER_TIMINGS = (Metric.INFERENCE_MS, Metric.END_TO_END_MS)
 WORKER_METRICS = WORKER_COUNTS + WORKER_TIMINGS
 CONTROLLER_METRICS = (Metric.BACKLOG, Metric.BACKLOG_PER_INSTANCE, Metric.DESIRED_INSTANCES,
                       Metric.RUNNING_INSTANCES)
-LAUNCH_ERROR_METRICS = (Metric.CAPACITY_ERRORS, Metric.THROTTLED_CALLS)
 
 
 def stack_dimensions(prefix: str) -> list[dict[str, str]]:
@@ -60,6 +58,15 @@ def stack_dimensions(prefix: str) -> list[dict[str, str]]:
 
 def instance_dimensions(prefix: str, instance_id: str) -> list[dict[str, str]]:
     return [*stack_dimensions(prefix), {"Name": INSTANCE_DIMENSION, "Value": instance_id}]
+
+
+def metric_query(qid: str, namespace: str, prefix: str, metric: str, stat: str, period: int,
+                 instance_id: str | None = None) -> dict:
+    """One GetMetricData query: ``stat`` of ``metric`` over ``period`` s for the stack, or for one of its instances."""
+    dims = stack_dimensions(prefix) if instance_id is None else instance_dimensions(prefix, instance_id)
+    return {"Id": qid, "ReturnData": True, "MetricStat": {
+        "Metric": {"Namespace": namespace, "MetricName": str(metric), "Dimensions": dims},
+        "Period": period, "Stat": stat}}
 
 
 def read_period(seconds: float) -> int:
@@ -78,10 +85,8 @@ def launch_refusals(cloudwatch, namespace: str, prefix: str, seconds: int = 60) 
 
     end = datetime.now(UTC)
     period = max(60, math.ceil(seconds / 60) * 60)
-    queries = [{"Id": qid, "ReturnData": True, "MetricStat": {
-        "Metric": {"Namespace": namespace, "MetricName": str(metric), "Dimensions": stack_dimensions(prefix)},
-        "Period": period, "Stat": "Sum"}} for qid, metric in (("capacity", Metric.CAPACITY_ERRORS),
-                                                             ("throttled", Metric.THROTTLED_CALLS))]
+    queries = [metric_query(qid, namespace, prefix, metric, "Sum", period)
+               for qid, metric in (("capacity", Metric.CAPACITY_ERRORS), ("throttled", Metric.THROTTLED_CALLS))]
     resp = cloudwatch.get_metric_data(MetricDataQueries=queries, StartTime=end - timedelta(seconds=seconds),
                                       EndTime=end + timedelta(seconds=1))
     out = {r["Id"]: int(sum(r.get("Values", []))) for r in resp.get("MetricDataResults", [])}

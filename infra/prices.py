@@ -12,7 +12,6 @@ an instance's time as ``billed_seconds`` does.
 
 from __future__ import annotations
 
-PRICE_REGION = "us-east-1"
 BILLING_MINIMUM_S = 60.0
 
 USD_PER_HOUR: dict[str, float] = {

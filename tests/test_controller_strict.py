@@ -20,14 +20,12 @@ from infra.local.strict.client import clear, inject_fault
 from infra.messages import ImageRequest
 from infra.metrics import Metric, stack_dimensions
 from infra.observe import app_instances, queue_url
-from tests.helpers import strict_aws, wait_listed, wait_until
+from tests.helpers import enqueue, strict_aws, wait_listed, wait_until
 from web_tier.metrics_source import MetricsSource
 
 
 def send(clients, settings, n: int) -> None:
-    url = queue_url(clients.sqs, settings.req_queue)
-    for i in range(n):
-        clients.sqs.send_message(QueueUrl=url, MessageBody=ImageRequest.new(f"k{i}.jpg", None, f"k{i}.jpg").to_json())
+    enqueue(clients, settings, [ImageRequest.new(f"k{i}.jpg", None, f"k{i}.jpg") for i in range(n)])
 
 
 def drain(clients, settings) -> None:

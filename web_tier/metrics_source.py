@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from botocore.exceptions import BotoCoreError, ClientError
 
 from infra.config import Settings
-from infra.metrics import Metric, stack_dimensions
+from infra.metrics import Metric, metric_query
 from infra.observe import LEAVING_STATES, Instance, InstanceState, app_instances, count_by_state, queue_depth, queue_url
 
 log = logging.getLogger(__name__)
@@ -110,28 +110,22 @@ def instance_rows(instances: list[Instance], done: dict[str, float], now: float)
     ]
 
 
-def metric_query(qid: str, settings: Settings, name: str, stat: str, period: int, **dims: str) -> dict:
-    dimensions = stack_dimensions(settings.prefix) + [{"Name": k, "Value": v} for k, v in dims.items()]
-    return {"Id": qid, "ReturnData": True, "MetricStat": {
-        "Metric": {"Namespace": settings.metrics_namespace, "MetricName": str(name), "Dimensions": dimensions},
-        "Period": period, "Stat": stat}}
-
-
 def live_queries(settings: Settings, native_percentiles: bool) -> list[dict]:
     """The per-tick CloudWatch queries, 1-second buckets over the latency window."""
+    ns, prefix = settings.metrics_namespace, settings.prefix
     queries = [
-        metric_query("ip", settings, IMAGES_PROCESSED, "Sum", 1),
-        metric_query("ie", settings, IMAGE_ERRORS, "Sum", 1),
-        metric_query("de", settings, DESIRED_INSTANCES, "Maximum", 1),
-        metric_query("lc", settings, CAPACITY_ERRORS, "Sum", 1),
-        metric_query("lt", settings, THROTTLED_CALLS, "Sum", 1),
+        metric_query("ip", ns, prefix, IMAGES_PROCESSED, "Sum", 1),
+        metric_query("ie", ns, prefix, IMAGE_ERRORS, "Sum", 1),
+        metric_query("de", ns, prefix, DESIRED_INSTANCES, "Maximum", 1),
+        metric_query("lc", ns, prefix, CAPACITY_ERRORS, "Sum", 1),
+        metric_query("lt", ns, prefix, THROTTLED_CALLS, "Sum", 1),
     ]
-    queries += [metric_query("la", settings, END_TO_END_MS, "Average", 1),
-                metric_query("lx", settings, END_TO_END_MS, "Maximum", 1),
-                metric_query("ln", settings, END_TO_END_MS, "SampleCount", 1)]
+    queries += [metric_query("la", ns, prefix, END_TO_END_MS, "Average", 1),
+                metric_query("lx", ns, prefix, END_TO_END_MS, "Maximum", 1),
+                metric_query("ln", ns, prefix, END_TO_END_MS, "SampleCount", 1)]
     if native_percentiles:
-        queries += [metric_query("p50", settings, END_TO_END_MS, "p50", LATENCY_WINDOW_S),
-                    metric_query("p95", settings, END_TO_END_MS, "p95", LATENCY_WINDOW_S)]
+        queries += [metric_query("p50", ns, prefix, END_TO_END_MS, "p50", LATENCY_WINDOW_S),
+                    metric_query("p95", ns, prefix, END_TO_END_MS, "p95", LATENCY_WINDOW_S)]
     return queries
 
 
@@ -264,8 +258,8 @@ class MetricsSource:
         age = now - min(i.launch_time for i in self._instances) + 60
         period = history_period(age)
         end = datetime.fromtimestamp(math.ceil(now), UTC)
-        queries = [metric_query(f"i{n}", self.settings, IMAGES_PROCESSED, "Sum", period, InstanceId=iid)
-                   for n, iid in enumerate(ids)]
+        queries = [metric_query(f"i{n}", self.settings.metrics_namespace, self.settings.prefix, IMAGES_PROCESSED,
+                                "Sum", period, iid) for n, iid in enumerate(ids)]
         results = _results(self._get_metric_data(queries, end - timedelta(seconds=period), end))
         self._done = {iid: sum(v for _, v in results.get(f"i{n}", [])) for n, iid in enumerate(ids)}
 
